@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests run offline: no hub, no albumentations update check."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _qata_mini_root() -> Path:
+    """../shared/data/qata-mini beside the clone, or $TGCNET_QATA_MINI."""
+    env = os.environ.get("TGCNET_QATA_MINI")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "qata-mini"
+
+
+@pytest.fixture(scope="session")
+def qata_mini_root() -> Path:
+    """Real QaTa sample shared beside the repository; skipped in a user's plain clone."""
+    root = _qata_mini_root()
+    if not (root / "train" / "prompts.csv").is_file():
+        pytest.skip(f"real QaTa sample not found at {root} (only present beside the project's CI checkout; "
+                    "set TGCNET_QATA_MINI to point at one)")
+    return root
