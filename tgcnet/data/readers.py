@@ -231,20 +231,23 @@ _READERS: dict[str, Callable[[Path, str], list[_Row]]] = {
 
 # --------------------------------------------------------------------------- checks
 
-def _probe(path: Path, what: str) -> tuple[tuple[int, int] | None, str | None]:
+def _probe(path: Path, what: str, listed: bool) -> tuple[tuple[int, int] | None, str | None]:
     """Size of an image file, or the reason it cannot be used.
 
     Reads the header and verifies the file's structure (PNG chunk CRCs, truncation)
-    without decoding pixels, so checking a whole split stays cheap.
+    without decoding pixels, so checking a whole split stays cheap. ``listed``: the
+    error line already starts with this path, so do not repeat it.
     """
+    where = "" if listed else f" ({path})"
     if not path.is_file():
-        return None, f"{what} not found ({path})"
+        return None, f"{what} not found{where}"
     try:
         with Image.open(path) as im:
             size = im.size
             im.verify()
     except Exception as exc:  # PIL raises many types for broken files
-        return None, f"cannot read {what} ({path}): {type(exc).__name__}: {exc}"
+        detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip()
+        return None, f"cannot read {what}{where}: {type(exc).__name__}" + (f": {detail}" if detail else "")
     return size, None
 
 
@@ -254,10 +257,10 @@ def _problems(row: _Row) -> list[str]:
     found = []
     if not row.caption:
         found.append("caption missing or empty")
-    image_size, err = _probe(row.image_path, "image")
+    image_size, err = _probe(row.image_path, "image", listed=True)
     if err:
         found.append(err)
-    mask_size, err = _probe(row.mask_path, "mask")
+    mask_size, err = _probe(row.mask_path, "mask", listed=False)
     if err:
         found.append(err)
     if image_size and mask_size and image_size != mask_size:
