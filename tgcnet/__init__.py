@@ -1,2 +1,18 @@
-"""tgcnet: text-guided medical image segmentation on a frozen CLIP."""
+"""tgcnet: text-guided medical image segmentation on a frozen CLIP (TGC-Net).
+
+    from tgcnet import create_model
+    model = create_model("tgcnet-tiny")
+    logits = model(images, ["bilateral pulmonary infection, lower left lung and lower right lung."])
+"""
 __version__ = "0.1.0"
+
+from tgcnet.config import (ClipConfig, DATEConfig, DecoderConfig, SSEConfig, TGCNetConfig, VLCMConfig, add_preset,
+                           get_preset, list_presets)
+from tgcnet.factory import create_model
+from tgcnet.model import TGCNet
+from tgcnet.params import count_parameters, format_parameter_table
+
+__all__ = [
+    "TGCNet", "TGCNetConfig", "ClipConfig", "SSEConfig", "DATEConfig", "VLCMConfig", "DecoderConfig",
+    "create_model", "list_presets", "get_preset", "add_preset", "count_parameters", "format_parameter_table",
+]

@@ -1,0 +1,107 @@
+"""Apply, inspect, merge, save and load peft LoRA adapters on an open_clip tower.
+
+peft's ``inject_adapter_in_model`` is used rather than ``get_peft_model`` so the tower
+keeps its own class and attributes (``token_embedding``, ``attn_mask``...) that the
+caller reads directly.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+from .attention import project_attention
+from .config import LoraAdapterConfig
+from .io import load_safetensors, save_json_atomic, save_safetensors_atomic
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def matching_modules(tower: nn.Module, config: LoraAdapterConfig) -> list[str]:
+    """Names of the modules of ``tower`` that ``config`` would wrap."""
+    pattern = re.compile(config.target_regex)
+    return [name for name, _ in tower.named_modules() if name and pattern.fullmatch(name)]
+
+
+def apply_lora(tower: nn.Module, config: LoraAdapterConfig) -> nn.Module:
+    """Freeze ``tower`` and inject LoRA adapters into the modules ``config`` targets.
+
+    Raises when the targets match nothing: an adapter that silently wraps no module
+    would leave the text tower untrainable without any sign of it.
+    """
+    tower.requires_grad_(False)
+    if not config.enabled:
+        return tower
+    project_attention(tower)
+    targets = matching_modules(tower, config)
+    if not targets:
+        raise ValueError(
+            f"LoRA targets {config.targets!r} (regex {config.target_regex!r}) match no module of "
+            f"{type(tower).__name__}; module names look like: "
+            f"{[n for n, _ in tower.named_modules()][1:6]}")
+    peft_config = LoraConfig(
+        r=int(config.r), lora_alpha=float(config.alpha), lora_dropout=float(config.dropout),
+        target_modules=config.target_regex, bias="none")
+    inject_adapter_in_model(peft_config, tower)
+    for name, param in tower.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return tower
+
+
+def lora_layers(module: nn.Module) -> dict[str, LoraLayer]:
+    return {name: m for name, m in module.named_modules() if isinstance(m, LoraLayer)}
+
+
+def lora_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in module.named_parameters() if "lora_" in name}
+
+
+def lora_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights only, under peft's portable key names."""
+    return get_peft_model_state_dict(module)
+
+
+def load_lora_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    result = set_peft_model_state_dict(module, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise ValueError(f"adapter weights do not fit this tower; unexpected keys: {unexpected[:5]}")
+
+
+def merge_lora(module: nn.Module) -> None:
+    """Fold every adapter into its base weight (faster inference; no longer trainable)."""
+    for layer in lora_layers(module).values():
+        layer.merge()
+
+
+def save_adapter(module: nn.Module, config: LoraAdapterConfig, directory: str | Path) -> Path:
+    """peft-style: ``adapter_config.json`` + ``adapter_model.safetensors``, atomically."""
+    directory = Path(directory)
+    save_safetensors_atomic(lora_state_dict(module), directory / ADAPTER_WEIGHTS_NAME,
+                            metadata={"format": "pt"})
+    save_json_atomic({"peft_type": "LORA", **asdict(config)}, directory / ADAPTER_CONFIG_NAME)
+    return directory
+
+
+def load_adapter(module: nn.Module, directory: str | Path) -> LoraAdapterConfig:
+    """Inject and load an adapter saved by :func:`save_adapter` into a bare tower."""
+    import json
+
+    directory = Path(directory)
+    config_path = directory / ADAPTER_CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"adapter config not found: {config_path}")
+    with open(config_path, encoding="utf-8") as f:
+        data = json.load(f)
+    data.pop("peft_type", None)
+    config = LoraAdapterConfig(**data)
+    apply_lora(module, config)
+    load_lora_state_dict(module, load_safetensors(directory / ADAPTER_WEIGHTS_NAME))
+    return config

@@ -1,0 +1,206 @@
+"""Configuration dataclasses, one per part of the method, and the preset registry.
+
+Presets are data (``model_configs/*.json``), as in open_clip: a preset is the JSON form
+of :class:`TGCNetConfig`, and every config serialises back to the JSON it came from, so
+``save_pretrained`` can record exactly what to rebuild.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from tgcnet.adapters.config import LoraAdapterConfig
+from tgcnet.laterality import DEFAULT_LATERALITY, check_laterality
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ClipConfig:
+    """Which CLIP to wrap and how to build it.
+
+    ``model_name`` is any open_clip architecture name, an ``hf-hub:org/name`` id, or
+    ``custom`` with ``model_cfg`` holding an inline open_clip model config (tiny presets).
+    ``pretrained`` is a local checkpoint path; it says where weights come from, not what
+    the model is, so it can be overridden when a saved model is reloaded elsewhere.
+    Without weights the towers are initialised from ``init_seed`` so that a saved
+    random-init model (tests, demos) rebuilds bit-identically.
+    """
+
+    model_name: str = "ViT-B-16"
+    model_cfg: Optional[dict] = None
+    pretrained: Optional[str] = None
+    init_seed: int = 0
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
+
+
+@dataclass
+class SSEConfig:
+    """Semantic-Structural Synergy Encoder: frozen ViT + trainable timm CNN, fused per scale.
+
+    ``vit_indices`` picks one ViT block per CNN scale (shallow blocks feed the fine
+    scales). Negative indices count from the last block, so one preset works for any depth.
+    """
+
+    vit_indices: tuple[int, ...] = (-9, -7, -5, -1)
+    cnn_name: str = "convnext_atto"
+    cnn_out_indices: tuple[int, ...] = (0, 1, 2, 3)
+    cnn_kwargs: dict = field(default_factory=dict)
+    fusion: Literal["gated", "concat"] = "gated"
+    channels: int = 128
+
+
+@dataclass
+class DATEConfig:
+    """Domain-Augmented Text Encoder: LoRA-tuned CLIP text tower + knowledge fusion."""
+
+    lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
+    use_knowledge: bool = True
+    knowledge_dim: int = 256
+    knowledge_heads: int = 4
+    gate_init: float = 0.1
+
+
+@dataclass
+class VLCMConfig:
+    """Vision-Language Calibration Module in CLIP's joint space."""
+
+    attn_dim: int = 256
+    heads: int = 4
+    gate_init: float = 0.1
+    scale_init: float = 10.0
+    bias_init: float = -2.0
+
+
+@dataclass
+class DecoderConfig:
+    """Light FPN decoder over the SSE pyramid."""
+
+    channels: int = 96
+    prior_weight_init: float = 1.0
+
+
+@dataclass
+class TGCNetConfig:
+    """Everything needed to rebuild a TGCNet, bar the weights."""
+
+    name: str = "custom"
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    sse: SSEConfig = field(default_factory=SSEConfig)
+    date: DATEConfig = field(default_factory=DATEConfig)
+    vlcm: VLCMConfig = field(default_factory=VLCMConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    laterality: str = DEFAULT_LATERALITY
+
+    def __post_init__(self) -> None:
+        check_laterality(self.laterality)
+        if self.sse.fusion not in ("gated", "concat"):
+            raise ValueError(f"sse.fusion must be 'gated' or 'concat', got {self.sse.fusion!r}")
+        if len(self.sse.vit_indices) != len(self.sse.cnn_out_indices):
+            raise ValueError(
+                f"sse.vit_indices ({len(self.sse.vit_indices)} entries) must give one ViT block per CNN "
+                f"scale in sse.cnn_out_indices ({len(self.sse.cnn_out_indices)} entries)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TGCNetConfig":
+        return _from_dict(cls, data, "config")
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys with their full path."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"unknown field(s) in {where}: {', '.join(unknown)}; known: {', '.join(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING \
+            else known[name].default
+        if is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------- presets
+
+_PRESET_DIRS: list[Path] = [Path(__file__).parent / "model_configs"]
+_PRESETS: dict[str, dict] = {}
+
+
+def _rescan() -> None:
+    _PRESETS.clear()
+    for directory in _PRESET_DIRS:
+        paths = [directory] if directory.is_file() else sorted(directory.glob("*.json"))
+        for path in paths:
+            with open(path, encoding="utf-8") as f:
+                _PRESETS[path.stem] = json.load(f)
+
+
+def list_presets() -> list[str]:
+    """Names accepted by :func:`tgcnet.create_model`."""
+    if not _PRESETS:
+        _rescan()
+    return sorted(_PRESETS)
+
+
+def add_preset(path: str | Path) -> None:
+    """Register a JSON preset file, or a folder of them (open_clip's ``add_model_config``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"preset path not found: {path}")
+    _PRESET_DIRS.append(path)
+    _rescan()
+
+
+def get_preset(name: str, **overrides: Any) -> TGCNetConfig:
+    """The config of preset ``name`` with keyword overrides applied.
+
+    Overrides address any field: a top-level one (``laterality="patient"``), a whole
+    section as a dict (``sse={"channels": 64}``), or a nested field with a double
+    underscore (``date__lora__r=16``, ``clip__pretrained="/ckpt.safetensors"``).
+    """
+    names = list_presets()
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available presets: {', '.join(names)}")
+    data = copy.deepcopy(_PRESETS[name])
+    data.setdefault("name", name)
+    for key, value in overrides.items():
+        _apply_override(data, key, value)
+    return TGCNetConfig.from_dict(data)
+
+
+def _apply_override(data: dict, key: str, value: Any) -> None:
+    path = key.split("__")
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {part!r} is not a config section")
+    leaf = path[-1]
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        node[leaf] = {**node[leaf], **value}
+    else:
+        node[leaf] = value

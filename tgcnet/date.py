@@ -1,0 +1,166 @@
+"""DATE, the Domain-Augmented Text Encoder.
+
+CLIP's text tower never saw "ground-glass opacity" in a radiology sense. DATE keeps it
+frozen, tunes it with LoRA, and enriches each caption with short medical descriptions of
+the concepts it names (from a knowledge bank): the descriptions are encoded by the same
+tower and fused into the caption's tokens by a gated cross-attention.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence
+
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+from torch import nn
+
+from tgcnet.adapters import apply_lora
+from tgcnet.backbone import TextTower
+from tgcnet.config import DATEConfig
+from tgcnet.layers import GatedCrossAttention
+
+logger = logging.getLogger(__name__)
+
+
+class KnowledgeSource(Protocol):
+    """Anything that maps a caption to medical descriptions (e.g. ``tgcnet.prompts.KnowledgeBank``)."""
+
+    def descriptions_for(self, caption: str) -> list[str]: ...
+
+
+@dataclass
+class TextFeatures:
+    tokens: torch.Tensor   # (B, L, D) token features in the joint space
+    mask: torch.Tensor     # (B, L) bool, True for real tokens (SOT..EOT)
+    pooled: torch.Tensor   # (B, D) sentence embedding (the EOT token's feature)
+    pool_index: torch.Tensor  # (B,) index of the pooled token
+
+
+class CaptionTokenizer:
+    """Tokenise captions, refusing empty ones and warning (once per call) about truncation."""
+
+    def __init__(self, tokenizer: Any, context_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def __call__(self, texts: Sequence[str], what: str = "caption") -> torch.Tensor:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"{what} {i} must be a str, got {type(text).__name__}")
+            if not text.strip():
+                raise ValueError(f"{what} {i} is empty; every image needs a non-empty caption")
+        if isinstance(self.tokenizer, SimpleTokenizer):
+            return self._simple(texts, what)
+        return self.tokenizer(list(texts))
+
+    def _simple(self, texts: Sequence[str], what: str) -> torch.Tensor:
+        tok = self.tokenizer
+        sot, eot = tok.sot_token_id, tok.eot_token_id
+        room = self.context_length - 2
+        rows, too_long = [], []
+        for i, text in enumerate(texts):
+            ids = tok.encode(text)
+            if len(ids) > room:
+                too_long.append((i, len(ids)))
+                ids = ids[:room]
+            rows.append([sot, *ids, eot])
+        if too_long:
+            detail = ", ".join(f"{what} {i} has {n} tokens" for i, n in too_long[:5])
+            warnings.warn(f"{len(too_long)} {what}(s) longer than the {room}-token context were truncated "
+                          f"({detail})", stacklevel=3)
+        length = max(len(r) for r in rows)
+        out = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r)
+        return out
+
+
+class KnowledgeFusion(nn.Module):
+    """Caption tokens attend to their descriptions' embeddings (gated residual).
+
+    A learned "no knowledge" key is always present so a caption with no descriptions
+    attends to it instead of to nothing (an all-masked softmax is NaN).
+    """
+
+    def __init__(self, dim: int, inner_dim: int, heads: int, gate_init: float) -> None:
+        super().__init__()
+        self.null = nn.Parameter(torch.zeros(1, 1, dim))
+        self.attn = GatedCrossAttention(dim, dim, inner_dim, heads, gate_init)
+
+    def forward(self, tokens: torch.Tensor, knowledge: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b = tokens.shape[0]
+        context = torch.cat([self.null.to(knowledge.dtype).expand(b, 1, -1), knowledge], dim=1)
+        keep = torch.cat([mask.new_ones(b, 1), mask], dim=1)
+        return self.attn(tokens, context, keep)
+
+
+class DATE(nn.Module):
+    def __init__(self, text_tower: TextTower, tokenizer: Any, cfg: DATEConfig,
+                 knowledge: Optional[KnowledgeSource] = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.text_tower = apply_lora(text_tower, cfg.lora)
+        self.tokenize = CaptionTokenizer(tokenizer, text_tower.context_length)
+        dim = text_tower.output_dim
+        self.knowledge_fusion = (KnowledgeFusion(dim, cfg.knowledge_dim, cfg.knowledge_heads, cfg.gate_init)
+                                 if cfg.use_knowledge else None)
+        self.knowledge = knowledge
+        self._description_cache: dict[str, torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> "DATE":
+        # LoRA weights may change while training: cached description embeddings go stale.
+        self._description_cache.clear()
+        return super().train(mode)
+
+    def encode(self, texts: Sequence[str], what: str = "caption") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids (B, L), token features (B, L, D) and pooled (B, D) of already-unique texts."""
+        device = self.text_tower.positional_embedding.device
+        ids = self.tokenize(texts, what).to(device)
+        tokens, pooled = self.text_tower(ids)
+        return ids, tokens, pooled
+
+    def forward(self, captions: Sequence[str]) -> TextFeatures:
+        unique = list(dict.fromkeys(captions))  # each distinct caption is encoded once per batch
+        ids, tokens, pooled = self.encode(unique)
+        where = torch.tensor([unique.index(c) for c in captions], device=tokens.device)
+        ids, tokens, pooled = ids[where], tokens[where], pooled[where]
+        index = self.text_tower.pool_index(ids)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        mask = positions[None, :] <= index[:, None]
+        if self.knowledge_fusion is not None and self.knowledge is not None:
+            tokens = self._fuse_knowledge(captions, tokens)
+            pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), index]
+        return TextFeatures(tokens=tokens, mask=mask, pooled=pooled, pool_index=index)
+
+    def _fuse_knowledge(self, captions: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
+        per_caption = [list(dict.fromkeys(self.knowledge.descriptions_for(c))) for c in captions]
+        strings = list(dict.fromkeys(d for ds in per_caption for d in ds))
+        dim = tokens.shape[-1]
+        if strings:
+            table = self._description_embeddings(strings).to(tokens.dtype)
+        else:
+            table = tokens.new_zeros(0, dim)
+        width = max(1, max(len(ds) for ds in per_caption))
+        index = torch.zeros(len(captions), width, dtype=torch.long, device=tokens.device)
+        mask = torch.zeros(len(captions), width, dtype=torch.bool, device=tokens.device)
+        position = {s: i for i, s in enumerate(strings)}
+        for row, ds in enumerate(per_caption):
+            for col, d in enumerate(ds):
+                index[row, col] = position[d]
+                mask[row, col] = True
+        knowledge = table[index] if strings else tokens.new_zeros(len(captions), width, dim)
+        return self.knowledge_fusion(tokens, knowledge, mask)
+
+    def _description_embeddings(self, strings: list[str]) -> torch.Tensor:
+        """Pooled embeddings of unique descriptions; cached while the module is in eval mode."""
+        if self.training:
+            return self.encode(strings, "description")[2]
+        missing = [s for s in strings if s not in self._description_cache]
+        if missing:
+            with torch.no_grad():
+                pooled = self.encode(missing, "description")[2]
+            for s, e in zip(missing, pooled):
+                self._description_cache[s] = e
+        return torch.stack([self._description_cache[s] for s in strings])

@@ -1,0 +1,32 @@
+"""``create_model``: one obvious constructor over the preset registry (open_clip style)."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from tgcnet.config import get_preset
+from tgcnet.model import DEFAULT_KNOWLEDGE, KnowledgeArg, TGCNet
+
+
+def create_model(name: str, pretrained: Optional[str] = None, clip_model: Optional[str] = None,
+                 knowledge: KnowledgeArg = DEFAULT_KNOWLEDGE, device: str | torch.device | None = None,
+                 **overrides: Any) -> TGCNet:
+    """Build the TGCNet preset ``name``.
+
+    Args:
+        pretrained: local open_clip checkpoint for the CLIP towers (none: random init).
+        clip_model: swap the backbone for any open_clip name, ``hf-hub:org/name`` or
+            ``local-dir:`` path; its own widths and depth are read from the model.
+        knowledge: ``"default"`` (the shipped bank), a cache path, any object with
+            ``descriptions_for(caption)``, or None to disable knowledge.
+        overrides: any config field, e.g. ``sse={"channels": 64}`` or ``date__lora__r=16``.
+    """
+    config = get_preset(name, **overrides)
+    if clip_model is not None:
+        config.clip.model_name = clip_model
+        config.clip.model_cfg = None
+    if pretrained is not None:
+        config.clip.pretrained = pretrained
+    model = TGCNet(config, knowledge=knowledge)
+    return model.to(device) if device is not None else model

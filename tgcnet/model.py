@@ -1,0 +1,189 @@
+"""TGCNet: SSE -> DATE -> VLCM -> decoder, with only the adapters trainable."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from tgcnet.adapters import load_safetensors, save_json_atomic, save_safetensors_atomic
+from tgcnet.backbone import load_clip
+from tgcnet.config import TGCNetConfig
+from tgcnet.date import DATE, KnowledgeSource
+from tgcnet.decoder import Decoder
+from tgcnet.sse import SSE
+from tgcnet.vlcm import VLCM
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+DEFAULT_KNOWLEDGE = "default"
+
+KnowledgeArg = Union[KnowledgeSource, str, None]
+
+
+def resolve_knowledge(knowledge: KnowledgeArg) -> Optional[KnowledgeSource]:
+    """``"default"`` -> the knowledge bank shipped with tgcnet; a path -> a cache file; None -> off."""
+    if knowledge is None or hasattr(knowledge, "descriptions_for"):
+        return knowledge
+    from tgcnet import prompts
+
+    if knowledge == DEFAULT_KNOWLEDGE:
+        return prompts.load_default_bank()
+    if isinstance(knowledge, (str, Path)):
+        return prompts.KnowledgeBank.from_cache(knowledge)
+    raise ValueError(f"knowledge must be 'default', a cache path, None or an object with "
+                     f"descriptions_for(caption), got {type(knowledge).__name__}")
+
+
+class TGCNet(nn.Module):
+    """Text-guided segmentation from a frozen CLIP.
+
+    ``forward(images, captions)`` takes images (B, 3 or 1, H, W) with values in [0, 1]
+    (CLIP normalisation happens inside) and one caption per image, and returns mask
+    logits (B, 1, H, W). H and W must be multiples of the ViT patch size.
+    """
+
+    def __init__(self, config: TGCNetConfig, knowledge: KnowledgeArg = DEFAULT_KNOWLEDGE) -> None:
+        super().__init__()
+        self.config = config
+        towers = load_clip(config.clip)
+        self.sse = SSE(towers.visual, config.sse)
+        self.date = DATE(towers.text, towers.tokenizer, config.date,
+                         knowledge=resolve_knowledge(knowledge) if config.date.use_knowledge else None)
+        if towers.text.output_dim != towers.embed_dim:
+            raise ValueError(f"CLIP {config.clip.model_name!r}: text output dim {towers.text.output_dim} != "
+                             f"image embed dim {towers.embed_dim}; the towers do not share a joint space")
+        self.vlcm = VLCM(towers.embed_dim, config.vlcm)
+        self.decoder = Decoder(self.sse.channels, self.sse.strides, towers.embed_dim,
+                               self.sse.clip_visual.patch_size, config.decoder)
+        self.patch_size = self.sse.clip_visual.patch_size
+        mean = torch.tensor(config.clip.image_mean).view(1, -1, 1, 1)
+        std = torch.tensor(config.clip.image_std).view(1, -1, 1, 1)
+        self.register_buffer("image_mean", mean, persistent=False)
+        self.register_buffer("image_std", std, persistent=False)
+
+    # ------------------------------------------------------------------ forward
+    def check_inputs(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+        """Validate at the door (smp style) and return 3-channel float images."""
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(f"images must be a float tensor with values in [0, 1], got dtype {images.dtype}")
+        b, c, h, w = images.shape
+        if c not in (1, 3):
+            raise ValueError(f"images must have 1 (grayscale) or 3 channels, got {c}")
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image size {h}x{w} is not divisible by the patch size {self.patch_size}; "
+                             f"resize to e.g. {h // self.patch_size * self.patch_size}x"
+                             f"{w // self.patch_size * self.patch_size}")
+        if isinstance(captions, str) or not isinstance(captions, Sequence):
+            raise ValueError("captions must be a list of strings, one per image")
+        if len(captions) != b:
+            raise ValueError(f"got {len(captions)} captions for a batch of {b} images; need one caption per image")
+        return images.expand(-1, 3, -1, -1) if c == 1 else images
+
+    def forward(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+        images = self.check_inputs(images, captions)
+        x = (images - self.image_mean.to(images.dtype)) / self.image_std.to(images.dtype)
+        text = self.date(captions)
+        visual = self.sse(x)
+        calibrated = self.vlcm(visual.dense, text)
+        return self.decoder(visual.pyramid, calibrated, size=images.shape[-2:])
+
+    def train(self, mode: bool = True) -> "TGCNet":
+        super().train(mode)
+        self.sse.clip_visual.train(False)  # frozen: dropout/BN stay in inference behaviour
+        return self
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """What an optimizer should see: adapters, CNN, fusion, VLCM, decoder."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def count_parameters(self) -> list[dict[str, Any]]:
+        from tgcnet.params import count_parameters
+
+        return count_parameters(self)
+
+    def print_trainable_parameters(self) -> None:
+        """peft's one-line summary."""
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = sum(p.numel() for p in self.parameters())
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / total:.4f}")
+
+    # ------------------------------------------------------------------ save / load
+    def _saved_names(self) -> list[str]:
+        """Trainable parameters plus the buffers of trainable modules (e.g. BatchNorm stats)."""
+        frozen_prefixes = ("sse.clip_visual.", "date.text_tower.")
+        names = [n for n, p in self.named_parameters() if p.requires_grad]
+        names += [n for n, _ in self.named_buffers(remove_duplicate=True)
+                  if not n.startswith(frozen_prefixes) and n in self.state_dict()]
+        return names
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        state = self.state_dict()
+        return {n: state[n] for n in self._saved_names()}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """``config.json`` + ``model.safetensors`` of the trainable weights only, written atomically.
+
+        The frozen CLIP is not copied: ``config.json`` records where it came from (a
+        checkpoint path, an hf-hub id, or the seed of a random init).
+        """
+        directory = Path(directory)
+        meta = {"format_version": FORMAT_VERSION, "library": "tgcnet"}
+        save_safetensors_atomic(self.trainable_state_dict(), directory / WEIGHTS_NAME,
+                                metadata={"format": "pt", **{k: str(v) for k, v in meta.items()}})
+        save_json_atomic({**meta, "config": self.config.to_dict()}, directory / CONFIG_NAME)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, pretrained: Optional[str] = None,
+                        knowledge: KnowledgeArg = DEFAULT_KNOWLEDGE,
+                        map_location: str | torch.device = "cpu") -> "TGCNet":
+        """Rebuild a model saved with :meth:`save_pretrained`.
+
+        ``pretrained`` overrides the recorded CLIP checkpoint path (the run moved machines).
+        """
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is it a directory written by save_pretrained?")
+        with open(config_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{config_path} has format version {saved['format_version']}, newer than this "
+                             f"tgcnet understands ({FORMAT_VERSION}); upgrade tgcnet")
+        config = TGCNetConfig.from_dict(saved.get("config", saved))
+        if pretrained is not None:
+            config.clip.pretrained = pretrained
+        model = cls(config, knowledge=knowledge)
+        model.load_trainable_state_dict(load_safetensors(directory / WEIGHTS_NAME), source=str(directory))
+        return model.to(map_location)
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+        """Load exactly the trainable weights, with a clear error on an architecture mismatch."""
+        expected = self.state_dict()
+        wanted = set(self._saved_names())
+        missing = sorted(wanted - set(state))
+        unexpected = sorted(set(state) - wanted)
+        wrong_shape = [f"{k}: saved {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                       for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+        if missing or unexpected or wrong_shape:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} (e.g. {missing[:3]})")
+            if unexpected:
+                parts.append(f"unexpected {len(unexpected)} (e.g. {unexpected[:3]})")
+            if wrong_shape:
+                parts.append(f"shape mismatch {len(wrong_shape)} (e.g. {wrong_shape[:3]})")
+            raise ValueError(f"weights in {source} do not match this architecture ({self.config.name}): "
+                             + "; ".join(parts))
+        self.load_state_dict(state, strict=False)
+        self.date.train(self.date.training)  # drop cached description embeddings
