@@ -1,0 +1,47 @@
+"""Small shared builders for the tests (tiny models only, so the suite runs on a CPU)."""
+from __future__ import annotations
+
+import torch
+
+CAPTIONS = [
+    "bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
+    "unilateral pulmonary infection, one infected area, lower left lung.",
+    "bilateral pulmonary infection, six infected areas, upper middle lower left lung and upper middle lower right lung.",
+]
+
+
+class StaticKnowledge:
+    """A knowledge source with fixed answers and a record of what it was asked."""
+
+    def __init__(self, table: dict[str, list[str]] | None = None) -> None:
+        self.table = table if table is not None else {
+            "left": ["Ground-glass opacity is a hazy increase in lung attenuation.",
+                     "Consolidation replaces alveolar air with fluid or cells."],
+            "bilateral": ["Bilateral involvement affects both lungs.",
+                          "Ground-glass opacity is a hazy increase in lung attenuation."],
+        }
+        self.asked: list[str] = []
+
+    def descriptions_for(self, caption: str) -> list[str]:
+        self.asked.append(caption)
+        return [d for key, ds in self.table.items() if key in caption for d in ds]
+
+
+def tiny(**overrides):
+    from tgcnet import create_model
+
+    overrides.setdefault("knowledge", StaticKnowledge())
+    return create_model("tgcnet-tiny", **overrides)
+
+
+def images(batch: int = 2, size: int = 224, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def wake_lora(model: torch.nn.Module, seed: int = 0) -> None:
+    """LoRA's B starts at zero, so A gets no gradient on step one; give B values for tests."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)

@@ -1,0 +1,155 @@
+import pytest
+import torch
+
+from helpers import CAPTIONS, StaticKnowledge, images, tiny, wake_lora
+from tgcnet import TGCNet
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny().eval()
+
+
+@pytest.mark.parametrize("size", [224, 320])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_forward_shape_any_size_and_batch(model, size, batch):
+    with torch.no_grad():
+        out = model(images(batch, size), CAPTIONS[:batch])
+    assert out.shape == (batch, 1, size, size)
+    assert torch.isfinite(out).all()
+
+
+def test_grayscale_equals_expanded_rgb(model):
+    gray = images(2, 224, channels=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(gray, CAPTIONS[:2]), model(gray.expand(-1, 3, -1, -1), CAPTIONS[:2]))
+
+
+def test_non_square_input(model):
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 224, 288), CAPTIONS[:1])
+    assert out.shape == (1, 1, 224, 288)
+
+
+def test_output_depends_on_caption(model):
+    x = images(1)
+    with torch.no_grad():
+        a = model(x, ["lower left lung."])
+        b = model(x, ["upper right lung and bilateral infection."])
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("bad, captions, message", [
+    (torch.rand(3, 224, 224), ["a"], r"shape \(B, C, H, W\)"),
+    (torch.rand(1, 2, 224, 224), ["a"], "1 \\(grayscale\\) or 3 channels, got 2"),
+    (torch.rand(1, 3, 200, 224), ["a"], "not divisible by the patch size 16"),
+    (torch.randint(0, 255, (1, 3, 224, 224), dtype=torch.uint8), ["a"], "float tensor"),
+    (torch.rand(2, 3, 224, 224), ["only one"], "2 images"),
+    (torch.rand(1, 3, 224, 224), "a string", "list of strings"),
+    (torch.rand(1, 3, 224, 224), ["   "], "caption 0 is empty"),
+    (torch.rand(1, 3, 224, 224), [None], "caption 0 must be a str"),
+])
+def test_bad_input_is_one_clear_error(model, bad, captions, message):
+    with pytest.raises(ValueError, match=message):
+        model(bad, captions)
+
+
+def test_over_long_caption_truncated_with_warning(model):
+    long = "bilateral ground glass opacity " * 40
+    with pytest.warns(UserWarning, match="truncated"):
+        with torch.no_grad():
+            out = model(images(1), [long])
+    assert out.shape == (1, 1, 224, 224)
+
+
+def test_every_trainable_parameter_gets_a_gradient():
+    model = tiny().train()
+    wake_lora(model)
+    out = model(images(2), CAPTIONS[:2])
+    out.float().square().mean().backward()
+    dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert dead == []
+    assert all(p.grad is None for p in model.sse.clip_visual.parameters())
+
+
+def test_frozen_weights_bit_identical_after_optimizer_steps():
+    model = tiny().train()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        opt.zero_grad()
+        model(images(2, seed=step), CAPTIONS[:2]).square().mean().backward()
+        opt.step()
+    now = dict(model.named_parameters())
+    assert set(now) == set(frozen) | set(trainable)
+    assert all(torch.equal(now[n], v) for n, v in frozen.items())
+    assert any(not torch.equal(now[n], v) for n, v in trainable.items())
+
+
+def test_frozen_vit_stays_in_eval_mode(model):
+    model.train()
+    assert not model.sse.clip_visual.training and not model.sse.clip_visual.visual.training
+    assert model.decoder.training
+    model.eval()
+
+
+def test_bf16_autocast_cpu(model):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images(2), CAPTIONS[:2])
+    assert out.shape == (2, 1, 224, 224) and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_forward_backward_with_autocast():
+    model = tiny(device="cuda").train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(images(2).cuda(), CAPTIONS[:2])
+    out.float().mean().backward()
+    assert out.device.type == "cuda" and torch.isfinite(out.float()).all()
+
+
+def test_unique_captions_encoded_once():
+    model = tiny(knowledge=None).eval()
+    seen = []
+    model.date.text_tower.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    with torch.no_grad():
+        model(images(4), [CAPTIONS[0], CAPTIONS[1], CAPTIONS[0], CAPTIONS[0]])
+    assert seen == [2]
+
+
+def test_knowledge_strings_encoded_once_and_cached_in_eval():
+    knowledge = StaticKnowledge()
+    model = tiny(knowledge=knowledge).eval()
+    seen = []
+    model.date.text_tower.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    captions = [CAPTIONS[0], CAPTIONS[1], CAPTIONS[2]]
+    with torch.no_grad():
+        first = model(images(3), captions)
+        # 3 unique captions + 3 unique descriptions ("left" and "bilateral" share one)
+        assert seen == [3, 3]
+        second = model(images(3), captions)
+    assert seen == [3, 3, 3]  # descriptions came from the cache
+    torch.testing.assert_close(first, second)
+    model.train()
+    assert model.date._description_cache == {}
+
+
+def test_caption_without_descriptions_is_fine():
+    model = tiny(knowledge=StaticKnowledge({})).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(images(1), ["no known concept here"])).all()
+
+
+def test_knowledge_changes_the_output():
+    x = images(1)
+    with_k = tiny(knowledge=StaticKnowledge()).eval()
+    without = tiny(knowledge=None).eval()
+    without.load_state_dict(with_k.state_dict(), strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(with_k(x, CAPTIONS[:1]), without(x, CAPTIONS[:1]))
+
+
+def test_knowledge_argument_checked():
+    with pytest.raises(ValueError, match="knowledge must be"):
+        tiny(knowledge=42)
