@@ -168,7 +168,7 @@ def test_long_listings_are_capped_with_a_count(tmp_path, png, mask_png):
     with pytest.raises(DataError) as err:
         read_split(tmp_path, "train")
     msg = str(err.value)
-    assert f"... and 7 more" in msg
+    assert "... and 7 more" in msg
     assert msg.count("mask not found") == MAX_LISTED
     assert len(err.value.problems) == n_bad
 

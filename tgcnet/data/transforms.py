@@ -40,7 +40,8 @@ class JointTransform:
     resampled with nearest-neighbour interpolation, so its values are preserved).
     The output image keeps the input's channel layout. ``rng`` (a Generator or an int
     seed) drives every random choice of the call; without it the transform's own
-    generator, seeded by ``seed``, is used.
+    generator, seeded by ``seed``, is used. A call reseeds the shared albumentations
+    pipeline, so share one instance between processes (DataLoader workers), not threads.
     """
 
     def __init__(
