@@ -153,3 +153,22 @@ def test_knowledge_changes_the_output():
 def test_knowledge_argument_checked():
     with pytest.raises(ValueError, match="knowledge must be"):
         tiny(knowledge=42)
+
+
+def test_default_knowledge_is_the_shipped_bank():
+    from tgcnet import create_model
+    from tgcnet.prompts import KnowledgeBank
+
+    model = create_model("tgcnet-tiny").eval()
+    assert isinstance(model.date.knowledge, KnowledgeBank)
+    assert len(model.date.knowledge.descriptions_for(CAPTIONS[0])) > 0
+    with torch.no_grad():
+        assert torch.isfinite(model(images(2), CAPTIONS[:2])).all()
+
+
+def test_knowledge_off_by_config_or_argument():
+    from tgcnet import create_model
+
+    assert create_model("tgcnet-tiny", knowledge=None).date.knowledge is None
+    off = create_model("tgcnet-tiny", date__use_knowledge=False)
+    assert off.date.knowledge is None and off.date.knowledge_fusion is None
