@@ -169,6 +169,8 @@ def test_default_knowledge_is_the_shipped_bank():
 def test_knowledge_off_by_config_or_argument():
     from tgcnet import create_model
 
-    assert create_model("tgcnet-tiny", knowledge=None).date.knowledge is None
+    none = create_model("tgcnet-tiny", knowledge=None)
+    assert none.date.knowledge is None and none.date.knowledge_fusion is None
+    assert none.config.date.use_knowledge is False  # recorded, so from_pretrained rebuilds the same model
     off = create_model("tgcnet-tiny", date__use_knowledge=False)
     assert off.date.knowledge is None and off.date.knowledge_fusion is None

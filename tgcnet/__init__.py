@@ -6,13 +6,13 @@
 """
 __version__ = "0.1.0"
 
-from tgcnet.config import (ClipConfig, DATEConfig, DecoderConfig, SSEConfig, TGCNetConfig, VLCMConfig, add_preset,
-                           get_preset, list_presets)
+from tgcnet.config import (ClipConfig, DATEConfig, DecoderConfig, SSAConfig, SSEConfig, TGCNetConfig, VLCMConfig,
+                           add_preset, get_preset, list_presets)
 from tgcnet.factory import create_model
-from tgcnet.model import TGCNet
+from tgcnet.model import TGCNet, TGCNetOutput
 from tgcnet.params import count_parameters, format_parameter_table
 
 __all__ = [
-    "TGCNet", "TGCNetConfig", "ClipConfig", "SSEConfig", "DATEConfig", "VLCMConfig", "DecoderConfig",
+    "TGCNet", "TGCNetOutput", "TGCNetConfig", "ClipConfig", "SSEConfig", "SSAConfig", "DATEConfig", "VLCMConfig", "DecoderConfig",
     "create_model", "list_presets", "get_preset", "add_preset", "count_parameters", "format_parameter_table",
 ]

@@ -87,6 +87,36 @@ class DecoderConfig:
 
 
 @dataclass
+class SSAConfig:
+    """SSA's spatial ideas (arXiv 2512.22981), each off by default and one flag away.
+
+    ``ot_loss_weight`` > 0 adds the symmetric optimal-transport alignment loss between the
+    calibrated pixels and the caption tokens; ``ot_attention`` biases the pixel->token
+    attention by the log of that transport plan. ``guidance`` turns location words into
+    region masks used as a soft prior in VLCM ("prior"), as an auxiliary loss on the
+    predicted mass outside the region ("loss"), or both.
+    """
+
+    ot_loss_weight: float = 0.0
+    ot_attention: bool = False
+    ot_epsilon: float = 0.05
+    ot_iters: int = 30
+    guidance: Literal["off", "prior", "loss", "both"] = "off"
+    guidance_strength_init: float = 2.0
+    guidance_loss_weight: float = 0.2
+    guidance_soft: float = 0.05
+    guidance_use_zones: bool = True
+
+    @property
+    def guidance_prior(self) -> bool:
+        return self.guidance in ("prior", "both")
+
+    @property
+    def guidance_loss(self) -> bool:
+        return self.guidance in ("loss", "both")
+
+
+@dataclass
 class TGCNetConfig:
     """Everything needed to rebuild a TGCNet, bar the weights."""
 
@@ -96,10 +126,13 @@ class TGCNetConfig:
     date: DATEConfig = field(default_factory=DATEConfig)
     vlcm: VLCMConfig = field(default_factory=VLCMConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    ssa: SSAConfig = field(default_factory=SSAConfig)
     laterality: str = DEFAULT_LATERALITY
 
     def __post_init__(self) -> None:
         check_laterality(self.laterality)
+        if self.ssa.guidance not in ("off", "prior", "loss", "both"):
+            raise ValueError(f"ssa.guidance must be 'off', 'prior', 'loss' or 'both', got {self.ssa.guidance!r}")
         if self.sse.fusion not in ("gated", "concat"):
             raise ValueError(f"sse.fusion must be 'gated' or 'concat', got {self.sse.fusion!r}")
         if len(self.sse.vit_indices) != len(self.sse.cnn_out_indices):

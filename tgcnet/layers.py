@@ -29,20 +29,27 @@ class GatedCrossAttention(nn.Module):
         self.to_out = nn.Linear(inner_dim, dim)
         self.gate = nn.Parameter(torch.tensor(float(gate_init)))
 
-    def attend(self, x: torch.Tensor, context: torch.Tensor,
-               context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The attention update alone (before the gate); ``context_mask`` True = keep."""
+    def attend(self, x: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None,
+               bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The attention update alone (before the gate).
+
+        ``context_mask`` (B, M) is True for keys to keep; ``bias`` (B, N, M) is added to the
+        attention logits (e.g. the log of an optimal-transport plan).
+        """
         b, n, _ = x.shape
         q = self.to_q(self.norm_q(x))
         k, v = self.to_kv(self.norm_kv(context)).chunk(2, dim=-1)
         q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (q, k, v))
         mask = None if context_mask is None else context_mask[:, None, None, :]
+        if bias is not None:
+            bias = bias[:, None].to(q.dtype)
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor,
-                context_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return x + torch.tanh(self.gate).to(x.dtype) * self.attend(x, context, context_mask)
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: Optional[torch.Tensor] = None,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return x + torch.tanh(self.gate).to(x.dtype) * self.attend(x, context, context_mask, bias)
 
 
 def conv_norm_act(in_ch: int, out_ch: int, kernel: int = 3) -> nn.Sequential:

@@ -1,7 +1,9 @@
 """TGCNet: SSE -> DATE -> VLCM -> decoder, with only the adapters trainable."""
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -13,6 +15,8 @@ from tgcnet.backbone import load_clip
 from tgcnet.config import TGCNetConfig
 from tgcnet.date import DATE, KnowledgeSource
 from tgcnet.decoder import Decoder
+from tgcnet.guidance import guidance_masks
+from tgcnet.losses import guidance_outside_loss, ot_alignment_loss
 from tgcnet.sse import SSE
 from tgcnet.vlcm import VLCM
 
@@ -22,6 +26,18 @@ FORMAT_VERSION = 1
 DEFAULT_KNOWLEDGE = "default"
 
 KnowledgeArg = Union[KnowledgeSource, str, None]
+
+
+@dataclass
+class TGCNetOutput:
+    """What ``forward(..., return_aux=True)`` gives: logits and weighted auxiliary losses.
+
+    ``aux_losses`` holds the SSA losses switched on in the config, already multiplied by
+    their weights, so a training loop adds ``sum(aux_losses.values())`` to its own loss.
+    """
+
+    logits: torch.Tensor
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def resolve_knowledge(knowledge: KnowledgeArg) -> Optional[KnowledgeSource]:
@@ -48,15 +64,20 @@ class TGCNet(nn.Module):
 
     def __init__(self, config: TGCNetConfig, knowledge: KnowledgeArg = DEFAULT_KNOWLEDGE) -> None:
         super().__init__()
+        config = copy.deepcopy(config)
+        source = resolve_knowledge(knowledge) if config.date.use_knowledge else None
+        if source is None:
+            # no knowledge: no fusion module either (no dead trainable weights; the saved
+            # config says so, so from_pretrained rebuilds the same architecture)
+            config.date.use_knowledge = False
         self.config = config
         towers = load_clip(config.clip)
         self.sse = SSE(towers.visual, config.sse)
-        self.date = DATE(towers.text, towers.tokenizer, config.date,
-                         knowledge=resolve_knowledge(knowledge) if config.date.use_knowledge else None)
+        self.date = DATE(towers.text, towers.tokenizer, config.date, knowledge=source)
         if towers.text.output_dim != towers.embed_dim:
             raise ValueError(f"CLIP {config.clip.model_name!r}: text output dim {towers.text.output_dim} != "
                              f"image embed dim {towers.embed_dim}; the towers do not share a joint space")
-        self.vlcm = VLCM(towers.embed_dim, config.vlcm)
+        self.vlcm = VLCM(towers.embed_dim, config.vlcm, config.ssa)
         self.decoder = Decoder(self.sse.channels, self.sse.strides, towers.embed_dim,
                                self.sse.clip_visual.patch_size, config.decoder)
         self.patch_size = self.sse.clip_visual.patch_size
@@ -87,13 +108,29 @@ class TGCNet(nn.Module):
             raise ValueError(f"got {len(captions)} captions for a batch of {b} images; need one caption per image")
         return images.expand(-1, 3, -1, -1) if c == 1 else images
 
-    def forward(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, captions: Sequence[str],
+                return_aux: bool = False) -> Union[torch.Tensor, TGCNetOutput]:
         images = self.check_inputs(images, captions)
         x = (images - self.image_mean.to(images.dtype)) / self.image_std.to(images.dtype)
         text = self.date(captions)
         visual = self.sse(x)
-        calibrated = self.vlcm(visual.dense, text)
-        return self.decoder(visual.pyramid, calibrated, size=images.shape[-2:])
+        ssa = self.config.ssa
+        guidance = None
+        if ssa.guidance != "off":
+            h, w = visual.dense.shape[-2:]
+            guidance = guidance_masks(captions, h, w, laterality=self.config.laterality, soft=ssa.guidance_soft,
+                                      use_zones=ssa.guidance_use_zones, device=images.device)
+        calibrated = self.vlcm(visual.dense, text, guidance)
+        logits = self.decoder(visual.pyramid, calibrated, size=images.shape[-2:])
+        if not return_aux:
+            return logits
+        aux: dict[str, torch.Tensor] = {}
+        if ssa.ot_loss_weight > 0:
+            aux["ot_alignment"] = ssa.ot_loss_weight * ot_alignment_loss(
+                calibrated.pixels, calibrated.tokens, text.mask, epsilon=ssa.ot_epsilon, n_iters=ssa.ot_iters)
+        if ssa.guidance_loss:
+            aux["guidance_outside"] = ssa.guidance_loss_weight * guidance_outside_loss(logits, guidance)
+        return TGCNetOutput(logits=logits, aux_losses=aux)
 
     def train(self, mode: bool = True) -> "TGCNet":
         super().train(mode)
