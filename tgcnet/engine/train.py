@@ -1,0 +1,530 @@
+"""Fine-tuning loop: AdamW over the trainable parameters, warmup + cosine, Dice+BCE, AMP, DDP.
+
+One process or ``torchrun --nproc_per_node=K -m tgcnet.cli train ...``. The loop is
+written so that a run killed at any point and resumed with ``--resume RUN_DIR`` ends with
+the same weights as an uninterrupted run: the data order is a pure function of
+(seed, epoch), augmentation of (seed, epoch, index) (see SegmentationDataset), and a
+checkpoint records the optimizer, scheduler, scaler, RNG states and how many batches of
+the current epoch were consumed.
+
+Run directory::
+
+    RUN_DIR/train_config.json   resolved TrainConfig + model config (+ world size)
+    RUN_DIR/log.jsonl           one JSON object per validated epoch
+    RUN_DIR/best/               save_pretrained of the best model by validation Dice
+    RUN_DIR/last/               resumable checkpoint (see tgcnet.engine.checkpoint)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from tgcnet.adapters import save_json_atomic
+from tgcnet.data import SegmentationDataset, build_transforms, collate, read_split
+from tgcnet.losses import dice_bce_loss
+
+from . import checkpoint as ckpt
+from .distributed import (DistInfo, ShardedEpochSampler, broadcast_object, cleanup_distributed, resolve_device,
+                          setup_distributed)
+from .evaluate import INFERENCE_NAME, autocast_context, knowledge_arg, make_loader, run_inference, summarize
+
+__all__ = ["TrainConfig", "train", "lr_factor", "parse_overrides", "TRAIN_CONFIG_NAME", "LOG_NAME"]
+
+TRAIN_CONFIG_NAME = "train_config.json"
+LOG_NAME = "log.jsonl"
+# Fields that fix the data order or the model: a resumed run must not change them.
+_RESUME_FIXED = ("data", "layout", "train_split", "preset", "image_size", "batch_size", "grad_accum", "seed",
+                 "knowledge", "model_overrides", "pretrained", "init_from", "lr", "weight_decay", "warmup_steps",
+                 "min_lr_ratio", "skip_bad", "amp")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``RUN_DIR/train_config.json``.
+
+    ``model_overrides`` are create_model keyword overrides (``{"sse__channels": 32}``).
+    ``max_minutes`` stops on wall-clock time and anneals the cosine schedule to it; such
+    a run is not bit-reproducible (it depends on speed), an epoch/step-bounded one is.
+    ``checkpoint_every`` is in optimizer steps (0: only at epoch end).
+    """
+
+    data: str
+    out: str = "runs/tgcnet"
+    preset: str = "tgcnet-tiny"
+    layout: Optional[str] = None
+    train_split: str = "train"
+    val_split: Optional[str] = "valid"
+    epochs: int = 10
+    max_steps: Optional[int] = None
+    max_minutes: Optional[float] = None
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.01
+    image_size: int = 224
+    grad_accum: int = 1
+    clip_grad: Optional[float] = 1.0
+    amp: str = "none"
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    checkpoint_every: int = 0
+    val_every: int = 1
+    eval_batch_size: Optional[int] = None
+    resume: Optional[str] = None
+    skip_bad: bool = False
+    pretrained: Optional[str] = None
+    init_from: Optional[str] = None
+    knowledge: str = "default"
+    model_overrides: dict = field(default_factory=dict)
+    threshold: float = 0.5
+    deterministic: bool = False
+    progress: bool = True
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        self.data, self.out = str(self.data), str(self.out)
+        checks = {"epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
+                  "lr": self.lr > 0, "warmup_steps": self.warmup_steps >= 0, "workers": self.workers >= 0,
+                  "checkpoint_every": self.checkpoint_every >= 0, "val_every": self.val_every >= 1,
+                  "image_size": self.image_size > 0, "weight_decay": self.weight_decay >= 0,
+                  "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "threshold": 0 < self.threshold < 1}
+        if self.max_steps is not None:
+            checks["max_steps"] = self.max_steps >= 1
+        if self.max_minutes is not None:
+            checks["max_minutes"] = self.max_minutes > 0
+        if self.clip_grad is not None:
+            checks["clip_grad"] = self.clip_grad > 0
+        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid training setting(s): {', '.join(bad)}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["sse.channels=32", "date.lora.r=8"]`` -> ``{"sse__channels": 32, "date__lora__r": 8}``.
+
+    Values are parsed as JSON when they are JSON (numbers, true/false, lists), else kept
+    as strings, so ``--set laterality=patient`` needs no quotes.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value (e.g. sse.channels=32), got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip().replace(".", "__")] = value
+    return out
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0,
+              time_fraction: float = 0.0) -> float:
+    """Linear warmup to 1, then cosine to ``min_ratio`` at the end of training.
+
+    "The end" is whichever comes first of ``total_steps`` and the wall-clock budget
+    (``time_fraction`` of it used), so a time-bounded run still anneals.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max((step - warmup_steps) / span, time_fraction))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class _Clock:
+    """Wall-clock budget shared with the LR schedule; elapsed time survives a resume."""
+
+    def __init__(self, budget_s: Optional[float], elapsed: float = 0.0) -> None:
+        self.budget_s = budget_s
+        self.offset = elapsed
+        self.start = time.monotonic()
+        self.synced = elapsed
+
+    def elapsed(self) -> float:
+        return self.offset + time.monotonic() - self.start
+
+    def sync(self) -> None:
+        """Agree on rank 0's time, so every rank sees the same LR and the same stop decision."""
+        t = self.elapsed()
+        if self.budget_s is not None and dist.is_available() and dist.is_initialized():
+            box = torch.tensor([t], dtype=torch.float64)
+            dist.broadcast(box, src=0)
+            t = float(box.item())
+        self.synced = t
+
+    @property
+    def fraction(self) -> float:
+        return 0.0 if self.budget_s is None else min(1.0, self.synced / self.budget_s)
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.budget_s is not None and self.synced >= self.budget_s
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _resolve_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
+    """The effective config and, when resuming, the saved one it was checked against."""
+    if config.resume is None:
+        out = Path(config.out)
+        if (out / ckpt.LAST).exists() or (out / TRAIN_CONFIG_NAME).exists():
+            raise ValueError(f"{out} already holds a training run; pass --resume {out} to continue it, "
+                             "or choose another --out")
+        return config, None
+    run = Path(config.resume)
+    saved_path = run / TRAIN_CONFIG_NAME
+    if not saved_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {saved_path} not found (is {run} a tgcnet run directory?)")
+    with open(saved_path, encoding="utf-8") as f:
+        saved = json.load(f)["train"]
+    changed = [f"{k}: saved {saved.get(k)!r}, now {getattr(config, k)!r}"
+               for k in _RESUME_FIXED if k in saved and saved[k] != getattr(config, k)]
+    if changed:
+        raise ValueError(f"cannot resume {run} with a different data order or model: " + "; ".join(changed))
+    config = dataclasses.replace(config, out=str(run))
+    return config, saved
+
+
+class Trainer:
+    """One training run in one process (of possibly several under torchrun)."""
+
+    def __init__(self, config: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
+        self.cfg, self.device, self.dist = config, device, dist_info
+        self.run_dir = Path(config.out)
+        self.amp_ctx = lambda: autocast_context(device, config.amp)
+        _seed_everything(config.seed)  # identical trainable init on every rank
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._build_data()
+        self._build_model()
+        _seed_everything(config.seed + 1000 * dist_info.rank)
+        self._build_optimizer()
+        self.state: dict[str, Any] = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_dice": None,
+                                      "best_epoch": None, "validated": False, "loss_sum": 0.0, "loss_count": 0,
+                                      "elapsed": 0.0}
+
+    # ------------------------------------------------------------------ setup
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        train = read_split(cfg.data, cfg.train_split, layout=cfg.layout, skip_bad=cfg.skip_bad)
+        self.train_set = SegmentationDataset(train, build_transforms(True, cfg.image_size, seed=cfg.seed),
+                                             seed=cfg.seed)
+        self.val_loader = None
+        if cfg.val_split:
+            val = read_split(cfg.data, cfg.val_split, layout=cfg.layout, skip_bad=cfg.skip_bad)
+            self.val_loader = make_loader(val, cfg.image_size, cfg.eval_batch_size or cfg.batch_size, cfg.workers,
+                                          self.dist.rank, self.dist.world_size)
+        per_rank = len(ShardedEpochSampler(len(self.train_set), rank=self.dist.rank,
+                                           world_size=self.dist.world_size))
+        self.batches_per_epoch = -(-per_rank // cfg.batch_size)
+        self.steps_per_epoch = -(-self.batches_per_epoch // cfg.grad_accum)
+        total = self.steps_per_epoch * cfg.epochs
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+
+    def _build_model(self) -> None:
+        from tgcnet import create_model
+        from tgcnet.model import TGCNet
+
+        cfg = self.cfg
+        self.model: TGCNet = create_model(cfg.preset, pretrained=cfg.pretrained,
+                                          knowledge=knowledge_arg(cfg.knowledge), **cfg.model_overrides)
+        if cfg.init_from:
+            start = TGCNet.from_pretrained(cfg.init_from, pretrained=cfg.pretrained, knowledge=None)
+            self.model.load_trainable_state_dict(start.trainable_state_dict(), source=cfg.init_from)
+        self.model.to(self.device)
+        self.params = [p for p in self.model.trainable_parameters()]
+        if not self.params:
+            raise ValueError(f"preset {cfg.preset!r} has no trainable parameters")
+        self.net: torch.nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(self.model, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
+
+    def _build_optimizer(self) -> None:
+        cfg = self.cfg
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]  # norms, biases, gates, scales
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        self.clock = _Clock(cfg.max_minutes * 60 if cfg.max_minutes else None)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg.warmup_steps, cfg.min_lr_ratio,
+                                                self.clock.fraction))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+
+    def resume(self) -> None:
+        path, state, optim = ckpt.load_checkpoint(self.run_dir, rank=self.dist.rank)
+        if state["rng_world_size"] != self.dist.world_size:
+            raise ValueError(f"{path} was written by {state['rng_world_size']} process(es) but this run has "
+                             f"{self.dist.world_size}; resume with the same number of processes")
+        from tgcnet.adapters import load_safetensors
+        from tgcnet.model import WEIGHTS_NAME
+
+        self.model.load_trainable_state_dict(
+            {k: v.to(self.device) for k, v in load_safetensors(path / WEIGHTS_NAME).items()}, source=str(path))
+        self.optimizer.load_state_dict(optim["optimizer"])
+        self.scheduler.load_state_dict(optim["scheduler"])
+        if optim["scaler"] is not None:
+            self.scaler.load_state_dict(optim["scaler"])
+        ckpt.restore_rng(state.pop("rng"))
+        state.pop("rng_world_size")
+        state.pop("version", None)
+        self.state.update(state)
+        self.clock = _Clock(self.clock.budget_s, self.state["elapsed"])
+        self.clock.synced = self.state["elapsed"]
+        self._trim_log(self.state["epoch"])
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def _write_config(self) -> None:
+        if self.is_main:
+            save_json_atomic({"train": self.cfg.to_dict(), "model": self.model.config.to_dict(),
+                              "world_size": self.dist.world_size,
+                              "trainable_params": sum(p.numel() for p in self.params)},
+                             self.run_dir / TRAIN_CONFIG_NAME)
+
+    def _trim_log(self, epoch: int) -> None:
+        """Drop log lines of epochs the resumed run will redo (written after the last checkpoint)."""
+        log = self.run_dir / LOG_NAME
+        if not self.is_main or not log.is_file():
+            return
+        lines = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        keep = []
+        for ln in lines:
+            try:
+                if json.loads(ln).get("epoch", -1) < epoch or (json.loads(ln).get("epoch") == epoch
+                                                               and self.state["validated"]):
+                    keep.append(ln)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+        tmp = log.with_suffix(".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        os.replace(tmp, log)
+
+    def _log(self, entry: dict[str, Any]) -> None:
+        if self.is_main:
+            with open(self.run_dir / LOG_NAME, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def _checkpoint(self) -> None:
+        self.state["elapsed"] = self.clock.synced
+        rng = ckpt.capture_rng()
+        if self.dist.enabled:
+            shards: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(shards, rng)
+            rng_states = shards
+        else:
+            rng_states = [rng]
+        if self.is_main:
+            ckpt.save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.scaler,
+                                 dict(self.state), rng_states)
+        if self.dist.enabled:
+            dist.barrier()
+
+    def _save_best(self) -> None:
+        if self.is_main:
+            best = self.run_dir / "best"
+            self.model.save_pretrained(best)
+            save_json_atomic({"image_size": self.cfg.image_size, "knowledge": self.cfg.knowledge,
+                              "threshold": self.cfg.threshold, "pretrained": self.cfg.pretrained,
+                              "epoch": self.state["epoch"], "global_step": self.state["global_step"],
+                              "val_dice": self.state["best_dice"]}, best / INFERENCE_NAME)
+
+    # ------------------------------------------------------------------ loop
+    def _done(self) -> bool:
+        s, cfg = self.state, self.cfg
+        if cfg.max_steps is not None and s["global_step"] >= cfg.max_steps:
+            return True
+        return self.clock.out_of_time
+
+    def _loader(self, epoch: int, skip_batches: int) -> DataLoader:
+        self.train_set.set_epoch(epoch)
+        sampler = ShardedEpochSampler(len(self.train_set), seed=self.cfg.seed, epoch=epoch, rank=self.dist.rank,
+                                      world_size=self.dist.world_size, skip=skip_batches * self.cfg.batch_size)
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=sampler,
+                          num_workers=self.cfg.workers, collate_fn=collate,
+                          pin_memory=self.device.type == "cuda")
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["global_step"] += 1
+        self.clock.sync()
+        self.scheduler.step()
+
+    def _train_epoch(self, epoch: int) -> None:
+        from tqdm.auto import tqdm
+
+        cfg, s = self.cfg, self.state
+        n = self.batches_per_epoch
+        self.net.train()
+        show = cfg.progress and self.is_main and sys.stderr.isatty()
+        bar = tqdm(total=n, initial=s["batches_done"], desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
+                   leave=False)
+        for batch in self._loader(epoch, s["batches_done"]):
+            micro = s["batches_done"]
+            window_start = micro // cfg.grad_accum * cfg.grad_accum
+            window = min(cfg.grad_accum, n - window_start)
+            last_in_window = micro + 1 == window_start + window
+            sync = nullcontext() if (last_in_window or not self.dist.enabled) else self.net.no_sync()
+            images = batch["image"].to(self.device, non_blocking=True)
+            masks = batch["mask"].to(self.device, non_blocking=True)
+            with sync:
+                with self.amp_ctx():
+                    logits = self.net(images, batch["caption"])
+                loss = dice_bce_loss(logits, masks)
+                self.scaler.scale(loss / window).backward()
+            s["loss_sum"] += float(loss.detach())
+            s["loss_count"] += 1
+            s["batches_done"] = micro + 1
+            s["validated"] = False
+            bar.update(1)
+            if not last_in_window:
+                continue
+            self._optimizer_step()
+            bar.set_postfix(loss=f"{s['loss_sum'] / s['loss_count']:.4f}",
+                            lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if self._done():
+                break
+            if cfg.checkpoint_every and s["global_step"] % cfg.checkpoint_every == 0:
+                self._checkpoint()
+        bar.close()
+
+    def _validate(self) -> dict[str, Any]:
+        if self.val_loader is None:
+            return {}
+        acc, rows = run_inference(self.model, self.val_loader, self.device, amp=self.cfg.amp,
+                                  threshold=self.cfg.threshold, laterality=self.model.config.laterality)
+        acc.sync_distributed()
+        if self.dist.enabled:  # side errors: gather rows as MetricAccumulator does
+            shards: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(shards, rows)
+            seen: set[str] = set()
+            rows = [r for shard in shards for r in shard if not (r["name"] in seen or seen.add(r["name"]))]
+        return summarize(acc, rows, self.cfg.threshold)
+
+    def _train_loss(self) -> Optional[float]:
+        s = self.state
+        total = torch.tensor([s["loss_sum"], s["loss_count"]], dtype=torch.float64)
+        if self.dist.enabled:
+            dist.all_reduce(total)
+        return float(total[0] / total[1]) if total[1] > 0 else None
+
+    def _end_epoch(self, epoch: int, epoch_start: float) -> None:
+        s, cfg = self.state, self.cfg
+        complete = s["batches_done"] >= self.batches_per_epoch
+        final = self._done() or (complete and epoch + 1 >= cfg.epochs)
+        metrics = {}
+        if (epoch + 1) % cfg.val_every == 0 or final:
+            metrics = self._validate()
+        improved = False
+        if metrics:
+            if s["best_dice"] is None or metrics["dice"] > s["best_dice"]:
+                s["best_dice"], s["best_epoch"], improved = metrics["dice"], epoch, True
+        elif self.val_loader is None:
+            improved = True  # no validation split: best = latest
+        if improved:
+            self._save_best()
+        entry = {"epoch": epoch, "step": s["global_step"], "train_loss": self._train_loss(),
+                 "lr": self.scheduler.get_last_lr()[0], "time": round(self.clock.elapsed(), 3),
+                 "epoch_time": round(time.monotonic() - epoch_start, 3)}
+        entry.update({f"val_{k}": v for k, v in metrics.items()})
+        entry.update({"best_dice": s["best_dice"], "best_epoch": s["best_epoch"]})
+        self._log(entry)
+        if complete:
+            s.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, loss_count=0, validated=False)
+        else:
+            s["validated"] = True
+        self._checkpoint()
+        if self.is_main and cfg.progress:
+            val = f" val dice {metrics['dice']:.4f} pooled {metrics['pooled_dice']:.4f}" if metrics else ""
+            loss = entry["train_loss"]
+            print(f"epoch {epoch + 1}/{cfg.epochs} step {s['global_step']} loss "
+                  f"{'n/a' if loss is None else f'{loss:.4f}'}{val} ({entry['epoch_time']:.1f}s)", flush=True)
+
+    def run(self) -> Path:
+        cfg, s = self.cfg, self.state
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume is not None:
+            self.resume()
+        else:
+            self._write_config()
+        self.clock.sync()
+        while s["epoch"] < cfg.epochs:
+            if self._done():
+                if not s["validated"] and s["batches_done"] > 0:
+                    self._end_epoch(s["epoch"], time.monotonic())
+                break
+            epoch, start = s["epoch"], time.monotonic()
+            self._train_epoch(epoch)
+            self._end_epoch(epoch, start)
+        if self.is_main and cfg.progress:
+            best = "n/a" if s["best_dice"] is None else f"{s['best_dice']:.4f}"
+            print(f"done: {s['global_step']} steps, best val dice {best} -> {self.run_dir / 'best'}", flush=True)
+        return self.run_dir
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) a run; returns the run directory. Works under torchrun unchanged."""
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    info = setup_distributed(device)
+    try:
+        # rank 0 decides whether the run directory is fresh or resumable, before anyone writes to it
+        resolved: Any = None
+        if info.is_main:
+            try:
+                resolved = _resolve_config(config)[0]
+            except (ValueError, FileNotFoundError) as exc:
+                resolved = exc
+        resolved = broadcast_object(resolved)
+        if isinstance(resolved, BaseException):
+            raise resolved
+        return Trainer(resolved, device, info).run()
+    finally:
+        if owns_group:
+            cleanup_distributed()
