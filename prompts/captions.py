@@ -1,0 +1,102 @@
+"""Harvest captions from a file or a data directory, for `prompts generate --captions`.
+
+Deliberately independent of tgcnet.data (prompts must not import the model side): it only
+needs the caption strings, so a glob over the known layouts is enough.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["read_captions", "DATA_DIR_PATTERNS"]
+
+# Caption files of the layouts tgcnet reads: QaTa-mini, LViT, SGSeg, GuideDecoder.
+DATA_DIR_PATTERNS: tuple[str, ...] = ("**/prompts.csv", "**/*_text.xlsx", "**/annotation.json", "**/prompt/*.csv")
+_COLUMNS = ("description", "caption", "text", "prompt")
+
+
+def _pick_column(header: list[str], path: Path) -> int:
+    lowered = [h.strip().lower() for h in header]
+    for name in _COLUMNS:
+        if name in lowered:
+            return lowered.index(name)
+    raise ValueError(f"{path}: no caption column; expected one of {list(_COLUMNS)} (case-insensitive), "
+                     f"found {header}")
+
+
+def _from_csv(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return []
+    col = _pick_column(rows[0], path)
+    return [r[col] for r in rows[1:] if len(r) > col]
+
+
+def _from_xlsx(path: Path) -> list[str]:
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(path, read_only=True, data_only=True).active
+    rows = [["" if c is None else str(c) for c in row] for row in sheet.iter_rows(values_only=True)]
+    if not rows:
+        return []
+    col = _pick_column(rows[0], path)
+    return [r[col] for r in rows[1:] if len(r) > col]
+
+
+def _strings_under(node: Any, keys: frozenset[str]) -> Iterator[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(v, str) and k.lower() in keys:
+                yield v
+            else:
+                yield from _strings_under(v, keys)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings_under(v, keys)
+
+
+def _from_json(path: Path) -> list[str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return list(_strings_under(data, frozenset({"caption", "description", "text", "prompt"})))
+
+
+def _from_text(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _read_file(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    reader = {".csv": _from_csv, ".xlsx": _from_xlsx, ".json": _from_json}.get(suffix, _from_text)
+    return reader(path)
+
+
+def caption_files(directory: Path) -> list[Path]:
+    """Caption files under a data directory, sorted so runs are reproducible."""
+    found = {p for pattern in DATA_DIR_PATTERNS for p in directory.glob(pattern) if p.is_file()}
+    return sorted(found)
+
+
+def read_captions(source: str | Path) -> list[str]:
+    """Distinct non-empty captions, in first-seen order, from a CSV/XLSX/JSON/text file or a data directory."""
+    source = Path(source)
+    if source.is_dir():
+        files = caption_files(source)
+        if not files:
+            raise FileNotFoundError(f"{source}: no caption files found (looked for {', '.join(DATA_DIR_PATTERNS)})")
+    elif source.is_file():
+        files = [source]
+    else:
+        raise FileNotFoundError(f"{source}: no such file or directory")
+    seen: dict[str, None] = {}
+    for f in files:
+        for caption in _read_file(f):
+            caption = caption.strip()
+            if caption and not caption.startswith("#"):
+                seen.setdefault(caption, None)
+    return list(seen)
