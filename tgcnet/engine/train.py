@@ -414,8 +414,9 @@ class Trainer:
             masks = batch["mask"].to(self.device, non_blocking=True)
             with sync:
                 with self.amp_ctx():
-                    logits = self.net(images, batch["caption"])
-                loss = dice_bce_loss(logits, masks)
+                    out = self.net(images, batch["caption"], return_aux=True)
+                # SSA auxiliary losses (OT alignment, guidance) come weighted; empty unless configured
+                loss = dice_bce_loss(out.logits, masks) + sum(out.aux_losses.values())
                 self.scaler.scale(loss / window).backward()
             s["loss_sum"] += float(loss.detach())
             s["loss_count"] += 1

@@ -1,0 +1,193 @@
+"""Prediction on new images: ``<name>_mask.png`` (0/255) and ``<name>_overlay.png`` per image.
+
+``tgcnet predict --checkpoint RUN --image X.png --text "..." --out DIR [--mask GT.png]`` or,
+for a folder, ``--images DIR --captions CSV`` (columns Image, Description). Inputs are
+checked before the model runs, and every error names the file at fault.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from tgcnet.data import build_transforms
+from tgcnet.data.dataset import load_image, load_mask
+from tgcnet.data.readers import normalize_caption
+
+from .evaluate import DEFAULT_IMAGE_SIZE, autocast_context, load_inference_model
+from .metrics import dice_iou
+from .overlay import render_overlay
+
+__all__ = ["Predictor", "PredictItem", "predict", "read_captions"]
+
+
+@dataclass
+class PredictItem:
+    """One image to segment: where it is, what to look for, and optionally its ground truth."""
+
+    name: str
+    image: Path
+    caption: str
+    mask: Optional[Path] = None
+
+
+def _read_image(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        return load_image(path)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+
+
+def _read_mask(path: Path, shape: tuple[int, int], image: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"ground-truth mask not found: {path}")
+    try:
+        mask, _ = load_mask(path)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot read ground-truth mask {path}: {exc}") from exc
+    if mask.shape != shape:
+        raise ValueError(f"ground-truth mask {path} is {mask.shape[1]}x{mask.shape[0]} but image {image} is "
+                         f"{shape[1]}x{shape[0]}")
+    return mask
+
+
+class Predictor:
+    """A trained model ready for single images; loads once, predicts many.
+
+    ``predictor(image, caption)`` takes a uint8 HxW or HxWx3 array and returns the
+    foreground probability (float32 HxW) at the image's own resolution: the model sees
+    the image resized to its training size, as in evaluation, and the logits are
+    resized back bilinearly.
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", image_size: Optional[int] = None,
+                 threshold: Optional[float] = None, knowledge: Optional[str] = None,
+                 pretrained: Optional[str] = None, amp: str = "none") -> None:
+        self.model, info = load_inference_model(checkpoint, device=device, knowledge=knowledge, pretrained=pretrained)
+        self.device = next(self.model.parameters()).device
+        self.image_size = int(image_size or info.get("image_size") or DEFAULT_IMAGE_SIZE)
+        self.threshold = float(threshold if threshold is not None else info.get("threshold", 0.5))
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        self.amp = amp
+        self.transform = build_transforms(False, self.image_size)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, caption: str) -> np.ndarray:
+        caption = normalize_caption(caption)
+        if not caption:
+            raise ValueError("the text prompt is empty; describe what to segment, e.g. "
+                             "'bilateral pulmonary infection, lower left lung and lower right lung.'")
+        h, w = image.shape[:2]
+        resized, _, _ = self.transform(image, np.zeros((h, w), np.uint8), caption)
+        x = torch.from_numpy(np.ascontiguousarray(resized)).float().div_(255.0)
+        x = x.unsqueeze(0).repeat(3, 1, 1) if x.ndim == 2 else x.permute(2, 0, 1)
+        with autocast_context(self.device, self.amp):
+            logits = self.model(x.unsqueeze(0).to(self.device), [caption])
+        logits = torch.nn.functional.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits)[0, 0].cpu().numpy()
+
+    def predict_item(self, item: PredictItem, out: Path) -> dict[str, Any]:
+        """Write the mask and overlay of one item; returns a summary row."""
+        image = _read_image(item.image)
+        gt = _read_mask(item.mask, image.shape[:2], item.image) if item.mask is not None else None
+        caption = normalize_caption(item.caption)
+        if not caption:
+            raise ValueError(f"empty caption for image {item.image}")
+        prob = self(image, caption)
+        pred = prob > self.threshold
+        out.mkdir(parents=True, exist_ok=True)
+        mask_path, overlay_path = out / f"{item.name}_mask.png", out / f"{item.name}_overlay.png"
+        Image.fromarray(pred.astype(np.uint8) * 255).save(mask_path)
+        row: dict[str, Any] = {"name": item.name, "caption": caption, "mask": str(mask_path),
+                               "overlay": str(overlay_path), "foreground": float(pred.mean())}
+        if gt is not None:
+            d, i = dice_iou(torch.from_numpy(pred)[None], torch.from_numpy(gt > 0)[None])
+            row.update(dice=float(d[0]), iou=float(i[0]))
+        render_overlay(image, pred, caption, gt=gt, dice=row.get("dice")).save(overlay_path)
+        return row
+
+
+def read_captions(images: str | Path, captions: str | Path, masks: str | Path | None = None) -> list[PredictItem]:
+    """Items of a folder of images and a CSV (columns Image, Description), masks optional.
+
+    A ground-truth mask is looked up as ``masks/mask_<image>`` (the QaTa naming) or
+    ``masks/<image>``. All problems are listed at once.
+    """
+    images, captions = Path(images), Path(captions)
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder not found: {images}")
+    if not captions.is_file():
+        raise FileNotFoundError(f"captions file not found: {captions}")
+    try:
+        table = pd.read_csv(captions, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise ValueError(f"cannot read captions CSV {captions}: {exc}") from exc
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in ("Image", "Description") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{captions}: missing column(s) {missing}; found {list(table.columns)}")
+    items, problems = [], []
+    for row, (name, text) in enumerate(zip(table["Image"], table["Description"]), start=2):
+        name, text = str(name).strip(), normalize_caption(text)
+        path = images / name
+        mask = None
+        if masks is not None:
+            mask = next((p for p in (Path(masks) / f"mask_{name}", Path(masks) / name) if p.is_file()),
+                        Path(masks) / f"mask_{name}")
+        if not path.is_file():
+            problems.append(f"{captions} line {row}: image {path} not found")
+        elif not text:
+            problems.append(f"{captions} line {row}: empty caption for {name}")
+        elif mask is not None and not mask.is_file():
+            problems.append(f"{captions} line {row}: no ground-truth mask for {name} (looked for {mask})")
+        items.append(PredictItem(Path(name).stem, path, text, mask))
+    if problems:
+        raise ValueError(f"{len(problems)} bad row(s):\n" + "\n".join(problems))
+    if not items:
+        raise ValueError(f"{captions} has no rows")
+    return items
+
+
+def predict(checkpoint: str | Path, out: str | Path, *, image: str | Path | None = None, text: Optional[str] = None,
+            mask: str | Path | None = None, images: str | Path | None = None, captions: str | Path | None = None,
+            masks: str | Path | None = None, device: str = "auto", image_size: Optional[int] = None,
+            threshold: Optional[float] = None, knowledge: Optional[str] = None, pretrained: Optional[str] = None,
+            amp: str = "none") -> list[dict[str, Any]]:
+    """Segment one image (``image`` + ``text`` [+ ``mask``]) or a folder (``images`` + ``captions`` CSV
+    [+ ``masks`` folder]); writes masks and overlays under ``out`` and returns one row per image.
+    """
+    single, folder = image is not None, images is not None
+    if single == folder:
+        raise ValueError("give either image (with text) or images (with captions), not both or neither")
+    if single:
+        if text is None or not normalize_caption(text):
+            raise ValueError(f"an empty text prompt was given for {image}; describe what to segment")
+        items = [PredictItem(Path(image).stem, Path(image), text, Path(mask) if mask else None)]
+        _read_image(items[0].image)  # fail on a bad input before the model loads
+    else:
+        if captions is None:
+            raise ValueError("--images needs --captions CSV (columns Image, Description)")
+        items = list(read_captions(images, captions, masks))
+    predictor = Predictor(checkpoint, device=device, image_size=image_size, threshold=threshold,
+                          knowledge=knowledge, pretrained=pretrained, amp=amp)
+    return predict_items(predictor, items, Path(out))
+
+
+def predict_items(predictor: Predictor, items: Sequence[PredictItem], out: Path) -> list[dict[str, Any]]:
+    rows = [predictor.predict_item(item, out) for item in items]
+    if len(rows) > 1:
+        keys = ["name", "caption", "foreground", "dice", "iou", "mask", "overlay"]
+        with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
