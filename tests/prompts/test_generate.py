@@ -59,7 +59,7 @@ def test_retries_429_500_and_timeout_then_succeeds(fake_chat, api_key, tmp_path,
     fake_chat.plan["lower left lung"] = [429, 500, "hang", "ok"]
     t0 = time.monotonic()
     report = _run(fake_chat, tmp_path / "c.json", concepts=["zone:lower left lung"])
-    assert time.monotonic() - t0 < 2.5  # one 0.5 s timeout plus tiny backoffs
+    assert time.monotonic() - t0 < 5.0  # one 0.5 s timeout plus tiny backoffs, not the 10 s hang
     assert fake_chat.count("lower left lung") == 4
     assert [r["action"] for r in fake_chat.requests] == [429, 500, "hang", "ok"]
     assert report.generated == ["zone:lower left lung"]
