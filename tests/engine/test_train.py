@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tgcnet.adapters import load_safetensors
+from tgcnet.data import sample_root
+from tgcnet.engine import TrainConfig, train
+from tgcnet.engine.distributed import DistInfo, ShardedEpochSampler, epoch_order
+from tgcnet.engine.train import Trainer, lr_factor, parse_overrides
+
+
+def config(tmp_path, **kw) -> TrainConfig:
+    base = dict(data=str(sample_root()), out=str(tmp_path / "run"), image_size=64, batch_size=8, epochs=1,
+                knowledge="none", warmup_steps=1, progress=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run_trainer(cfg: TrainConfig) -> Trainer:
+    trainer = Trainer(cfg, torch.device("cpu"), DistInfo())
+    trainer.run()
+    return trainer
+
+
+def test_train_writes_run_directory(tmp_path):
+    from tgcnet import create_model
+
+    cfg = config(tmp_path, epochs=2, lr=3e-3)
+    trainer = run_trainer(cfg)
+    run = tmp_path / "run"
+    saved = json.loads((run / "train_config.json").read_text())
+    assert saved["train"]["image_size"] == 64 and saved["model"]["name"] == "tgcnet-tiny"
+    assert saved["trainable_params"] == sum(p.numel() for p in trainer.model.trainable_parameters())
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [0, 1] and [e["step"] for e in log] == [4, 8]  # 32 images / 8
+    for key in ("train_loss", "lr", "time", "val_dice", "val_iou", "val_pooled_dice", "val_pooled_iou",
+                "val_n_images", "val_side_error"):
+        assert key in log[-1], key
+    assert log[-1]["val_n_images"] == 8 and math.isfinite(log[-1]["train_loss"])
+    assert (run / "best" / "config.json").is_file() and (run / "best" / "inference.json").is_file()
+    state = json.loads((run / "last" / "trainer_state.json").read_text())
+    assert state["epoch"] == 2 and state["global_step"] == 8 and state["batches_done"] == 0
+
+    # only trainable weights are saved, they moved, and the frozen towers did not
+    fresh = create_model("tgcnet-tiny", knowledge=None)
+    weights = load_safetensors(run / "last" / "model.safetensors")
+    assert set(weights) == set(fresh.trainable_state_dict())
+    assert any(not torch.equal(weights[k], v) for k, v in fresh.trainable_state_dict().items())
+    frozen = {k: v for k, v in trainer.model.state_dict().items() if k.startswith("sse.clip_visual.")}
+    assert frozen and all(torch.equal(v, fresh.state_dict()[k]) for k, v in frozen.items())
+
+
+class GradRecorder(Trainer):
+    """Keeps the gradients of the first optimizer step (Adam's first step is sign-like, so
+    comparing weights after it would magnify rounding noise in near-zero gradients)."""
+
+    def _optimizer_step(self) -> None:
+        if not hasattr(self, "grads"):
+            self.grads = [p.grad.detach().clone() for p in self.params]
+        super()._optimizer_step()
+
+
+def test_grad_accumulation_matches_a_bigger_batch(tmp_path):
+    """4 x 2 accumulated == 8 in one batch: the same images, the loss averaged the same way."""
+    common = dict(max_steps=1, val_split=None, clip_grad=None)
+    big = GradRecorder(config(tmp_path / "a", batch_size=8, **common), torch.device("cpu"), DistInfo())
+    big.run()
+    acc = GradRecorder(config(tmp_path / "b", batch_size=4, grad_accum=2, **common), torch.device("cpu"), DistInfo())
+    acc.run()
+    assert len(big.grads) == len(acc.grads) == len(big.params)
+    assert any(g.abs().sum() > 0 for g in big.grads)
+    for g_big, g_acc in zip(big.grads, acc.grads):
+        torch.testing.assert_close(g_acc, g_big, rtol=1e-3, atol=1e-7)
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    trainer = run_trainer(config(tmp_path, amp="bf16", max_steps=2, val_split=None))
+    assert trainer.state["global_step"] == 2 and math.isfinite(trainer.state["loss_sum"])
+
+
+def test_fp16_needs_cuda(tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        run_trainer(config(tmp_path, amp="fp16", max_steps=1, val_split=None))
+
+
+def test_run_directory_is_not_overwritten(tmp_path):
+    train(config(tmp_path, max_steps=1, val_split=None))
+    with pytest.raises(ValueError, match="already holds a training run"):
+        train(config(tmp_path, max_steps=1, val_split=None))
+    with pytest.raises(ValueError, match="seed: saved 0, now 1"):
+        train(config(tmp_path, seed=1, resume=str(tmp_path / "run")))
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("lr", -1.0), ("grad_accum", 0),
+                                         ("amp", "fp8"), ("threshold", 1.5)])
+def test_bad_settings_are_named(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field):
+        config(tmp_path, **{field: value})
+
+
+def test_model_overrides_reach_the_model(tmp_path):
+    trainer = run_trainer(config(tmp_path, max_steps=1, val_split=None,
+                                 model_overrides=parse_overrides(["decoder.channels=8"])))
+    assert trainer.model.config.decoder.channels == 8
+    assert parse_overrides(["date.lora.r=2", "laterality=patient"]) == {"date__lora__r": 2, "laterality": "patient"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["sse.channels"])
+
+
+def test_lr_schedule_warmup_then_cosine():
+    f = [lr_factor(s, total_steps=10, warmup_steps=2, min_ratio=0.1) for s in range(11)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0) and f[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[2:], f[3:]))  # monotone decay after warmup
+    assert f[10] == pytest.approx(0.1)
+    # a wall-clock budget half used anneals at least half way
+    assert lr_factor(3, 100, 2, 0.0, time_fraction=0.5) == pytest.approx(0.5)
+
+
+def test_sampler_order_sharding_and_skip():
+    order = epoch_order(10, seed=3, epoch=1)
+    assert sorted(order.tolist()) == list(range(10))
+    assert not np.array_equal(order, epoch_order(10, seed=3, epoch=2))
+    assert np.array_equal(order, epoch_order(10, seed=3, epoch=1))
+    shards = [list(ShardedEpochSampler(10, seed=3, epoch=1, rank=r, world_size=4)) for r in range(4)]
+    assert all(len(s) == 3 for s in shards)  # padded like DistributedSampler
+    assert set().union(*map(set, shards)) == set(range(10))
+    whole = list(ShardedEpochSampler(10, seed=3, epoch=1))
+    assert list(ShardedEpochSampler(10, seed=3, epoch=1, skip=4)) == whole[4:]
+    assert len(ShardedEpochSampler(10, seed=3, epoch=1, skip=4)) == 6
