@@ -43,6 +43,18 @@ def save_json_atomic(data: Any, path: str | Path) -> None:
     _atomic_replace(Path(path), write)
 
 
+def load_json(path: str | Path, what: str) -> Any:
+    """Read a JSON file; a missing file is a FileNotFoundError saying which ``what`` was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file with a clear error when it is missing or not safetensors."""
     path = Path(path)

@@ -18,7 +18,7 @@ from torch import nn
 
 from .attention import project_attention
 from .config import LoraAdapterConfig
-from .io import load_safetensors, save_json_atomic, save_safetensors_atomic
+from .io import load_json, load_safetensors, save_json_atomic, save_safetensors_atomic
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -92,14 +92,8 @@ def save_adapter(module: nn.Module, config: LoraAdapterConfig, directory: str | 
 
 def load_adapter(module: nn.Module, directory: str | Path) -> LoraAdapterConfig:
     """Inject and load an adapter saved by :func:`save_adapter` into a bare tower."""
-    import json
-
     directory = Path(directory)
-    config_path = directory / ADAPTER_CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"adapter config not found: {config_path}")
-    with open(config_path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = load_json(directory / ADAPTER_CONFIG_NAME, "adapter config")
     data.pop("peft_type", None)
     config = LoraAdapterConfig(**data)
     apply_lora(module, config)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -10,7 +9,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from tgcnet.adapters import load_safetensors, save_json_atomic, save_safetensors_atomic
+from tgcnet.adapters import load_json, load_safetensors, save_json_atomic, save_safetensors_atomic
 from tgcnet.backbone import load_clip
 from tgcnet.config import TGCNetConfig
 from tgcnet.date import DATE, KnowledgeSource
@@ -188,12 +187,8 @@ class TGCNet(nn.Module):
 
         ``pretrained`` overrides the recorded CLIP checkpoint path (the run moved machines).
         """
-        directory = Path(directory)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is it a directory written by save_pretrained?")
-        with open(config_path, encoding="utf-8") as f:
-            saved = json.load(f)
+        config_path = Path(directory) / CONFIG_NAME
+        saved = load_json(config_path, f"{CONFIG_NAME} (a directory written by save_pretrained)")
         if saved.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{config_path} has format version {saved['format_version']}, newer than this "
                              f"tgcnet understands ({FORMAT_VERSION}); upgrade tgcnet")
@@ -201,7 +196,7 @@ class TGCNet(nn.Module):
         if pretrained is not None:
             config.clip.pretrained = pretrained
         model = cls(config, knowledge=knowledge)
-        model.load_trainable_state_dict(load_safetensors(directory / WEIGHTS_NAME), source=str(directory))
+        model.load_trainable_state_dict(load_safetensors(Path(directory) / WEIGHTS_NAME), source=str(directory))
         return model.to(map_location)
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
