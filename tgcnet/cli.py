@@ -41,14 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_parsers(sub: argparse._SubParsersAction) -> None:
     """Subcommands living in other packages register themselves here."""
+    from tgcnet.engine.cli import add_engine_parsers
     from tgcnet.prompts.cli import add_prompts_parser
 
-    add_prompts_parser(sub)
-    try:
-        from tgcnet.engine.cli import add_engine_parsers
-    except ImportError:
-        return
     add_engine_parsers(sub)
+    add_prompts_parser(sub)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
