@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from tgcnet.adapters import load_safetensors
@@ -21,6 +22,17 @@ from tgcnet.data import sample_root
 from tgcnet.engine import TrainConfig
 from tgcnet.engine.distributed import DistInfo
 from tgcnet.engine.train import Trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core CI: one intra-op thread avoids OpenMP oversubscription,
+    which made a 64x64 forward pass take 1.3 s instead of 4 ms here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 
 class GradRecorder(Trainer):
