@@ -39,6 +39,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--knowledge", help="'default' (shipped bank), 'none', or a knowledge cache JSON path")
     g.add_argument("--set", dest="model_overrides", action="append", metavar="KEY=VALUE",
                    help="model config override, repeatable, e.g. --set sse.channels=32 --set date.lora.r=8")
+    g.add_argument("--caption-override", dest="caption_override", metavar="TEXT",
+                   help="use this one caption for every image (text-path ablation)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="default 10")
     g.add_argument("--max-steps", dest="max_steps", type=int, help="stop after this many optimizer steps")

@@ -7,6 +7,7 @@ picks the best checkpoint is computed exactly like the number reported afterward
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import sys
@@ -32,6 +33,15 @@ __all__ = ["INFERENCE_NAME", "resolve_checkpoint", "load_inference_model", "run_
 INFERENCE_NAME = "inference.json"
 DEFAULT_IMAGE_SIZE = 224
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def override_captions(triples: list, caption: Optional[str]) -> list:
+    """The triples with every caption replaced by ``caption`` (None: unchanged)."""
+    if caption is None:
+        return triples
+    if not caption.strip():
+        raise ValueError("caption_override must be a non-empty string")
+    return [dataclasses.replace(t, caption=caption) for t in triples]
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -73,7 +83,8 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
             with open(source, encoding="utf-8") as f:
                 data = json.load(f)
             train = data.get("train", data)
-            info.update({k: train[k] for k in ("image_size", "knowledge", "threshold", "pretrained") if k in train})
+            info.update({k: train[k] for k in ("image_size", "knowledge", "threshold", "pretrained",
+                                               "caption_override") if k in train})
     return model_dir, info
 
 
@@ -167,7 +178,8 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, o
     """Evaluate a trained model on ``split`` of ``data``; returns the metrics dict.
 
     With ``out``, writes ``out/metrics.json`` and ``out/per_image.csv``. Image size and
-    knowledge default to the ones the model was trained with.
+    knowledge default to the ones the model was trained with, and so does a training-time
+    ``caption_override`` (a text-ablated model is evaluated with the caption it was trained on).
     """
     model, info = load_inference_model(checkpoint, device=device, knowledge=knowledge, pretrained=pretrained)
     dev = next(model.parameters()).device
@@ -175,13 +187,14 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, o
     thr = float(threshold if threshold is not None else info.get("threshold", 0.5))
     if not math.isfinite(thr) or not 0 < thr < 1:
         raise ValueError(f"threshold must be in (0, 1), got {thr}")
-    triples = read_split(data, split, layout=layout, skip_bad=skip_bad)
+    triples = override_captions(read_split(data, split, layout=layout, skip_bad=skip_bad),
+                                info.get("caption_override"))
     loader = make_loader(triples, size, batch_size, workers)
     acc, rows = run_inference(model, loader, dev, amp=amp, threshold=thr, laterality=model.config.laterality,
                               progress=progress, desc=f"evaluate {split}")
     metrics = summarize(acc, rows, thr)
     metrics.update({"split": split, "data": str(data), "checkpoint": info["model_dir"], "image_size": size,
-                    "knowledge": info["knowledge"]})
+                    "knowledge": info["knowledge"], "caption_override": info.get("caption_override")})
     if out is not None:
         out = Path(out)
         save_json_atomic(metrics, out / "metrics.json")

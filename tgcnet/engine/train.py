@@ -40,7 +40,8 @@ from tgcnet.losses import dice_bce_loss
 from . import checkpoint as ckpt
 from .distributed import (DistInfo, ShardedEpochSampler, broadcast_object, cleanup_distributed, resolve_device,
                           setup_distributed)
-from .evaluate import INFERENCE_NAME, autocast_context, knowledge_arg, make_loader, run_inference, summarize
+from .evaluate import (INFERENCE_NAME, autocast_context, knowledge_arg, make_loader, override_captions, run_inference,
+                       summarize)
 
 __all__ = ["TrainConfig", "train", "lr_factor", "parse_overrides", "TRAIN_CONFIG_NAME", "LOG_NAME"]
 
@@ -48,8 +49,8 @@ TRAIN_CONFIG_NAME = "train_config.json"
 LOG_NAME = "log.jsonl"
 # Fields that fix the data order or the model: a resumed run must not change them.
 _RESUME_FIXED = ("data", "layout", "train_split", "preset", "image_size", "batch_size", "grad_accum", "seed",
-                 "knowledge", "model_overrides", "pretrained", "init_from", "lr", "weight_decay", "warmup_steps",
-                 "min_lr_ratio", "skip_bad", "amp")
+                 "knowledge", "model_overrides", "pretrained", "caption_override", "init_from", "lr", "weight_decay",
+                 "warmup_steps", "min_lr_ratio", "skip_bad", "amp")
 
 
 @dataclass
@@ -60,6 +61,8 @@ class TrainConfig:
     ``max_minutes`` stops on wall-clock time and anneals the cosine schedule to it; such
     a run is not bit-reproducible (it depends on speed), an epoch/step-bounded one is.
     ``checkpoint_every`` is in optimizer steps (0: only at epoch end).
+    ``caption_override`` replaces every caption (train and validation) by one string: the
+    text-path ablation, where the text can no longer tell images apart.
     """
 
     data: str
@@ -93,6 +96,7 @@ class TrainConfig:
     knowledge: str = "default"
     model_overrides: dict = field(default_factory=dict)
     threshold: float = 0.5
+    caption_override: Optional[str] = None
     deterministic: bool = False
     progress: bool = True
     find_unused_parameters: bool = False
@@ -240,12 +244,14 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _build_data(self) -> None:
         cfg = self.cfg
-        train = read_split(cfg.data, cfg.train_split, layout=cfg.layout, skip_bad=cfg.skip_bad)
+        train = override_captions(read_split(cfg.data, cfg.train_split, layout=cfg.layout, skip_bad=cfg.skip_bad),
+                                  cfg.caption_override)
         self.train_set = SegmentationDataset(train, build_transforms(True, cfg.image_size, seed=cfg.seed),
                                              seed=cfg.seed)
         self.val_loader = None
         if cfg.val_split:
-            val = read_split(cfg.data, cfg.val_split, layout=cfg.layout, skip_bad=cfg.skip_bad)
+            val = override_captions(read_split(cfg.data, cfg.val_split, layout=cfg.layout, skip_bad=cfg.skip_bad),
+                                    cfg.caption_override)
             self.val_loader = make_loader(val, cfg.image_size, cfg.eval_batch_size or cfg.batch_size, cfg.workers,
                                           self.dist.rank, self.dist.world_size)
         per_rank = len(ShardedEpochSampler(len(self.train_set), rank=self.dist.rank,
@@ -365,6 +371,7 @@ class Trainer:
             best = self.run_dir / "best"
             self.model.save_pretrained(best)
             save_json_atomic({"image_size": self.cfg.image_size, "knowledge": self.cfg.knowledge,
+                              "caption_override": self.cfg.caption_override,
                               "threshold": self.cfg.threshold, "pretrained": self.cfg.pretrained,
                               "epoch": self.state["epoch"], "global_step": self.state["global_step"],
                               "val_dice": self.state["best_dice"]}, best / INFERENCE_NAME)
