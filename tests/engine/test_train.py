@@ -143,3 +143,11 @@ def test_sampler_order_sharding_and_skip():
     whole = list(ShardedEpochSampler(10, seed=3, epoch=1))
     assert list(ShardedEpochSampler(10, seed=3, epoch=1, skip=4)) == whole[4:]
     assert len(ShardedEpochSampler(10, seed=3, epoch=1, skip=4)) == 6
+
+
+def test_caption_override_replaces_every_caption(tmp_path):
+    trainer = Trainer(config(tmp_path, caption_override="chest x-ray.", max_steps=1), torch.device("cpu"), DistInfo())
+    assert {t.caption for t in trainer.train_set.triples} == {"chest x-ray."}
+    assert {t.caption for t in trainer.val_loader.dataset.triples} == {"chest x-ray."}
+    with pytest.raises(ValueError, match="caption_override"):
+        Trainer(config(tmp_path, caption_override="  "), torch.device("cpu"), DistInfo())

@@ -205,6 +205,9 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, preset: str = 
     """Train on the embedded sample (train split, select on valid), evaluate on its test split,
     and write overlays of the test images. Returns the test metrics and paths.
 
+    Validation runs every 10 epochs (and at the end): with 8 validation images, picking the
+    best of ~200 noisy scores chose an early, lucky epoch (val 0.58 at epoch 18, test 0.47).
+
     ``threads`` defaults to one: the ops of a CPU-sized model are too small for intra-op
     parallelism to pay, and on a shared machine two OpenMP threads were 4x slower per step
     than one (measured: 0.16 s vs 0.7 s per batch of 8 at 224 px).
@@ -229,7 +232,7 @@ def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, preset: str = 
     start = time.monotonic()
     cfg = TrainConfig(data=str(root), out=str(run_dir), preset=preset, image_size=image_size, epochs=epochs,
                       max_minutes=minutes, batch_size=8, lr=3e-3, warmup_steps=20, device=device,
-                      pretrained=pretrained, progress=progress,
+                      pretrained=pretrained, progress=progress, val_every=10,
                       model_overrides=DEMO_OVERRIDES if model_overrides is None else model_overrides)
     train(cfg)
     train_s = time.monotonic() - start
