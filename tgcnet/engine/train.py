@@ -325,7 +325,8 @@ class Trainer:
         if self.is_main:
             save_json_atomic({"train": self.cfg.to_dict(), "model": self.model.config.to_dict(),
                               "world_size": self.dist.world_size,
-                              "trainable_params": sum(p.numel() for p in self.params)},
+                              "trainable_params": sum(p.numel() for p in self.params),
+                              "total_params": sum(p.numel() for p in self.model.parameters())},
                              self.run_dir / TRAIN_CONFIG_NAME)
 
     def _trim_log(self, epoch: int) -> None:
