@@ -1,0 +1,273 @@
+"""Accuracy on real QaTa-COV19 (qata-mini): TGCNet with captions, without text, and a U-Net.
+
+    python benchmarks/qata_mini.py [--minutes 30] [--data ../shared/data/qata-mini] [--runs tgcnet,notext,unet]
+
+Each run trains on ``train``, keeps the checkpoint with the best validation per-image Dice,
+and is evaluated once on ``test``, within the same wall-clock budget (``--minutes`` each; the
+cosine schedule anneals to the budget). Writes ``qata_mini.json`` and ``qata_mini.md`` to
+``--out`` (default benchmarks/results) with per-image and pooled Dice/IoU, trainable
+parameters and time, and the issue's targets marked met / missed.
+
+Runs:
+1. ``tgcnet``: the CPU-sized model of ``tgcnet demo`` (tgcnet-tiny with a wider CNN branch)
+   with the real captions and the shipped knowledge bank.
+2. ``notext``: the same model and budget, text path disabled: every caption is replaced by
+   one constant neutral string (:data:`NEUTRAL_CAPTION`) and knowledge is off. The text
+   tower still runs, but it gives every image the same vector, so it can only act as a
+   learned bias; any gap to run 1 is what the captions contribute. (A literally empty
+   caption is rejected by the data readers, and dropping the text tower would change the
+   architecture as well as the information.)
+3. ``unet``: segmentation_models_pytorch ``Unet(resnet18, encoder_weights=None)`` (benchmark
+   only extra: ``pip install segmentation-models-pytorch``), same data, augmentation, loss,
+   optimiser, schedule, selection and budget; it ignores the captions.
+
+CPU threads default to one (``--threads``): measured here, two OpenMP threads on the shared
+2-core machine were 4x slower per step than one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "qata-mini"
+NEUTRAL_CAPTION = "chest x-ray."
+TARGET_MINUTES = 30.0
+TARGET_DICE, TARGET_POOLED = 0.75, 0.82
+TARGET_TEXT_GAIN = 0.03
+
+
+def _tgcnet_run(name: str, args: argparse.Namespace, text: bool) -> dict[str, Any]:
+    from tgcnet.engine import TrainConfig, evaluate, train
+    from tgcnet.engine.cli import DEMO_OVERRIDES
+
+    run_dir = Path(args.work) / name
+    cfg = TrainConfig(data=str(args.data), out=str(run_dir), preset=args.preset, image_size=args.image_size,
+                      epochs=10_000, max_minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=50, device=args.device, seed=args.seed, pretrained=args.pretrained,
+                      knowledge="default" if text else "none", model_overrides=dict(DEMO_OVERRIDES),
+                      caption_override=None if text else NEUTRAL_CAPTION, progress=False)
+    start = time.monotonic()
+    train(cfg)
+    seconds = time.monotonic() - start
+    metrics = evaluate(run_dir, args.data, "test", out=run_dir / "eval_test", device=args.device, progress=False)
+    config = json.loads((run_dir / "train_config.json").read_text())
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return _result(name, metrics, config["trainable_params"], config["total_params"], seconds, log,
+                   {"preset": args.preset, "overrides": DEMO_OVERRIDES, "captions": "real" if text else
+                    f"constant {NEUTRAL_CAPTION!r}", "knowledge": cfg.knowledge,
+                    "clip_weights": args.pretrained or "random init (none available offline)"})
+
+
+def _result(name: str, metrics: dict, trainable: int, total: int, seconds: float, log: list[dict],
+            setup: dict) -> dict[str, Any]:
+    best = max(log, key=lambda e: e.get("val_dice", -1))
+    return {"run": name, "test": {k: metrics[k] for k in ("dice", "iou", "pooled_dice", "pooled_iou", "n_images",
+                                                         "side_error", "side_error_n")},
+            "trainable_params": trainable, "total_params": total, "train_seconds": round(seconds, 1),
+            "epochs": len(log), "steps": log[-1]["step"], "best_val_dice": best.get("val_dice"),
+            "best_epoch": best["epoch"], "setup": setup}
+
+
+def _unet_run(args: argparse.Namespace) -> dict[str, Any]:
+    """U-Net baseline with the trainer's data, loss, AdamW, warmup+cosine-to-budget and selection."""
+    import segmentation_models_pytorch as smp
+    from torch.utils.data import DataLoader
+
+    from tgcnet.data import SegmentationDataset, build_transforms, collate, read_split
+    from tgcnet.engine.distributed import ShardedEpochSampler
+    from tgcnet.engine.metrics import MetricAccumulator
+    from tgcnet.engine.train import lr_factor
+    from tgcnet.losses import dice_bce_loss
+
+    torch.manual_seed(args.seed)
+    device = torch.device("cpu" if args.device in ("auto", "cpu") and not torch.cuda.is_available()
+                          else ("cuda" if args.device == "auto" else args.device))
+    model = smp.Unet(args.unet_encoder, encoder_weights=None, in_channels=3, classes=1).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    train_set = SegmentationDataset(read_split(args.data, "train"), build_transforms(True, args.image_size,
+                                                                                     seed=args.seed), seed=args.seed)
+
+    def eval_loader(split: str) -> DataLoader:
+        return DataLoader(SegmentationDataset(read_split(args.data, split), build_transforms(False, args.image_size)),
+                          batch_size=args.batch_size, collate_fn=collate)
+
+    @torch.no_grad()
+    def score(loader: DataLoader) -> dict:
+        model.eval()
+        acc = MetricAccumulator()
+        for b in loader:
+            acc.update(model(b["image"].to(device)).float(), b["mask"].to(device), names=b["name"])
+        model.train()
+        return acc.compute()
+
+    budget, start, step, epoch, log = args.minutes * 60, time.monotonic(), 0, 0, []
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    best, best_state, val = -1.0, None, eval_loader("valid")
+    model.train()
+    while time.monotonic() - start < budget:
+        train_set.set_epoch(epoch)
+        sampler = ShardedEpochSampler(len(train_set), seed=args.seed, epoch=epoch)
+        for b in DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, collate_fn=collate):
+            frac = (time.monotonic() - start) / budget
+            for g in opt.param_groups:
+                g["lr"] = args.lr * lr_factor(step, 10**9, 50, 0.01, time_fraction=frac)
+            loss = dice_bce_loss(model(b["image"].to(device)), b["mask"].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            if time.monotonic() - start >= budget:
+                break
+        m = score(val)
+        log.append({"epoch": epoch, "step": step, "val_dice": m["dice"]})
+        if m["dice"] > best:
+            best, best_state = m["dice"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+        epoch += 1
+    seconds = time.monotonic() - start
+    model.load_state_dict(best_state)
+    test = score(eval_loader("test"))
+    test.update(side_error=None, side_error_n=0)
+    total = sum(p.numel() for p in model.parameters())
+    return _result("unet", test, total, total, seconds, log,
+                   {"model": f"smp.Unet({args.unet_encoder!r}, encoder_weights=None)", "captions": "ignored",
+                    "steps_per_epoch": steps_per_epoch})
+
+
+def _targets(results: dict[str, dict], minutes: float) -> list[dict[str, Any]]:
+    out = []
+    t, nt, un = (results.get(k, {}).get("test") for k in ("tgcnet", "notext", "unet"))
+    full_budget = minutes >= TARGET_MINUTES
+    if t and nt:
+        gain = t["dice"] - nt["dice"]
+        out.append({"target": f"(1) beats (2) by >= {100 * TARGET_TEXT_GAIN:.0f} Dice points",
+                    "value": f"{100 * gain:+.1f} points", "met": gain >= TARGET_TEXT_GAIN})
+    if t and un:
+        out.append({"target": "(1) beats (3) (per-image Dice)", "value": f"{t['dice']:.4f} vs {un['dice']:.4f}",
+                    "met": t["dice"] > un["dice"]})
+    if t:
+        out.append({"target": f"(1) per-image Dice >= {TARGET_DICE} within {TARGET_MINUTES:.0f} min",
+                    "value": f"{t['dice']:.4f} after {minutes:g} min", "met": t["dice"] >= TARGET_DICE,
+                    "budget_ok": full_budget})
+        out.append({"target": f"(1) pooled Dice >= {TARGET_POOLED} within {TARGET_MINUTES:.0f} min",
+                    "value": f"{t['pooled_dice']:.4f} after {minutes:g} min", "met": t["pooled_dice"] >= TARGET_POOLED,
+                    "budget_ok": full_budget})
+    return out
+
+
+def _reasons(results: dict[str, dict], targets: list[dict], args: argparse.Namespace) -> list[str]:
+    """What we know about why a target was missed; facts of this run, not guesses."""
+    notes = []
+    if args.minutes < TARGET_MINUTES:
+        notes.append(f"Run with a {args.minutes:g}-minute budget per model, not the {TARGET_MINUTES:.0f} minutes the "
+                     "targets state: these numbers check that the benchmark works end to end, they do not "
+                     "measure the targets.")
+    if args.pretrained is None and "tgcnet" in results:
+        notes.append("The CLIP towers are randomly initialised: no CLIP weights can be downloaded here and none "
+                     "were given (--pretrained). The frozen 'semantic' ViT features and the text tower are "
+                     "therefore random projections; only the CNN branch, fusion, LoRA, VLCM and decoder learn. "
+                     "The method's premise (a pretrained joint image-text space) is absent, which bounds both "
+                     "the Dice and the value of the captions.")
+    if any(not t["met"] for t in targets) and "tgcnet" in results:
+        t = results["tgcnet"]
+        notes.append(f"TGCNet trained {t['steps']} steps ({t['epochs']} epochs) in {t['train_seconds'] / 60:.1f} min; "
+                     f"best validation Dice {t['best_val_dice']:.4f} at epoch {t['best_epoch']}.")
+    return notes
+
+
+def to_markdown(report: dict) -> str:
+    lines = [f"# qata-mini accuracy ({report['budget_minutes']:g} min training per model)", "",
+             f"Written by `benchmarks/qata_mini.py` on {report['date']} ({report['device']}, torch {report['torch']}, "
+             f"{report['threads']} CPU thread(s)). Data: {report['data']} (train {report['n_train']}, "
+             f"valid {report['n_valid']}, test {report['n_test']}); image size {report['image_size']}; "
+             f"best checkpoint by validation per-image Dice; threshold 0.5.", "",
+             "| run | per-image Dice | per-image IoU | pooled Dice | pooled IoU | side error | trainable | total | "
+             "train time | epochs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["results"].values():
+        t = r["test"]
+        side = "n/a" if t.get("side_error") is None else f"{t['side_error']:.3f} (n={t['side_error_n']})"
+        lines.append(f"| {r['run']} | {t['dice']:.4f} | {t['iou']:.4f} | {t['pooled_dice']:.4f} | "
+                     f"{t['pooled_iou']:.4f} | {side} | {r['trainable_params']:,} | {r['total_params']:,} | "
+                     f"{r['train_seconds'] / 60:.1f} min | {r['epochs']} |")
+    lines += ["", "Runs: `tgcnet` = captions + knowledge bank; `notext` = every caption replaced by "
+              f"{NEUTRAL_CAPTION!r}, knowledge off; `unet` = smp U-Net (resnet18, no pretrained weights).", "",
+              "## Targets (issue 4)", "", "| target | value | met |", "|---|---|---|"]
+    for t in report["targets"]:
+        met = "met" if t["met"] else "missed"
+        if t.get("budget_ok") is False:
+            met += f" (at {report['budget_minutes']:g} min, not the stated budget)"
+        lines.append(f"| {t['target']} | {t['value']} | {met} |")
+    if report["notes"]:
+        lines += ["", "## Why / caveats", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--minutes", type=float, default=TARGET_MINUTES, help="training budget per model")
+    p.add_argument("--runs", default="tgcnet,notext,unet")
+    p.add_argument("--preset", default="tgcnet-tiny")
+    p.add_argument("--pretrained", default=None, help="local open_clip checkpoint for the CLIP towers")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unet-encoder", default="resnet18")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "bench_qata_mini", help="run directories")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    if not (args.data / "train" / "prompts.csv").is_file():
+        print(f"qata-mini not found at {args.data} (pass --data)", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    args.work = args.work / stamp
+    from tgcnet.data import read_split
+
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = sorted(set(runs) - {"tgcnet", "notext", "unet"})
+    if unknown:
+        print(f"unknown run(s) {unknown}; choose from tgcnet, notext, unet", file=sys.stderr)
+        return 2
+    results: dict[str, dict] = {}
+    for name in runs:
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: training for {args.minutes:g} min", flush=True)
+        results[name] = _unet_run(args) if name == "unet" else _tgcnet_run(name, args, text=name == "tgcnet")
+        t = results[name]["test"]
+        print(f"  test Dice {t['dice']:.4f} pooled {t['pooled_dice']:.4f}", flush=True)
+    targets = _targets(results, args.minutes)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "budget_minutes": args.minutes, "data": str(args.data),
+              "n_train": len(read_split(args.data, "train")), "n_valid": len(read_split(args.data, "valid")),
+              "n_test": len(read_split(args.data, "test")), "image_size": args.image_size,
+              "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+              if args.device in ("auto", "cpu") and not torch.cuda.is_available() else args.device,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+              "results": results, "targets": targets}
+    report["notes"] = _reasons(results, targets, args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "qata_mini.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "qata_mini.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
