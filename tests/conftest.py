@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +29,13 @@ def qata_mini_root() -> Path:
         pytest.skip(f"real QaTa sample not found at {root} (only present beside the project's CI checkout; "
                     "set TGCNET_QATA_MINI to point at one)")
     return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test: tiny models on a shared 2-core CI: one intra-op thread avoids OpenMP oversubscription,
+    which made a 64x64 forward pass take 1.3 s instead of 4 ms here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -14,16 +14,6 @@ from tgcnet.engine.distributed import DistInfo, ShardedEpochSampler, epoch_order
 from tgcnet.engine.train import Trainer, lr_factor, parse_overrides
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core CI: one intra-op thread avoids OpenMP oversubscription,
-    which made a 64x64 forward pass take 1.3 s instead of 4 ms here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def config(tmp_path, **kw) -> TrainConfig:
     base = dict(data=str(sample_root()), out=str(tmp_path / "run"), image_size=64, batch_size=8, epochs=1,
