@@ -119,8 +119,10 @@ class SSE(nn.Module):
             ScaleFusion(self.clip_visual.width, ch, cfg.channels, cfg.fusion) for ch in cnn_channels)
         self.channels = cfg.channels
 
-    def forward(self, x: torch.Tensor) -> SSEOutput:
-        vit_maps, dense = self.clip_visual(x)
+    def forward(self, x: torch.Tensor,
+                vit_features: tuple[list[torch.Tensor], torch.Tensor] | None = None) -> SSEOutput:
+        """``vit_features``: a precomputed ``clip_visual(x)`` (frozen, so it can be cached per image)."""
+        vit_maps, dense = self.clip_visual(x) if vit_features is None else vit_features
         cnn_maps = self.cnn(x)
         pyramid = [fuse(v, c) for fuse, v, c in zip(self.fusion, vit_maps, cnn_maps)]
         return SSEOutput(pyramid=pyramid, strides=self.strides, dense=dense)
