@@ -21,8 +21,16 @@ import numpy as np  # noqa: E402
 
 from ..laterality import swap_left_right  # noqa: E402
 
-__all__ = ["JointTransform", "build_transforms"]
+__all__ = ["JointTransform", "build_transforms", "AUGMENT_MODES"]
 
+#: What each ``augment`` mode of :func:`build_transforms` turns off (probabilities set to 0).
+#: "flip" and "none" give every image the same pixels in every epoch, up to a horizontal
+#: flip; a cache of frozen-ViT features (tgcnet.engine.feature_cache) relies on that.
+AUGMENT_MODES: dict[str, dict[str, float]] = {
+    "full": {},
+    "flip": {"affine_p": 0.0, "color_p": 0.0},
+    "none": {"hflip_p": 0.0, "affine_p": 0.0, "color_p": 0.0},
+}
 
 
 def _as_generator(rng: int | np.random.Generator | None, fallback: np.random.Generator) -> np.random.Generator:
@@ -108,9 +116,14 @@ class JointTransform:
                 f"hflip_p={self.hflip_p}, pipeline={self.pipeline!r})")
 
 
-def build_transforms(train: bool, image_size: int, seed: int | None = None, **kwargs) -> JointTransform:
+def build_transforms(train: bool, image_size: int, seed: int | None = None, augment: str = "full",
+                     **kwargs) -> JointTransform:
     """Training (flip with caption swap, small affine, brightness/contrast) or eval (resize) transform.
 
-    ``kwargs`` override the augmentation strengths of :class:`JointTransform`.
+    ``augment`` (training only) keeps all of it (``"full"``), only the flip (``"flip"``) or
+    nothing (``"none"``); see :data:`AUGMENT_MODES`. ``kwargs`` override the augmentation
+    strengths of :class:`JointTransform`; what ``augment`` turns off stays off.
     """
-    return JointTransform(train=train, image_size=image_size, seed=seed, **kwargs)
+    if augment not in AUGMENT_MODES:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENT_MODES)}; got {augment!r}")
+    return JointTransform(train=train, image_size=image_size, seed=seed, **{**kwargs, **AUGMENT_MODES[augment]})
