@@ -25,6 +25,8 @@ FORMAT_VERSION = 1
 DEFAULT_KNOWLEDGE = "default"
 
 KnowledgeArg = Union[KnowledgeSource, str, None]
+#: ``frozen_vit_features`` output: ViT maps (one per ``sse.vit_indices`` entry) and dense joint embeddings
+ViTFeatures = tuple[list[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -107,12 +109,40 @@ class TGCNet(nn.Module):
             raise ValueError(f"got {len(captions)} captions for a batch of {b} images; need one caption per image")
         return images.expand(-1, 3, -1, -1) if c == 1 else images
 
-    def forward(self, images: torch.Tensor, captions: Sequence[str],
-                return_aux: bool = False) -> Union[torch.Tensor, TGCNetOutput]:
+    def clip_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1 or 3, H, W) in [0, 1] -> CLIP-normalised 3-channel input of SSE."""
+        images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+        return (images - self.image_mean.to(images.dtype)) / self.image_std.to(images.dtype)
+
+    def frozen_vit_features(self, images: torch.Tensor) -> ViTFeatures:
+        """What the frozen ViT computes inside ``forward(images, ...)``, to compute once and reuse.
+
+        Frozen weights make it a pure function of the image, so a training loop whose
+        images repeat across epochs can cache it and pass it back as ``vit_features=``.
+        """
+        return self.sse.clip_visual(self.clip_input(images))
+
+    def _check_vit_features(self, vit_features: ViTFeatures, images: torch.Tensor) -> None:
+        """A cached feature of another size, batch or preset must fail loudly, not mis-segment."""
+        maps, dense = vit_features
+        b, _, h, w = images.shape
+        grid = (h // self.patch_size, w // self.patch_size)
+        n_maps = len(self.sse.clip_visual.indices)
+        if len(maps) != n_maps or any(m.shape[0] != b or tuple(m.shape[-2:]) != grid for m in (*maps, dense)):
+            raise ValueError(f"vit_features do not belong to these images: expected {n_maps} maps and a dense "
+                             f"map of batch {b} and grid {grid[0]}x{grid[1]}, got maps "
+                             f"{[tuple(m.shape) for m in maps]} and dense {tuple(dense.shape)}")
+
+    def forward(self, images: torch.Tensor, captions: Sequence[str], return_aux: bool = False,
+                vit_features: Optional[ViTFeatures] = None) -> Union[torch.Tensor, TGCNetOutput]:
+        """``vit_features``: ``frozen_vit_features(images)`` computed earlier (e.g. cached); the
+        frozen ViT is then skipped and everything trainable runs as usual."""
         images = self.check_inputs(images, captions)
-        x = (images - self.image_mean.to(images.dtype)) / self.image_std.to(images.dtype)
+        if vit_features is not None:
+            self._check_vit_features(vit_features, images)
+        x = self.clip_input(images)
         text = self.date(captions)
-        visual = self.sse(x)
+        visual = self.sse(x, vit_features=vit_features)
         ssa = self.config.ssa
         guidance = None
         if ssa.guidance != "off":
