@@ -33,6 +33,21 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--skip-bad", dest="skip_bad", action="store_true", help="drop bad triples with a warning")
     g.add_argument("--workers", type=int, help="DataLoader workers (default 0)")
     g.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's; 1 is best for CPU presets)")
+    g.add_argument("--augment", choices=["full", "flip", "none"],
+                   help="training augmentation: full (default: flip with left/right caption swap, small affine, "
+                        "brightness/contrast), flip (the flip only) or none")
+    g = p.add_argument_group(
+        "frozen-feature cache",
+        "Compute the frozen ViT once per training image and reuse it in later epochs; the trainable parts run as "
+        "usual, so losses match an uncached run. Needs --augment flip (two versions per image) or none. Kept in "
+        "CPU memory, not checkpointed, one cache per DDP rank; the expected size is printed at start "
+        "(tgcnet-vit-b16 at 224 px: 2.8 MB per image and version in float32).")
+    g.add_argument("--cache-image-features", dest="cache_image_features", action="store_true",
+                   help="cache frozen-ViT features of the training images")
+    g.add_argument("--cache-dtype", dest="cache_dtype", choices=["float32", "float16", "bfloat16"],
+                   help="storage dtype (default float32: exact; float16 halves memory at fp16 rounding)")
+    g.add_argument("--cache-max-gb", dest="cache_max_gb", type=float,
+                   help="cache size limit per process in GiB; images beyond it run the ViT every time")
     g = p.add_argument_group("model")
     g.add_argument("--preset", help="model preset (default tgcnet-tiny; see `tgcnet params`)")
     g.add_argument("--pretrained", metavar="CKPT", help="local open_clip checkpoint for the frozen CLIP towers")

@@ -35,13 +35,16 @@ from torch.utils.data import DataLoader
 
 from tgcnet.adapters import save_json_atomic
 from tgcnet.data import SegmentationDataset, build_transforms, collate, read_split
+from tgcnet.data.transforms import AUGMENT_MODES
 from tgcnet.losses import dice_bce_loss
+from tgcnet.model import ViTFeatures
 
 from . import checkpoint as ckpt
 from .distributed import (DistInfo, ShardedEpochSampler, broadcast_object, cleanup_distributed, resolve_device,
                           setup_distributed)
 from .evaluate import (INFERENCE_NAME, autocast_context, knowledge_arg, make_loader, override_captions, run_inference,
                        summarize)
+from .feature_cache import CACHE_DTYPES, FeatureCache, bytes_per_image
 
 __all__ = ["TrainConfig", "train", "lr_factor", "parse_overrides", "TRAIN_CONFIG_NAME", "LOG_NAME"]
 
@@ -50,7 +53,7 @@ LOG_NAME = "log.jsonl"
 # Fields that fix the data order or the model: a resumed run must not change them.
 _RESUME_FIXED = ("data", "layout", "train_split", "preset", "image_size", "batch_size", "grad_accum", "seed",
                  "knowledge", "model_overrides", "pretrained", "caption_override", "init_from", "lr", "weight_decay",
-                 "warmup_steps", "min_lr_ratio", "skip_bad", "amp")
+                 "warmup_steps", "min_lr_ratio", "skip_bad", "amp", "augment")
 
 
 @dataclass
@@ -66,6 +69,19 @@ class TrainConfig:
     ``threads`` sets torch's CPU intra-op threads (None: torch's default). CPU-sized models
     are best at 1: their ops are too small for OpenMP to pay, and on a shared 2-core
     machine 2 threads were 4x slower per step than 1.
+
+    ``augment``: ``"full"`` (flip with left/right caption swap, small affine,
+    brightness/contrast), ``"flip"`` (the flip only) or ``"none"``.
+    ``cache_image_features`` computes the frozen ViT's features of each training image
+    once and reuses them in later epochs (see tgcnet.engine.feature_cache); everything
+    trainable still runs, so losses match an uncached run. It needs ``augment`` "flip"
+    (two cached versions per image) or "none": "full" changes the pixels every epoch, so
+    the cache would never be hit and only fill memory, and that is refused. Entries are
+    kept on the CPU in ``cache_dtype`` ("float16" halves memory, at fp16 rounding of the
+    features) up to ``cache_max_gb`` per process (None: no limit); the expected size is
+    printed at start (tgcnet-vit-b16 at 224 px: 2.8 MB per image and version in float32).
+    Nothing is checkpointed: a resumed run refills the cache; under DDP every rank keeps
+    its own.
     """
 
     data: str
@@ -104,6 +120,10 @@ class TrainConfig:
     progress: bool = True
     find_unused_parameters: bool = False
     threads: Optional[int] = None
+    augment: str = "full"
+    cache_image_features: bool = False
+    cache_dtype: str = "float32"
+    cache_max_gb: Optional[float] = None
 
     def __post_init__(self) -> None:
         self.data, self.out = str(self.data), str(self.out)
@@ -120,11 +140,25 @@ class TrainConfig:
             checks["clip_grad"] = self.clip_grad > 0
         if self.threads is not None:
             checks["threads"] = self.threads >= 1
+        if self.cache_max_gb is not None:
+            checks["cache_max_gb"] = self.cache_max_gb > 0
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid training setting(s): {', '.join(bad)}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
+        self._check_cache_settings()
+
+    def _check_cache_settings(self) -> None:
+        if self.augment not in AUGMENT_MODES:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENT_MODES)}; got {self.augment!r}")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}; got {self.cache_dtype!r}")
+        if self.cache_image_features and self.augment == "full":
+            raise ValueError("cache_image_features=True needs augment='flip' or 'none', got augment='full': its "
+                             "affine and brightness/contrast augmentation change every image in every epoch, so "
+                             "cached frozen-ViT features would never be reused (pass --augment flip or "
+                             "--augment none with --cache-image-features)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -201,6 +235,17 @@ class _Clock:
         return self.budget_s is not None and self.synced >= self.budget_s
 
 
+def _size(nbytes: float) -> str:
+    """1536 -> '1.5 KiB': sizes from bytes to terabytes readable in one log line."""
+    if nbytes < 1024:
+        return f"{int(nbytes)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        nbytes /= 1024
+        if nbytes < 1024:
+            return f"{nbytes:.1f} {unit}"
+    return f"{nbytes / 1024:.1f} TiB"
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -241,6 +286,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._build_data()
         self._build_model()
+        self.feature_cache = self._build_feature_cache()
         _seed_everything(config.seed + 1000 * dist_info.rank)
         self._build_optimizer()
         self.state: dict[str, Any] = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_dice": None,
@@ -252,8 +298,8 @@ class Trainer:
         cfg = self.cfg
         train = override_captions(read_split(cfg.data, cfg.train_split, layout=cfg.layout, skip_bad=cfg.skip_bad),
                                   cfg.caption_override)
-        self.train_set = SegmentationDataset(train, build_transforms(True, cfg.image_size, seed=cfg.seed),
-                                             seed=cfg.seed)
+        self.train_set = SegmentationDataset(
+            train, build_transforms(True, cfg.image_size, seed=cfg.seed, augment=cfg.augment), seed=cfg.seed)
         self.val_loader = None
         if cfg.val_split:
             val = override_captions(read_split(cfg.data, cfg.val_split, layout=cfg.layout, skip_bad=cfg.skip_bad),
@@ -287,6 +333,30 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DDP(self.model, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
+
+    def _build_feature_cache(self) -> Optional[FeatureCache]:
+        cfg = self.cfg
+        if not cfg.cache_image_features:
+            return None
+        max_bytes = None if cfg.cache_max_gb is None else int(cfg.cache_max_gb * 2**30)
+        return FeatureCache(CACHE_DTYPES[cfg.cache_dtype], max_bytes=max_bytes)
+
+    def _describe_feature_cache(self) -> str:
+        """Expected size, so a run that will not fit says so before the first epoch, not in swap."""
+        cfg = self.cfg
+        per_image = bytes_per_image(self.model, cfg.image_size, CACHE_DTYPES[cfg.cache_dtype])
+        versions = 2 if cfg.augment == "flip" else 1
+        total = per_image * versions * len(self.train_set)
+        cap = "no limit" if cfg.cache_max_gb is None else f"limit {cfg.cache_max_gb:g} GiB"
+        return (f"feature cache: {_size(per_image)} per image ({cfg.cache_dtype}) x {len(self.train_set)} training "
+                f"images x {versions} version(s) = up to {_size(total)} of CPU memory per process ({cap})")
+
+    def _vit_features(self, images: torch.Tensor) -> Optional[ViTFeatures]:
+        """Cached frozen-ViT features of a CPU batch on the training device (None: no cache)."""
+        if self.feature_cache is None:
+            return None
+        return self.feature_cache.get(
+            images, lambda x: self.model.frozen_vit_features(x.to(self.device, non_blocking=True)), self.device)
 
     def _build_optimizer(self) -> None:
         cfg = self.cfg
@@ -428,7 +498,8 @@ class Trainer:
             masks = batch["mask"].to(self.device, non_blocking=True)
             with sync:
                 with self.amp_ctx():
-                    out = self.net(images, batch["caption"], return_aux=True)
+                    vit = self._vit_features(batch["image"])
+                    out = self.net(images, batch["caption"], return_aux=True, vit_features=vit)
                 # SSA auxiliary losses (OT alignment, guidance) come weighted; empty unless configured
                 loss = dice_bce_loss(out.logits, masks) + sum(out.aux_losses.values())
                 self.scaler.scale(loss / window).backward()
@@ -468,6 +539,14 @@ class Trainer:
             dist.all_reduce(total)
         return float(total[0] / total[1]) if total[1] > 0 else None
 
+    def _cache_stats(self) -> dict[str, Any]:
+        """This rank's feature-cache hit rate over the epoch and its size, for log.jsonl."""
+        if self.feature_cache is None:
+            return {}
+        hits, misses = self.feature_cache.reset_counts()
+        return {"cache_hit_rate": hits / (hits + misses) if hits + misses else None,
+                "cache_images": len(self.feature_cache), "cache_gib": round(self.feature_cache.nbytes / 2**30, 4)}
+
     def _end_epoch(self, epoch: int, epoch_start: float) -> None:
         s, cfg = self.state, self.cfg
         complete = s["batches_done"] >= self.batches_per_epoch
@@ -487,6 +566,7 @@ class Trainer:
                  "lr": self.scheduler.get_last_lr()[0], "time": round(self.clock.elapsed(), 3),
                  "epoch_time": round(time.monotonic() - epoch_start, 3)}
         entry.update({f"val_{k}": v for k, v in metrics.items()})
+        entry.update(self._cache_stats())
         entry.update({"best_dice": s["best_dice"], "best_epoch": s["best_epoch"]})
         self._log(entry)
         if complete:
@@ -497,8 +577,9 @@ class Trainer:
         if self.is_main and cfg.progress:
             val = f" val dice {metrics['dice']:.4f} pooled {metrics['pooled_dice']:.4f}" if metrics else ""
             loss = entry["train_loss"]
+            cache = f" ViT cache hits {entry['cache_hit_rate']:.0%}" if entry.get("cache_hit_rate") is not None else ""
             print(f"epoch {epoch + 1}/{cfg.epochs} step {s['global_step']} loss "
-                  f"{'n/a' if loss is None else f'{loss:.4f}'}{val} ({entry['epoch_time']:.1f}s)", flush=True)
+                  f"{'n/a' if loss is None else f'{loss:.4f}'}{val}{cache} ({entry['epoch_time']:.1f}s)", flush=True)
 
     def run(self) -> Path:
         cfg, s = self.cfg, self.state
@@ -508,6 +589,8 @@ class Trainer:
             self.resume()
         else:
             self._write_config()
+        if self.feature_cache is not None and self.is_main and cfg.progress:
+            print(self._describe_feature_cache(), flush=True)
         self.clock.sync()
         while s["epoch"] < cfg.epochs:
             if self._done():
