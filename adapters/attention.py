@@ -35,8 +35,10 @@ class ProjectedAttention(nn.Module):
         self.batch_first = mha.batch_first
         self.dropout = mha.dropout
         has_bias = mha.in_proj_bias is not None
-        self.in_proj = nn.Linear(dim, 3 * dim, bias=has_bias)
-        self.out_proj = nn.Linear(dim, dim, bias=mha.out_proj.bias is not None)
+        # same device and dtype as the weights they replace (a tower may be swapped after .to(...))
+        factory = {"device": mha.in_proj_weight.device, "dtype": mha.in_proj_weight.dtype}
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=has_bias, **factory)
+        self.out_proj = nn.Linear(dim, dim, bias=mha.out_proj.bias is not None, **factory)
         with torch.no_grad():
             self.in_proj.weight.copy_(mha.in_proj_weight)
             if has_bias:

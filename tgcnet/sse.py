@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from tgcnet.adapters import project_attention
 from tgcnet.config import SSEConfig
 from tgcnet.layers import conv_norm_act
 
@@ -32,10 +33,20 @@ class FrozenViT(nn.Module):
     open_clip adds a positional embedding of fixed grid size; here it is resized
     bicubically to the input's grid (cached per size) so 320x320 works as well as 224.
     Always runs without autograd and in eval mode: nothing in it is trained.
+
+    ``fused_attention`` (default on) swaps each block's ``nn.MultiheadAttention`` for
+    :class:`~tgcnet.adapters.ProjectedAttention` (the same weights as two ``nn.Linear``,
+    attention through ``scaled_dot_product_attention``): the same outputs within float
+    rounding, without MultiheadAttention's separate softmax/bmm path. Pass ``visual``
+    with its weights already loaded: the swap renames the attention parameters
+    (``attn.in_proj_weight`` -> ``attn.in_proj.weight``), so an open_clip checkpoint no
+    longer loads into it afterwards. tgcnet loads CLIP weights in ``backbone.load_clip``,
+    before this, and never saves the frozen tower.
     """
 
-    def __init__(self, visual: VisionTransformer, indices: tuple[int, ...]) -> None:
+    def __init__(self, visual: VisionTransformer, indices: tuple[int, ...], fused_attention: bool = True) -> None:
         super().__init__()
+        self.fused_attention = fused_attention and project_attention(visual.transformer) > 0
         self.visual = visual.requires_grad_(False).eval()
         depth = len(visual.transformer.resblocks)
         for i in indices:
@@ -65,7 +76,11 @@ class FrozenViT(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Intermediate maps (B, width, h, w) at ``indices`` and dense joint embeddings (B, D, h, w)."""
+        """Intermediate maps (B, width, h, w) at ``indices`` and dense joint embeddings (B, D, h, w).
+
+        ``no_grad`` rather than ``inference_mode``: the outputs feed trainable fusion convs,
+        which must save them for backward, and inference tensors cannot be saved.
+        """
         v = self.visual
         b = x.shape[0]
         x = v.conv1(x)
