@@ -1,0 +1,882 @@
+"""Speed and memory: TGCNet beside its floor (the bare frozen ViT), CLIPSeg and a U-Net.
+
+    python benchmarks/speed.py [--quick] [--threads N] [--compile] [--device cpu|cuda] [--amp bf16]
+                               [--preset tgcnet-vit-b16] [--out benchmarks/results] [--only SUBSTRING]
+
+Every configuration (model, variant, inference or training, batch, input size) runs in a
+fresh process forked from a server that has only imported the libraries, so peak memory
+is per configuration and nothing (allocator pools, caches, compiled graphs) leaks from
+one measurement into the next. In each: build, then warm up (the first call is timed on
+its own: it includes torch.compile or cache filling), then time ``--iters`` calls and
+report the median. Peak memory is the resident set's high-water mark (VmHWM, reset after
+construction, so it covers warm-up and timed steps: weights, activations, gradients,
+optimizer state) on CPU, and ``torch.cuda.max_memory_allocated`` on CUDA.
+
+Models, all random init (nothing is downloaded), 3x224x224 unless a scaling row says not:
+
+- floor, open_clip: ``visual(x)`` of the frozen open_clip tower of the preset, open_clip's
+  default path (``nn.MultiheadAttention``), under ``torch.inference_mode``.
+- floor, fused: ``tgcnet.sse.FrozenViT`` on the same weights, as TGCNet runs it (attention
+  through ``scaled_dot_product_attention``, the maps TGCNet needs), ``inference_mode``.
+- tgcnet: ``create_model(preset)`` with the shipped knowledge bank and QaTa-style captions
+  (:data:`CAPTIONS`, drawn to follow qata-mini's caption frequencies, so a batch of 8 has 5
+  distinct captions). Inference in eval mode (description embeddings cached after the first
+  batch, as in evaluation); training = forward + Dice-free BCE loss + backward + AdamW step
+  over the trainable parameters.
+- clipseg: transformers' ``CLIPSegForImageSegmentation``, ViT-B/16 sized (patch 16, as the
+  released ``rd64-refined`` model), its CLIP frozen (CLIPSeg's own forward runs CLIP under
+  ``no_grad``; its parameters are excluded from the optimizer), captions tokenised with
+  open_clip's tokenizer (same BPE vocabulary; transformers' tokenizer needs files).
+- unet: segmentation_models_pytorch ``Unet("resnet34", encoder_weights=None)``, all trained.
+
+Before/after rows ("ways"), TGCNet at the largest batch: fused attention off, CNN branch
+channels_last, caption/description de-duplication off, knowledge off and descriptions
+without gradient (what-ifs that locate the training cost), the engine's frozen-ViT feature
+cache (``tgcnet.engine.feature_cache``, if installed), and ``--compile``.
+Writes speed.json and speed.md to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# What every configuration imports anyway (tgcnet pulls in peft and transformers), imported
+# once by the fork server instead of ~5 s per configuration.
+PRELOAD = ["torch", "open_clip", "timm", "segmentation_models_pytorch",
+           "transformers.models.clipseg.modeling_clipseg", "tgcnet"]
+
+# qata-mini train captions: "six areas" 34%, "two areas" 23%, "one, lower right" 8%,
+# "one, lower left" 5%, "three areas" 4%: 8 draws in that proportion, 5 distinct.
+CAPTIONS = [
+    "bilateral pulmonary infection, six infected areas, upper middle lower left lung and upper middle lower right lung.",
+    "bilateral pulmonary infection, two infected areas, lower left lung and lower right lung.",
+    "bilateral pulmonary infection, six infected areas, upper middle lower left lung and upper middle lower right lung.",
+    "unilateral pulmonary infection, one infected area, lower right lung.",
+    "bilateral pulmonary infection, six infected areas, upper middle lower left lung and upper middle lower right lung.",
+    "bilateral pulmonary infection, two infected areas, lower left lung and lower right lung.",
+    "bilateral pulmonary infection, three infected areas, middle lower left lung and lower right lung.",
+    "unilateral pulmonary infection, one infected area, lower left lung.",
+]
+
+TARGETS = {"infer_over_floor": 1.35, "train_over_infer": 1.6, "train_mem_over_infer_mem": 1.5}
+
+VARIANTS = {
+    "default": "as shipped",
+    "unfused": "frozen ViT with open_clip's nn.MultiheadAttention (fused SDPA attention off)",
+    "channels_last": "CNN branch in channels_last memory format",
+    "no_dedup": "caption and description de-duplication off (every caption and description encoded)",
+    "no_knowledge": "what-if: knowledge descriptions off (knowledge=None)",
+    "desc_cached": "what-if: description embeddings cached in training as in eval (no gradient through "
+                   "descriptions; needs a date.py change)",
+    "feature_cache": "frozen-ViT features from the engine's FeatureCache (ViT skipped on a hit)",
+    "bf16": "bfloat16 autocast (not float-exact: about 1% relative error in the ViT's output)",
+    "compile": "torch.compile of the frozen ViT, CNN branch, VLCM and decoder",
+}
+
+
+def variant_label(variant: str) -> str:
+    """Variants combine with '+', e.g. ``feature_cache+desc_cached``."""
+    return " + ".join(VARIANTS[v] for v in variant.split("+"))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured configuration."""
+
+    model: str                 # floor_open_clip | floor_fused | tgcnet | clipseg | unet
+    mode: str                  # infer | train
+    batch: int
+    size: int = 224
+    variant: str = "default"
+    group: str = "main"        # main | ways | scaling
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}/{self.variant}/{self.mode}/b{self.batch}/{self.size}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How every case of a run is measured."""
+
+    preset: str = "tgcnet-vit-b16"
+    device: str = "cpu"
+    threads: Optional[int] = None   # None: torch's default
+    warmup: int = 2                  # calls before timing, the first one timed on its own
+    iters: int = 3
+    amp: Optional[str] = None        # None | "bf16"
+
+
+@dataclass
+class Bench:
+    """A built model and one call of what is measured (an inference or a training step)."""
+
+    step: Callable[[], None]
+    trainable: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    profile: Optional[Callable[[], dict[str, float]]] = None
+
+
+# ---------------------------------------------------------------------------------- builders
+def _amp(case: Case, settings: Settings) -> Optional[str]:
+    return "bf16" if "bf16" in case.variant.split("+") else settings.amp
+
+
+def _autocast(amp: Optional[str], device: "torch.device"):
+    import contextlib
+
+    import torch
+
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _data(case: Case, device):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(case.batch, 3, case.size, case.size, generator=g).to(device)
+    masks = (torch.rand(case.batch, 1, case.size, case.size, generator=g) > 0.7).float().to(device)
+    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(case.batch)]
+    return images, masks, captions
+
+
+def _trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _train_step(model, loss_fn: Callable[[], "torch.Tensor"], amp: Optional[str], device) -> Callable[[], None]:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(amp, device):
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def _infer_step(model, call: Callable[[], object], amp: Optional[str], device) -> Callable[[], None]:
+    import torch
+
+    model.eval()
+
+    def step() -> None:
+        with torch.inference_mode(), _autocast(amp, device):
+            call()
+    return step
+
+
+def build_floor(case: Case, settings: Settings, device) -> Bench:
+    from tgcnet.backbone import load_clip
+    from tgcnet.config import get_preset
+    from tgcnet.sse import FrozenViT
+
+    config = get_preset(settings.preset)
+    visual = load_clip(config.clip).visual     # same seed, same weights as the TGCNet preset
+    images, _, _ = _data(case, device)
+    if case.model == "floor_open_clip":
+        module = visual.requires_grad_(False).to(device)
+    else:
+        module = FrozenViT(visual, tuple(config.sse.vit_indices),
+                           fused_attention=case.variant != "unfused").to(device)
+        if "compile" in case.variant.split("+"):
+            module.compile()
+    return Bench(step=_infer_step(module, lambda: module(images), _amp(case, settings), device), trainable=0)
+
+
+class PaddedKnowledge:
+    """Defeats de-duplication without changing the numbers: trailing spaces make strings distinct.
+
+    open_clip's tokenizer strips whitespace, so ``caption + " " * i`` has the same tokens
+    as ``caption``; each caption's descriptions get the caption's padding, so no two
+    positions of a batch share a caption or description string.
+    """
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def descriptions_for(self, caption: str) -> list[str]:
+        pad = " " * (len(caption) - len(caption.rstrip(" ")))
+        return [d + pad for d in self.source.descriptions_for(caption.rstrip(" "))]
+
+
+def undeduplicated(captions: list[str]) -> list[str]:
+    return [c + " " * i for i, c in enumerate(captions)]
+
+
+def text_stats(model, captions: list[str]) -> dict[str, int]:
+    """How much text one batch sends through the text tower (with de-duplication)."""
+    date = model.date
+    unique = list(dict.fromkeys(captions))
+    descs = [d for c in captions for d in (date.knowledge.descriptions_for(c) if date.knowledge else [])]
+    uniq_descs = list(dict.fromkeys(descs))
+    cap_ids = date.tokenize(unique)
+    desc_ids = date.tokenize(uniq_descs, "description") if uniq_descs else None
+    return {"captions": len(captions), "unique_captions": len(unique), "caption_tokens": int(cap_ids.shape[1]),
+            "descriptions": len(descs), "unique_descriptions": len(uniq_descs),
+            "description_tokens": int(desc_ids.shape[1]) if desc_ids is not None else 0}
+
+
+def _apply_tgcnet_variant(model, variant: str, device) -> Optional[Callable[..., dict]]:
+    """Change ``model`` in place for ``variant``; returns a feature provider for the cache variant."""
+    import torch
+
+    features = None
+    for part in variant.split("+"):
+        if part == "unfused":
+            from tgcnet.backbone import load_clip
+            from tgcnet.sse import FrozenViT
+
+            visual = load_clip(model.config.clip).visual
+            model.sse.clip_visual = FrozenViT(visual, tuple(model.config.sse.vit_indices),
+                                              fused_attention=False).to(device)
+        elif part == "channels_last":
+            model.sse.cnn.to(memory_format=torch.channels_last)
+        elif part == "no_dedup":
+            model.date.knowledge = PaddedKnowledge(model.date.knowledge)
+        elif part == "desc_cached":
+            model.date._description_embeddings = _cached_descriptions(model.date)
+        elif part == "compile":
+            for module in (model.sse.clip_visual, model.sse.cnn, model.vlcm, model.decoder):
+                module.compile()
+        elif part == "feature_cache":
+            from tgcnet.engine.feature_cache import FeatureCache
+
+            cache = FeatureCache()
+            features = lambda images: {"vit_features": cache.get(images, model.frozen_vit_features, device=device)}
+        elif part not in ("default", "no_knowledge", "bf16"):
+            raise ValueError(f"unknown variant {part!r}; known: {sorted(VARIANTS)}")
+    return features
+
+
+def _cached_descriptions(date) -> Callable[[list[str]], "torch.Tensor"]:
+    """What-if: DATE's eval-mode description cache, used in training too (embeddings never refreshed)."""
+    import torch
+
+    cache: dict[str, torch.Tensor] = {}
+
+    def embeddings(strings: list[str]) -> torch.Tensor:
+        missing = [s for s in strings if s not in cache]
+        if missing:
+            with torch.no_grad():
+                cache.update(zip(missing, date.encode(missing, "description")[2]))
+        return torch.stack([cache[s] for s in strings])
+    return embeddings
+
+
+def _module_timer(model, device) -> tuple[Callable[[], None], Callable[[], dict[str, float]]]:
+    """Forward time per part of TGCNet, by hooks, and caption vs description encoding by wrapping encode."""
+    import torch
+
+    parts = ["sse.clip_visual", "sse.cnn", "sse.fusion", "date", "vlcm", "decoder"]
+    spent: dict[str, float] = {}
+    started: dict[str, float] = {}
+
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def hooks(name: str):
+        def pre(*_):
+            started[name] = now()
+
+        def post(*_):
+            spent[name] = spent.get(name, 0.0) + now() - started[name]
+        return pre, post
+
+    handles = []
+    for name in parts:
+        pre, post = hooks(name)
+        module = model.get_submodule(name)
+        # a ModuleList is never called itself: time each of its members under the list's name
+        for m in (module if isinstance(module, torch.nn.ModuleList) else [module]):
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    encode = model.date.encode
+
+    def timed_encode(texts, what="caption"):
+        t0 = now()
+        out = encode(texts, what)
+        key = f"date.encode({what})"
+        spent[key] = spent.get(key, 0.0) + now() - t0
+        return out
+    model.date.encode = timed_encode
+
+    def reset() -> None:
+        spent.clear()
+
+    def result() -> dict[str, float]:
+        for h in handles:
+            h.remove()
+        model.date.encode = encode
+        return dict(spent)
+    return reset, result
+
+
+def build_tgcnet(case: Case, settings: Settings, device) -> Bench:
+    import torch.nn.functional as F
+
+    from tgcnet import create_model
+
+    knowledge = None if case.variant == "no_knowledge" else "default"
+    model = create_model(settings.preset, knowledge=knowledge).to(device)
+    images, masks, captions = _data(case, device)
+    stats = text_stats(model, captions)
+    if case.variant == "no_dedup":
+        captions = undeduplicated(captions)
+    features = _apply_tgcnet_variant(model, case.variant, device)
+    amp = _amp(case, settings)
+
+    def forward(**kw):
+        extra = features(images) if features is not None else {}
+        return model(images, captions, **kw, **extra)
+    if case.mode == "infer":
+        step = _infer_step(model, forward, amp, device)
+    else:
+        def loss():
+            out = forward(return_aux=True)
+            return F.binary_cross_entropy_with_logits(out.logits.float(), masks) + sum(out.aux_losses.values())
+        step = _train_step(model, loss, amp, device)
+
+    def profile() -> dict[str, float]:
+        reset, result = _module_timer(model, device)
+        reset()
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        total = time.perf_counter() - t0
+        return {"step": total, **result()}
+    return Bench(step=step, trainable=_trainable(model), profile=profile,
+                 extra={"text": stats, "fused_attention": model.sse.clip_visual.fused_attention})
+
+
+def build_clipseg(case: Case, settings: Settings, device) -> Bench:
+    import torch
+    import torch.nn.functional as F
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
+    config = CLIPSegConfig(vision_config={"patch_size": 16, "image_size": case.size},
+                           use_complex_transposed_convolution=True)
+    model = CLIPSegForImageSegmentation(config).to(device)
+    model.clip.requires_grad_(False)
+    images, masks, captions = _data(case, device)
+    tok = SimpleTokenizer()
+    rows = [[tok.sot_token_id, *tok.encode(c), tok.eot_token_id] for c in captions]
+    ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+    ids, attention = ids.to(device), (ids > 0).long().to(device)
+
+    def forward():
+        return model(input_ids=ids, pixel_values=images, attention_mask=attention).logits
+    amp = _amp(case, settings)
+    if case.mode == "infer":
+        step = _infer_step(model, forward, amp, device)
+    else:
+        step = _train_step(model, lambda: F.binary_cross_entropy_with_logits(
+            forward().float().reshape(masks.shape), masks), amp, device)
+    return Bench(step=step, trainable=_trainable(model),
+                 extra={"config": "CLIPSegConfig(patch_size=16, use_complex_transposed_convolution=True)"})
+
+
+def build_unet(case: Case, settings: Settings, device) -> Bench:
+    import segmentation_models_pytorch as smp
+    import torch.nn.functional as F
+
+    model = smp.Unet("resnet34", encoder_weights=None, in_channels=3, classes=1).to(device)
+    images, masks, _ = _data(case, device)
+    amp = _amp(case, settings)
+    if case.mode == "infer":
+        step = _infer_step(model, lambda: model(images), amp, device)
+    else:
+        step = _train_step(model, lambda: F.binary_cross_entropy_with_logits(model(images).float(), masks),
+                           amp, device)
+    return Bench(step=step, trainable=_trainable(model))
+
+
+BUILDERS = {"floor_open_clip": build_floor, "floor_fused": build_floor, "tgcnet": build_tgcnet,
+            "clipseg": build_clipseg, "unet": build_unet}
+
+
+# ---------------------------------------------------------------------------------- measuring
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _status_mb(field_name: str) -> Optional[float]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class MemoryMeter:
+    """Peak memory from now on: VmHWM (reset through clear_refs) on CPU, max_memory_allocated on CUDA."""
+
+    def __init__(self, device) -> None:
+        import torch
+
+        self.device = device
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            self.kind = "cuda max_memory_allocated"
+            self.start = torch.cuda.memory_allocated(device) / 2**20
+            return
+        self.start = _status_mb("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")   # resets VmHWM to the current RSS
+            self.kind = "peak RSS (VmHWM, reset after construction)"
+            self.reset = True
+        except OSError:
+            self.kind = "peak RSS (ru_maxrss, including construction)"
+            self.reset = False
+
+    def peak(self) -> Optional[float]:
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.reset:
+            return _status_mb("VmHWM")
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def run_case(case: Case, settings: Settings) -> dict[str, Any]:
+    """Build, warm up, time and measure one configuration (meant for a fresh process)."""
+    import torch
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(0)
+    device = torch.device(settings.device)
+    t0 = time.perf_counter()
+    bench = BUILDERS[case.model](case, settings, device)
+    build_s = time.perf_counter() - t0
+    meter = MemoryMeter(device)
+    # compiled graphs settle on the second call (FrozenViT fills its positional-embedding cache
+    # on the first, which dynamo guards on): give them three warm-up calls
+    warmup = max(settings.warmup, 3) if "compile" in case.variant.split("+") else settings.warmup
+    warm = [_timed(bench.step, device) for _ in range(warmup)]
+    times = [_timed(bench.step, device) for _ in range(settings.iters)]
+    peak = meter.peak()
+    median = statistics.median(times)
+    row = {**dataclasses.asdict(case), "id": case.id, "median_s": median, "min_s": min(times), "times_s": times,
+           "first_call_s": warm[0], "warmup_s": warm, "build_s": build_s, "images_per_s": case.batch / median,
+           "peak_mb": peak, "resident_after_build_mb": meter.start, "memory_kind": meter.kind,
+           "trainable_params": bench.trainable, "threads": torch.get_num_threads(), **bench.extra}
+    if bench.profile is not None and case.variant == "default":
+        row["forward_parts_s"] = bench.profile()
+    return row
+
+
+def _timed(step: Callable[[], None], device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _run_isolated(case: Case, settings: Settings) -> dict[str, Any]:
+    try:
+        return run_case(case, settings)
+    except Exception as exc:  # one failing configuration (e.g. compile) must not lose the others
+        return {**dataclasses.asdict(case), "id": case.id, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+# ---------------------------------------------------------------------------------- plan
+def plan(quick: bool, compile_: bool, feature_cache: bool) -> list[Case]:
+    """What to measure, in order.
+
+    Full: batches 1 and 8 for every model, before/after rows at 8, sizes 224/320/448.
+    Quick (a check of the script in under 2 minutes on 2 CPU cores): batch 2 (and 1 for
+    TGCNet and its floor), sizes 224 and 320.
+    """
+    batches = (1, 2) if quick else (1, 8)
+    big = batches[-1]
+    cases = [Case("floor_fused", "infer", b) for b in batches]
+    cases += [Case("floor_open_clip", "infer", b) for b in batches[quick:]]
+    cases += [Case("tgcnet", mode, b) for mode in ("infer", "train") for b in batches]
+    cases += [Case(m, mode, b) for m in ("clipseg", "unet") for mode in ("infer", "train") for b in batches[quick:]]
+    ways = [("floor_fused", "infer", "unfused"), ("tgcnet", "infer", "unfused"), ("tgcnet", "train", "unfused"),
+            ("tgcnet", "infer", "channels_last"), ("tgcnet", "train", "channels_last"),
+            ("tgcnet", "infer", "no_dedup"), ("tgcnet", "train", "no_dedup"),
+            ("tgcnet", "train", "no_knowledge"), ("tgcnet", "train", "desc_cached")]
+    if feature_cache:
+        ways += [("tgcnet", "train", "feature_cache"), ("tgcnet", "train", "feature_cache+desc_cached")]
+    ways += [("floor_fused", "infer", "bf16"), ("tgcnet", "infer", "bf16"), ("tgcnet", "train", "bf16"),
+             ("clipseg", "infer", "bf16"), ("clipseg", "train", "bf16")]
+    if compile_:
+        ways += [("floor_fused", "infer", "compile"), ("tgcnet", "infer", "compile"), ("tgcnet", "train", "compile")]
+    cases += [Case(m, mode, big, variant=v, group="ways") for m, mode, v in ways]
+    for size in ((320,) if quick else (320, 448)):
+        for b in batches[quick:]:
+            cases.append(Case("floor_fused", "infer", b, size, group="scaling"))
+            cases += [Case("tgcnet", mode, b, size, group="scaling") for mode in ("infer", "train")]
+    return cases
+
+
+def has_feature_cache() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tgcnet.engine.feature_cache") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+# ---------------------------------------------------------------------------------- report
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def index(rows: list[dict]) -> dict[str, dict]:
+    return {r["id"]: r for r in rows if "error" not in r}
+
+
+def ratios(rows: list[dict], batch: int) -> dict[str, Optional[float]]:
+    """The issue's target ratios at one batch size, 224 px."""
+    r = index(rows)
+
+    def get(model: str, mode: str, key: str, variant: str = "default") -> Optional[float]:
+        row = r.get(Case(model, mode, batch, 224, variant).id)
+        return None if row is None else row.get(key)
+
+    def div(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return None if a is None or b is None or b == 0 else a / b
+    infer, train = get("tgcnet", "infer", "median_s"), get("tgcnet", "train", "median_s")
+    return {
+        "infer_over_floor": div(infer, get("floor_fused", "infer", "median_s")),
+        "infer_over_open_clip_floor": div(infer, get("floor_open_clip", "infer", "median_s")),
+        "fused_floor_over_open_clip_floor": div(get("floor_fused", "infer", "median_s"),
+                                                get("floor_open_clip", "infer", "median_s")),
+        "train_over_infer": div(train, infer),
+        "train_mem_over_infer_mem": div(get("tgcnet", "train", "peak_mb"), get("tgcnet", "infer", "peak_mb")),
+        "infer_throughput_over_clipseg": div(get("tgcnet", "infer", "images_per_s"),
+                                             get("clipseg", "infer", "images_per_s")),
+        "train_throughput_over_clipseg": div(get("tgcnet", "train", "images_per_s"),
+                                             get("clipseg", "train", "images_per_s")),
+    }
+
+
+def targets(ratio: dict[str, Optional[float]]) -> list[dict]:
+    checks = [("inference time / fused floor", "infer_over_floor", "<=", TARGETS["infer_over_floor"]),
+              ("training step / inference time", "train_over_infer", "<=", TARGETS["train_over_infer"]),
+              ("training peak memory / inference peak", "train_mem_over_infer_mem", "<=",
+               TARGETS["train_mem_over_infer_mem"]),
+              ("inference throughput / CLIPSeg's", "infer_throughput_over_clipseg", ">=", 1.0),
+              ("training throughput / CLIPSeg's", "train_throughput_over_clipseg", ">=", 1.0)]
+    out = []
+    for name, key, op, bound in checks:
+        value = ratio.get(key)
+        met = None if value is None else (value <= bound if op == "<=" else value >= bound)
+        out.append({"target": name, "key": key, "bound": f"{op} {bound}", "value": value, "met": met})
+    return out
+
+
+def _fmt(x: Optional[float], digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _mb(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{x:,.0f}"
+
+
+LABELS = {"floor_open_clip": "floor: open_clip `visual(x)`", "floor_fused": "floor: fused FrozenViT",
+          "tgcnet": "TGCNet", "clipseg": "CLIPSeg (patch 16, CLIP frozen)", "unet": "U-Net resnet34 (smp)"}
+
+
+def _main_table(rows: list[dict]) -> list[str]:
+    lines = ["| model | mode | batch | s/step (median) | images/s | peak MB | trainable params |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["group"] != "main":
+            continue
+        if "error" in r:
+            lines.append(f"| {LABELS[r['model']]} | {r['mode']} | {r['batch']} | failed: {r['error']} | | | |")
+            continue
+        lines.append(f"| {LABELS[r['model']]} | {r['mode']} | {r['batch']} | {r['median_s']:.3f} | "
+                     f"{r['images_per_s']:.2f} | {_mb(r['peak_mb'])} | {r['trainable_params']:,} |")
+    return lines
+
+
+def _ways_table(rows: list[dict]) -> list[str]:
+    r = index(rows)
+    lines = ["| change | model | mode | batch | before s | after s | after / before | before MB | after MB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        if row["group"] != "ways":
+            continue
+        base = r.get(Case(row["model"], row["mode"], row["batch"], row["size"]).id)
+        if "error" in row or base is None:
+            why = row.get("error", "baseline missing")
+            lines.append(f"| {variant_label(row['variant'])} | {row['model']} | {row['mode']} | {row['batch']} | "
+                         f"failed: {why} | | | | |")
+            continue
+        # "unfused" is the before of the shipped (fused) default: show it that way round
+        before, after = (row, base) if row["variant"] == "unfused" else (base, row)
+        label = "fused SDPA attention in the frozen ViT (before: open_clip's nn.MultiheadAttention)" \
+            if row["variant"] == "unfused" else variant_label(row["variant"])
+        extra = (" (warm-up calls incl. compiling: " + ", ".join(f"{t:.1f}" for t in row["warmup_s"]) + " s)"
+                 if row["variant"] == "compile" else "")
+        lines.append(f"| {label}{extra} | {row['model']} | {row['mode']} | {row['batch']} | "
+                     f"{before['median_s']:.3f} | {after['median_s']:.3f} | "
+                     f"{after['median_s'] / before['median_s']:.2f} | {_mb(before['peak_mb'])} | "
+                     f"{_mb(after['peak_mb'])} |")
+    return lines
+
+
+def _scaling_table(rows: list[dict]) -> list[str]:
+    r = index(rows)
+    keys = sorted({(row["size"], row["batch"]) for row in rows if row["model"] == "tgcnet"
+                   and row["variant"] == "default" and "error" not in row})
+    lines = ["| size | batch | floor s | TGCNet infer s | infer / floor | TGCNet train s | train / infer | "
+             "infer peak MB | train peak MB |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for size, batch in keys:
+        floor = r.get(Case("floor_fused", "infer", batch, size).id, {}).get("median_s")
+        inf = r.get(Case("tgcnet", "infer", batch, size).id, {})
+        tr = r.get(Case("tgcnet", "train", batch, size).id, {})
+        ratio_f = inf["median_s"] / floor if floor and inf else None
+        ratio_t = tr["median_s"] / inf["median_s"] if tr and inf else None
+        lines.append(f"| {size} | {batch} | {_fmt(floor, 3)} | {_fmt(inf.get('median_s'), 3)} | {_fmt(ratio_f)} | "
+                     f"{_fmt(tr.get('median_s'), 3)} | {_fmt(ratio_t)} | {_mb(inf.get('peak_mb'))} | "
+                     f"{_mb(tr.get('peak_mb'))} |")
+    return lines
+
+
+def _parts_table(rows: list[dict], batch: int) -> list[str]:
+    r = index(rows)
+    inf = r.get(Case("tgcnet", "infer", batch).id, {}).get("forward_parts_s", {})
+    tr = r.get(Case("tgcnet", "train", batch).id, {}).get("forward_parts_s", {})
+    if not inf or not tr:
+        return []
+    names = ["sse.clip_visual", "sse.cnn", "sse.fusion", "date", "date.encode(caption)",
+             "date.encode(description)", "vlcm", "decoder"]
+    lines = [f"One extra step of each (batch {batch}, 224 px), timed by forward hooks; "
+             "`date` includes both encodes. Training's remainder is backward + optimizer step.", "",
+             "| part | inference s | training s |", "|---|---:|---:|"]
+    for n in names:
+        lines.append(f"| {n} | {_fmt(inf.get(n), 3)} | {_fmt(tr.get(n), 3)} |")
+    fwd = lambda p: sum(p.get(n, 0.0) for n in ("sse.clip_visual", "sse.cnn", "sse.fusion", "date", "vlcm", "decoder"))
+    lines.append(f"| whole step | {_fmt(inf.get('step'), 3)} | {_fmt(tr.get('step'), 3)} |")
+    lines.append(f"| of it outside the forward (backward, optimizer, loss) | {_fmt(inf['step'] - fwd(inf), 3)} | "
+                 f"{_fmt(tr['step'] - fwd(tr), 3)} |")
+    return lines
+
+
+def _alternatives(get: Callable, mode: str, variants: list[str], infer: dict) -> list[str]:
+    """Sub-bullets: the same TGCNet step under other variants, with the ratios the targets use."""
+    lines = []
+    for v in variants:
+        alt = get("tgcnet", mode, v)
+        if alt is None:
+            continue
+        ratio = (f"; train / infer {alt['median_s'] / infer['median_s']:.2f}, train / infer peak memory "
+                 f"{alt['peak_mb'] / infer['peak_mb']:.2f}" if mode == "train" else "")
+        lines.append(f"  - {variant_label(v)}: {alt['median_s']:.3f} s/step, {alt['images_per_s']:.2f} images/s, "
+                     f"peak {_mb(alt['peak_mb'])} MB{ratio}.")
+    return lines
+
+
+WHAT_IFS = ["no_knowledge", "desc_cached", "feature_cache", "feature_cache+desc_cached"]
+
+
+def explain(rows: list[dict], batch: int, checks: list[dict]) -> list[str]:
+    """For each missed target, the measured facts that account for it (from this run's rows)."""
+    r = index(rows)
+    get = lambda model, mode, variant="default": r.get(Case(model, mode, batch, 224, variant).id)
+    infer, train = get("tgcnet", "infer"), get("tgcnet", "train")
+    if not infer or not train:
+        return []
+    missed = {c["key"] for c in checks if c["met"] is False}
+    parts, text = train.get("forward_parts_s", {}), train.get("text", {})
+    lines: list[str] = []
+    if missed & {"train_over_infer", "train_mem_over_infer_mem", "train_throughput_over_clipseg"}:
+        lines.append(
+            f"- Training: every step re-encodes the knowledge descriptions through the LoRA text tower with "
+            f"gradients ({text.get('unique_descriptions')} distinct descriptions of up to "
+            f"{text.get('description_tokens')} tokens for {text.get('unique_captions')} distinct captions here: "
+            f"forward {_fmt(parts.get('date.encode(description)'), 3)} s of the {_fmt(parts.get('step'), 3)} s "
+            f"step, against {_fmt(parts.get('sse.clip_visual'), 3)} s for the frozen ViT; then their backward and "
+            f"the activations kept for it), while inference reuses cached description embeddings. "
+            f"Memory: {_mb(train['resident_after_build_mb'])} MB resident after construction; inference adds "
+            f"{_mb(infer['peak_mb'] - infer['resident_after_build_mb'])} MB, training "
+            f"{_mb(train['peak_mb'] - train['resident_after_build_mb'])} MB. Same step otherwise:")
+        lines += _alternatives(get, "train", WHAT_IFS, infer)
+    if "infer_over_floor" in missed:
+        ip = infer.get("forward_parts_s", {})
+        lines.append(f"- Inference / floor: the frozen ViT takes {_fmt(ip.get('sse.clip_visual'), 3)} s of the "
+                     f"{_fmt(ip.get('step'), 3)} s step; caption encoding {_fmt(ip.get('date'), 3)} s, CNN "
+                     f"{_fmt(ip.get('sse.cnn'), 3)} s, fusion {_fmt(ip.get('sse.fusion'), 3)} s, VLCM "
+                     f"{_fmt(ip.get('vlcm'), 3)} s, decoder {_fmt(ip.get('decoder'), 3)} s.")
+    cs_inf, cs_tr, floor = get("clipseg", "infer"), get("clipseg", "train"), get("floor_fused", "infer")
+    if "infer_throughput_over_clipseg" in missed and cs_inf and floor:
+        ip = infer.get("forward_parts_s", {})
+        rest = ip.get("step", 0.0) - ip.get("sse.clip_visual", 0.0)
+        lines.append(f"- Inference vs CLIPSeg: CLIPSeg {cs_inf['median_s']:.3f} s/step, TGCNet "
+                     f"{infer['median_s']:.3f} s; the fused ViT-B/16 floor alone {floor['median_s']:.3f} s, so "
+                     f"CLIPSeg's text tower, FiLM and decoder cost {cs_inf['median_s'] - floor['median_s']:.3f} s "
+                     f"against TGCNet's {rest:.3f} s outside the ViT (caption encoding "
+                     f"{_fmt(ip.get('date'), 3)} s of it).")
+    if "train_throughput_over_clipseg" in missed and cs_tr:
+        lines.append(f"- Training vs CLIPSeg: CLIPSeg runs its whole CLIP (image and text) under no_grad and trains "
+                     f"only its decoder ({cs_tr['trainable_params']:,} parameters): {cs_tr['median_s']:.3f} s/step, "
+                     f"barely more than its inference ({cs_inf['median_s']:.3f} s). TGCNet backpropagates through "
+                     f"the LoRA text tower, CNN, VLCM and decoder ({train['trainable_params']:,} parameters).")
+    return lines
+
+
+def to_markdown(result: dict) -> str:
+    meta, rows = result["meta"], result["rows"]
+    batch = meta["batches"][-1]
+    checks = result["targets"]
+    ratio = result["ratios"][str(batch)]
+    lines = [f"# Speed and memory ({meta['preset']})", "",
+             f"Written by `benchmarks/speed.py{' --quick' if meta['quick'] else ''}` on {meta['date']}: "
+             f"{meta['device_name']}, torch {meta['torch']}, {meta['threads']} torch threads, "
+             f"{meta['dtype']}; {meta['warmup']} warm-up + {meta['iters']} timed calls per configuration "
+             f"(median), each configuration in a fresh process. Random-init weights, 3x224x224 unless said.",
+             f"Peak memory: {meta['memory_kind']}. Load average at start / end: {meta['loadavg_start']} / "
+             f"{meta['loadavg_end']}; whole run {meta['elapsed_s']:.0f} s."]
+    if meta.get("quick"):
+        lines.append("**Quick mode**: batches 1 and 2 (not 8), fewer calls, scaling to 320 px only; "
+                     "numbers are for checking the script, not for the targets.")
+    if meta.get("note"):
+        lines += ["", f"Note: {meta['note']}"]
+    lines += ["", f"## Targets (batch {batch}, 224 px, same run)", "", "| target | bound | measured | status |",
+              "|---|---|---:|---|"]
+    for c in checks:
+        status = "n/a" if c["met"] is None else ("**met**" if c["met"] else "**missed**")
+        lines.append(f"| {c['target']} | {c['bound']} | {_fmt(c['value'])} | {status} |")
+    lines += ["", f"Against open_clip's default path as the floor: inference / floor = "
+                  f"{_fmt(ratio['infer_over_open_clip_floor'])}; fused floor / open_clip floor = "
+                  f"{_fmt(ratio['fused_floor_over_open_clip_floor'])}."]
+    why = explain(rows, batch, checks)
+    if why:
+        lines += ["", "Why the missed ones are missed (measured in this run):", "", *why]
+    lines += ["", "## All models", "", *_main_table(rows), "", "## Where TGCNet's time goes", "",
+              *_parts_table(rows, batch), "", "## Ways there, before / after", "", *_ways_table(rows)]
+    if not meta.get("feature_cache_available"):
+        lines += ["", "The frozen-ViT feature cache (tgcnet.engine.feature_cache) was not installed: not measured."]
+    if not meta.get("compile"):
+        lines += ["", "torch.compile not measured in this run (`--compile`)."]
+    lines += ["", "## Scaling with input size and batch (TGCNet, fused floor)", "", *_scaling_table(rows), ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- main
+def run_all(cases: list[Case], settings: Settings) -> list[dict]:
+    """Each case in a fresh process forked from a forkserver that preloaded the libraries."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    rows = []
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, max_tasks_per_child=1) as pool:
+        for i, case in enumerate(cases, 1):
+            row = pool.submit(_run_isolated, case, settings).result()
+            rows.append(row)
+            status = row.get("error") or (f"{row['median_s']:.3f} s/step, {row['images_per_s']:.2f} img/s, "
+                                          f"peak {_mb(row['peak_mb'])} MB")
+            print(f"[{i}/{len(cases)}] {case.id}: {status}", flush=True)
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="batches 1-2, 1+2 calls: a check in under 2 minutes")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile rows")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--amp", choices=["bf16"], default=None, help="autocast dtype (default: float32)")
+    parser.add_argument("--preset", default="tgcnet-vit-b16")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--only", default=None, help="measure only cases whose id contains this")
+    parser.add_argument("--note", default=None, help="a line for the report (e.g. other load on the machine)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    iters = args.iters if args.iters is not None else (2 if args.quick else 3)
+    if warmup < 1 or iters < 1:
+        parser.error("--warmup and --iters must be at least 1")
+    settings = Settings(preset=args.preset, device=device, threads=args.threads, warmup=warmup, iters=iters,
+                        amp=args.amp)
+    cache = has_feature_cache()
+    cases = plan(args.quick, args.compile, cache)
+    if args.only:
+        cases = [c for c in cases if args.only in c.id]
+    start, load_start = time.time(), os.getloadavg()
+    rows = run_all(cases, settings)
+    batches = sorted({c.batch for c in cases if c.group == "main"}) or [1]
+    ok = [r for r in rows if "error" not in r]
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "preset": args.preset, "quick": args.quick,
+            "device": device, "device_name": device_name(device), "torch": torch.__version__,
+            "python": platform.python_version(), "threads": ok[0]["threads"] if ok else args.threads,
+            "dtype": f"autocast {args.amp}" if args.amp else "float32", "warmup": warmup, "iters": iters,
+            "memory_kind": ok[0]["memory_kind"] if ok else "n/a", "batches": batches,
+            "compile": args.compile, "feature_cache_available": cache, "captions": CAPTIONS, "note": args.note,
+            "loadavg_start": [round(x, 2) for x in load_start],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()], "elapsed_s": time.time() - start}
+    ratio = {str(b): ratios(rows, b) for b in batches}
+    result = {"meta": meta, "ratios": ratio, "targets": targets(ratio[str(batches[-1])]), "rows": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "speed.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""benchmarks/speed.py on the tiny preset, in-process: the measuring code runs and its toggles are faithful."""
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from helpers import StaticKnowledge, images
+from conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("speed_benchmark", REPO_ROOT / "benchmarks" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def test_cases_run_and_report(speed):
+    settings = speed.Settings(preset="tgcnet-tiny", warmup=1, iters=1)
+    cases = [speed.Case("floor_fused", "infer", 2), speed.Case("floor_open_clip", "infer", 2),
+             speed.Case("tgcnet", "infer", 2), speed.Case("tgcnet", "train", 2),
+             speed.Case("tgcnet", "train", 2, variant="no_dedup", group="ways")]
+    rows = [speed.run_case(c, settings) for c in cases]
+    for row in rows:
+        assert row["median_s"] > 0 and row["peak_mb"] > 0 and row["images_per_s"] > 0
+    floor, _, infer, train, _ = rows
+    assert floor["trainable_params"] == 0 and train["trainable_params"] == infer["trainable_params"] > 0
+    assert train["text"]["unique_captions"] == 2 and train["text"]["unique_descriptions"] > 0
+    assert {"sse.clip_visual", "date.encode(caption)", "date.encode(description)", "decoder"} <= set(
+        train["forward_parts_s"])
+    assert infer["fused_attention"] is True
+    meta = {"preset": "tgcnet-tiny", "quick": True, "date": "today", "device_name": "cpu", "torch": torch.__version__,
+            "threads": 1, "dtype": "float32", "warmup": 1, "iters": 1, "memory_kind": rows[0]["memory_kind"],
+            "loadavg_start": [0], "loadavg_end": [0], "elapsed_s": 1.0, "batches": [2]}
+    ratio = {"2": speed.ratios(rows, 2)}
+    assert ratio["2"]["train_over_infer"] == pytest.approx(train["median_s"] / infer["median_s"])
+    md = speed.to_markdown({"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows})
+    assert "## Targets" in md and "| TGCNet | train | 2 |" in md and "de-duplication off" in md
+
+
+def test_no_dedup_toggle_changes_work_not_numbers(speed):
+    """Trailing spaces defeat de-duplication but tokenise identically: same logits, more strings encoded."""
+    from tgcnet import create_model
+
+    model = create_model("tgcnet-tiny", knowledge=StaticKnowledge()).eval()
+    captions = ["bilateral pulmonary infection, lower left lung."] * 2
+    x = images(2, 64)
+    with torch.no_grad():
+        ref = model(x, captions)
+        model.date.knowledge = speed.PaddedKnowledge(model.date.knowledge)
+        padded = speed.undeduplicated(captions)
+        out = model(x, padded)
+    assert len(set(padded)) == 2
+    per_caption = set(model.date.knowledge.source.descriptions_for(captions[0]))
+    descs = {d for c in padded for d in model.date.knowledge.descriptions_for(c)}
+    assert len(descs) == 2 * len(per_caption) == 6
+    torch.testing.assert_close(out, ref)
+
+
+def test_plan_quick_and_full(speed):
+    quick = speed.plan(quick=True, compile_=False, feature_cache=True)
+    full = speed.plan(quick=False, compile_=True, feature_cache=False)
+    assert {c.batch for c in quick} == {1, 2} and {c.batch for c in full} == {1, 8}
+    assert {c.size for c in full} == {224, 320, 448}
+    assert any(c.variant == "feature_cache" for c in quick) and not any("feature_cache" in c.variant for c in full)
+    assert any(c.variant == "compile" for c in full) and not any(c.variant == "compile" for c in quick)
+    assert len({c.id for c in full}) == len(full)
