@@ -83,6 +83,8 @@ VARIANTS = {
     "no_knowledge": "what-if: knowledge descriptions off (knowledge=None)",
     "desc_cached": "what-if: description embeddings cached in training as in eval (no gradient through "
                    "descriptions; needs a date.py change)",
+    "caption_cached": "what-if: caption features cached in eval as descriptions are (needs a date.py change)",
+    "lora_merged": "LoRA merged into the text tower for inference (tgcnet.adapters.merge_lora)",
     "feature_cache": "frozen-ViT features from the engine's FeatureCache (ViT skipped on a hit)",
     "bf16": "bfloat16 autocast (not float-exact: about 1% relative error in the ViT's output)",
     "compile": "torch.compile of the frozen ViT, CNN branch, VLCM and decoder",
@@ -258,6 +260,12 @@ def _apply_tgcnet_variant(model, variant: str, device) -> Optional[Callable[...,
             model.date.knowledge = PaddedKnowledge(model.date.knowledge)
         elif part == "desc_cached":
             model.date._description_embeddings = _cached_descriptions(model.date)
+        elif part == "caption_cached":
+            model.date.encode = _cached_captions(model.date.encode)
+        elif part == "lora_merged":
+            from tgcnet.adapters import merge_lora
+
+            merge_lora(model.date.text_tower)
         elif part == "compile":
             for module in (model.sse.clip_visual, model.sse.cnn, model.vlcm, model.decoder):
                 module.compile()
@@ -284,6 +292,20 @@ def _cached_descriptions(date) -> Callable[[list[str]], "torch.Tensor"]:
                 cache.update(zip(missing, date.encode(missing, "description")[2]))
         return torch.stack([cache[s] for s in strings])
     return embeddings
+
+
+def _cached_captions(encode: Callable) -> Callable:
+    """What-if: DATE.encode of captions memoised (eval only: LoRA does not change there)."""
+    memo: dict[tuple[str, ...], tuple] = {}
+
+    def cached(texts, what="caption"):
+        if what != "caption":
+            return encode(texts, what)
+        key = tuple(texts)
+        if key not in memo:
+            memo[key] = encode(texts, what)
+        return memo[key]
+    return cached
 
 
 def _module_timer(model, device) -> tuple[Callable[[], None], Callable[[], dict[str, float]]]:
@@ -532,9 +554,11 @@ def plan(quick: bool, compile_: bool, feature_cache: bool) -> list[Case]:
     cases += [Case("floor_open_clip", "infer", b) for b in batches[quick:]]
     cases += [Case("tgcnet", mode, b) for mode in ("infer", "train") for b in batches]
     cases += [Case(m, mode, b) for m in ("clipseg", "unet") for mode in ("infer", "train") for b in batches[quick:]]
-    ways = [("floor_fused", "infer", "unfused"), ("tgcnet", "infer", "unfused"), ("tgcnet", "train", "unfused"),
+    # fused attention only changes the frozen ViT's forward, which is the same (no_grad) in both modes
+    ways = [("floor_fused", "infer", "unfused"), ("tgcnet", "infer", "unfused"),
             ("tgcnet", "infer", "channels_last"), ("tgcnet", "train", "channels_last"),
             ("tgcnet", "infer", "no_dedup"), ("tgcnet", "train", "no_dedup"),
+            ("tgcnet", "infer", "lora_merged"), ("tgcnet", "infer", "caption_cached"),
             ("tgcnet", "train", "no_knowledge"), ("tgcnet", "train", "desc_cached")]
     if feature_cache:
         ways += [("tgcnet", "train", "feature_cache"), ("tgcnet", "train", "feature_cache+desc_cached")]
@@ -763,7 +787,8 @@ def explain(rows: list[dict], batch: int, checks: list[dict]) -> list[str]:
                      f"{infer['median_s']:.3f} s; the fused ViT-B/16 floor alone {floor['median_s']:.3f} s, so "
                      f"CLIPSeg's text tower, FiLM and decoder cost {cs_inf['median_s'] - floor['median_s']:.3f} s "
                      f"against TGCNet's {rest:.3f} s outside the ViT (caption encoding "
-                     f"{_fmt(ip.get('date'), 3)} s of it).")
+                     f"{_fmt(ip.get('date'), 3)} s of it). Same step otherwise:")
+        lines += _alternatives(get, "infer", ["lora_merged", "caption_cached"], infer)
     if "train_throughput_over_clipseg" in missed and cs_tr:
         lines.append(f"- Training vs CLIPSeg: CLIPSeg runs its whole CLIP (image and text) under no_grad and trains "
                      f"only its decoder ({cs_tr['trainable_params']:,} parameters): {cs_tr['median_s']:.3f} s/step, "
