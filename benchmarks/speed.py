@@ -512,8 +512,50 @@ def run_case(case: Case, settings: Settings) -> dict[str, Any]:
         return _measure(case, settings)
 
 
+def _measure_ab(case: Case, settings: Settings) -> dict[str, Any]:
+    """open_clip's path and FrozenViT unfused / fused on the same weights, in one process, calls interleaved.
+
+    Why: the same configuration measured in two fresh processes differed by 5-10 % here
+    (allocation, host noise), as much as fused attention changes; interleaving in one
+    process keeps that out of the comparison.
+    """
+    import copy
+
+    import torch
+
+    from tgcnet.backbone import load_clip
+    from tgcnet.config import get_preset
+    from tgcnet.sse import FrozenViT
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    config = get_preset(settings.preset)
+    visual = load_clip(config.clip).visual.requires_grad_(False).eval().to(device)
+    indices = tuple(config.sse.vit_indices)
+    paths = {"open_clip": visual,
+             "unfused": FrozenViT(copy.deepcopy(visual), indices, fused_attention=False).to(device),
+             "fused": FrozenViT(copy.deepcopy(visual), indices).to(device)}
+    images = _data(case, device)[0]
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    amp = _amp(case, settings)
+    with torch.inference_mode(), _autocast(amp, device):
+        for module in paths.values():
+            module(images)
+        for _ in range(settings.iters + 1):
+            for name, module in paths.items():
+                times[name].append(_timed(lambda: module(images), device))
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {**dataclasses.asdict(case), "id": case.id, "ab_times_s": times, "ab_median_s": medians,
+            "median_s": medians["fused"], "images_per_s": case.batch / medians["fused"], "peak_mb": None,
+            "threads": torch.get_num_threads()}
+
+
 def _measure(case: Case, settings: Settings) -> dict[str, Any]:
     import torch
+
+    if case.model == "floor_ab":
+        return _measure_ab(case, settings)
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -555,12 +597,17 @@ def _run_isolated(case: Case, settings: Settings) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- plan
-def plan(quick: bool, compile_: bool, feature_cache: bool) -> list[Case]:
+REPEATED = ("floor_fused", "floor_open_clip", "tgcnet", "clipseg")
+
+
+def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> list[Case]:
     """What to measure, in order.
 
     Full: batches 1 and 8 for every model, before/after rows at 8, sizes 320 and 448 at 8.
     Quick (a check of the script in under 2 minutes on 2 CPU cores): batch 2 (and 1 for
     TGCNet and its floor), sizes 224 and 320, no bf16 / LoRA-merge / caption-cache rows.
+    Both end with the frozen-ViT paths A/B in one process and then ``repeats - 1`` more
+    fresh processes for each target row (floors, TGCNet, CLIPSeg at the largest batch).
     """
     batches = (1, 2) if quick else (1, 8)
     big = batches[-1]
@@ -587,7 +634,29 @@ def plan(quick: bool, compile_: bool, feature_cache: bool) -> list[Case]:
         for b in batches[-1:]:
             cases.append(Case("floor_fused", "infer", b, size, group="scaling"))
             cases += [Case("tgcnet", mode, b, size, group="scaling") for mode in ("infer", "train")]
-    return cases
+    cases.append(Case("floor_ab", "infer", big, group="ab"))
+    # the target rows again, each in another fresh process and minutes later: process-to-process spread
+    main_big = [c for c in cases if c.group == "main" and c.batch == big and c.model in REPEATED]
+    return cases + main_big * (repeats - 1)
+
+
+def merge_repeats(rows: list[dict]) -> list[dict]:
+    """One row per configuration: timed calls of all its processes pooled (median), peak = the highest."""
+    merged: dict[str, dict] = {}
+    for row in rows:
+        first = merged.get(row["id"])
+        if first is None or "error" in first:
+            merged[row["id"]] = {**row, "process_medians_s": [row["median_s"]]} if "error" not in row else row
+            continue
+        if "error" in row:
+            continue
+        first["times_s"] = first["times_s"] + row["times_s"]
+        first["process_medians_s"].append(row["median_s"])
+        first["median_s"] = statistics.median(first["times_s"])
+        first["min_s"] = min(first["times_s"])
+        first["images_per_s"] = first["batch"] / first["median_s"]
+        first["peak_mb"] = max(first["peak_mb"], row["peak_mb"])
+    return list(merged.values())
 
 
 def has_feature_cache() -> bool:
@@ -673,16 +742,36 @@ LABELS = {"floor_open_clip": "floor: open_clip `visual(x)`", "floor_fused": "flo
 
 
 def _main_table(rows: list[dict]) -> list[str]:
-    lines = ["| model | mode | batch | s/step (median) | images/s | peak MB | trainable params |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | mode | batch | s/step (median) | per-process medians | images/s | peak MB | "
+             "trainable params |", "|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
         if r["group"] != "main":
             continue
         if "error" in r:
-            lines.append(f"| {LABELS[r['model']]} | {r['mode']} | {r['batch']} | failed: {r['error']} | | | |")
+            lines.append(f"| {LABELS[r['model']]} | {r['mode']} | {r['batch']} | failed: {r['error']} | | | | |")
             continue
-        lines.append(f"| {LABELS[r['model']]} | {r['mode']} | {r['batch']} | {r['median_s']:.3f} | "
+        procs = r.get("process_medians_s", [])
+        spread = ", ".join(f"{t:.3f}" for t in procs) if len(procs) > 1 else ""
+        lines.append(f"| {LABELS[r['model']]} | {r['mode']} | {r['batch']} | {r['median_s']:.3f} | {spread} | "
                      f"{r['images_per_s']:.2f} | {_mb(r['peak_mb'])} | {r['trainable_params']:,} |")
+    return lines
+
+
+def _ab_table(rows: list[dict]) -> list[str]:
+    ab = next((r for r in rows if r["model"] == "floor_ab" and "error" not in r), None)
+    if ab is None:
+        return []
+    med = ab["ab_median_s"]
+    names = {"open_clip": "open_clip `visual(x)` (nn.MultiheadAttention)",
+             "unfused": "FrozenViT, open_clip's nn.MultiheadAttention",
+             "fused": "FrozenViT, fused SDPA attention (shipped)"}
+    lines = [f"Batch {ab['batch']}, 224 px, same weights, one process, the three called in turn "
+             f"({len(ab['ab_times_s']['fused'])} rounds after a warm-up round): differences between fresh "
+             "processes do not enter these ratios.", "",
+             "| frozen-ViT path | median s | calls s | / open_clip |", "|---|---:|---|---:|"]
+    for key, label in names.items():
+        calls = ", ".join(f"{t:.3f}" for t in ab["ab_times_s"][key])
+        lines.append(f"| {label} | {med[key]:.3f} | {calls} | {med[key] / med['open_clip']:.2f} |")
     return lines
 
 
@@ -822,7 +911,9 @@ def to_markdown(result: dict) -> str:
              f"Written by `benchmarks/speed.py{' --quick' if meta['quick'] else ''}` on {meta['date']}: "
              f"{meta['device_name']}, torch {meta['torch']}, {meta['threads']} torch threads, "
              f"{meta['dtype']}; {meta['warmup']} warm-up + {meta['iters']} timed calls per configuration "
-             f"(median), each configuration in a fresh process. Random-init weights, 3x224x224 unless said.",
+             f"(median), each configuration in a fresh process; the target rows (floors, TGCNet, CLIPSeg at "
+             f"batch {meta['batches'][-1]}) in {meta.get('repeats', 1)} fresh processes each, run minutes apart, "
+             f"their calls pooled. Random-init weights, 3x224x224 unless said.",
              f"Peak memory: {meta['memory_kind']}. Load average at start / end: {meta['loadavg_start']} / "
              f"{meta['loadavg_end']}; whole run {meta['elapsed_s']:.0f} s."]
     if meta.get("quick"):
@@ -841,7 +932,9 @@ def to_markdown(result: dict) -> str:
     why = explain(rows, batch, checks)
     if why:
         lines += ["", "Why the missed ones are missed (measured in this run):", "", *why]
-    lines += ["", "## All models", "", *_main_table(rows), "", "## Where TGCNet's time goes", "",
+    lines += ["", "## All models", "", *_main_table(rows), "",
+              "## Frozen-ViT paths, A/B in one process", "", *_ab_table(rows), "",
+              "## Where TGCNet's time goes", "",
               *_parts_table(rows, batch), "", "## Ways there, before / after", "", *_ways_table(rows)]
     if not meta.get("feature_cache_available"):
         lines += ["", "The frozen-ViT feature cache (tgcnet.engine.feature_cache) was not installed: not measured."]
@@ -865,6 +958,8 @@ def run_all(cases: list[Case], settings: Settings) -> list[dict]:
             rows.append(row)
             status = row.get("error") or (f"{row['median_s']:.3f} s/step, {row['images_per_s']:.2f} img/s, "
                                           f"peak {_mb(row['peak_mb'])} MB")
+            if "ab_median_s" in row:
+                status = ", ".join(f"{k} {v:.3f} s" for k, v in row["ab_median_s"].items())
             print(f"[{i}/{len(cases)}] {case.id}: {status}", flush=True)
     return rows
 
@@ -879,6 +974,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--preset", default="tgcnet-vit-b16")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="fresh processes per target row (default: 2, quick: 1)")
     parser.add_argument("--only", default=None, help="measure only cases whose id contains this")
     parser.add_argument("--note", default=None, help="a line for the report (e.g. other load on the machine)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -894,11 +991,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     settings = Settings(preset=args.preset, device=device, threads=args.threads, warmup=warmup, iters=iters,
                         amp=args.amp)
     cache = has_feature_cache()
-    cases = plan(args.quick, args.compile, cache)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
+    if repeats < 1:
+        parser.error("--repeats must be at least 1")
+    cases = plan(args.quick, args.compile, cache, repeats)
     if args.only:
         cases = [c for c in cases if args.only in c.id]
     start, load_start = time.time(), os.getloadavg()
-    rows = run_all(cases, settings)
+    rows = merge_repeats(run_all(cases, settings))
     batches = sorted({c.batch for c in cases if c.group == "main"}) or [1]
     ok = [r for r in rows if "error" not in r]
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "preset": args.preset, "quick": args.quick,
@@ -906,7 +1006,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "python": platform.python_version(), "threads": ok[0]["threads"] if ok else args.threads,
             "dtype": f"autocast {args.amp}" if args.amp else "float32", "warmup": warmup, "iters": iters,
             "memory_kind": ok[0]["memory_kind"] if ok else "n/a", "batches": batches,
-            "compile": args.compile, "feature_cache_available": cache, "captions": CAPTIONS, "note": args.note,
+            "compile": args.compile, "feature_cache_available": cache, "repeats": repeats, "captions": CAPTIONS, "note": args.note,
             "loadavg_start": [round(x, 2) for x in load_start],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()], "elapsed_s": time.time() - start}
     ratio = {str(b): ratios(rows, b) for b in batches}

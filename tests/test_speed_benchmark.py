@@ -28,6 +28,13 @@ def test_cases_run_and_report(speed):
     for row in rows:
         assert row["median_s"] > 0 and row["peak_mb"] > 0 and row["images_per_s"] > 0
     floor, _, infer, train, _ = rows
+    again = speed.run_case(cases[2], settings)
+    rows = speed.merge_repeats(rows + [again])
+    assert len(rows) == 5 and rows[2]["process_medians_s"] == [infer["median_s"], again["median_s"]]
+    assert len(rows[2]["times_s"]) == 2
+    ab = speed.run_case(speed.Case("floor_ab", "infer", 2, group="ab"), settings)
+    assert set(ab["ab_median_s"]) == {"open_clip", "unfused", "fused"} and len(ab["ab_times_s"]["fused"]) == 2
+    rows.append(ab)
     assert floor["trainable_params"] == 0 and train["trainable_params"] == infer["trainable_params"] > 0
     assert train["text"]["unique_captions"] == 2 and train["text"]["unique_descriptions"] > 0
     assert {"sse.clip_visual", "date.encode(caption)", "date.encode(description)", "decoder"} <= set(
@@ -37,9 +44,10 @@ def test_cases_run_and_report(speed):
             "threads": 1, "dtype": "float32", "warmup": 1, "iters": 1, "memory_kind": rows[0]["memory_kind"],
             "loadavg_start": [0], "loadavg_end": [0], "elapsed_s": 1.0, "batches": [2]}
     ratio = {"2": speed.ratios(rows, 2)}
-    assert ratio["2"]["train_over_infer"] == pytest.approx(train["median_s"] / infer["median_s"])
+    assert ratio["2"]["train_over_infer"] == pytest.approx(train["median_s"] / rows[2]["median_s"])
     md = speed.to_markdown({"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows})
     assert "## Targets" in md and "| TGCNet | train | 2 |" in md and "de-duplication off" in md
+    assert "| FrozenViT, fused SDPA attention (shipped) |" in md
 
 
 def test_no_dedup_toggle_changes_work_not_numbers(speed):
@@ -63,9 +71,12 @@ def test_no_dedup_toggle_changes_work_not_numbers(speed):
 
 def test_plan_quick_and_full(speed):
     quick = speed.plan(quick=True, compile_=False, feature_cache=True)
-    full = speed.plan(quick=False, compile_=True, feature_cache=False)
+    full = speed.plan(quick=False, compile_=True, feature_cache=False, repeats=2)
     assert {c.batch for c in quick} == {1, 2} and {c.batch for c in full} == {1, 8}
     assert {c.size for c in full} == {224, 320, 448} and {c.batch for c in full if c.size > 224} == {8}
     assert any(c.variant == "feature_cache" for c in quick) and not any("feature_cache" in c.variant for c in full)
     assert any(c.variant == "compile" for c in full) and not any(c.variant == "compile" for c in quick)
-    assert len({c.id for c in full}) == len(full)
+    repeated = [c for c in full if full.count(c) > 1]
+    assert {c.model for c in repeated} == set(speed.REPEATED) and {c.batch for c in repeated} == {8}
+    assert full[-len(repeated) // 2:] == repeated[:len(repeated) // 2]   # the repeats run last
+    assert len(full) - len({c.id for c in full}) == 6
