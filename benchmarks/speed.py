@@ -512,24 +512,24 @@ def run_case(case: Case, settings: Settings) -> dict[str, Any]:
         return _measure(case, settings)
 
 
-def _measure_ab(case: Case, settings: Settings) -> dict[str, Any]:
-    """open_clip's path and FrozenViT unfused / fused on the same weights, in one process, calls interleaved.
+AB_VARIANTS = {
+    ("floor_ab", "infer"): ["open_clip", "unfused", "fused"],
+    ("tgcnet_ab", "infer"): ["default", "unfused", "channels_last", "no_dedup", "lora_merged", "caption_cached"],
+    ("tgcnet_ab", "train"): ["default", "channels_last"],
+}
 
-    Why: the same configuration measured in two fresh processes differed by 5-10 % here
-    (allocation, host noise), as much as fused attention changes; interleaving in one
-    process keeps that out of the comparison.
-    """
+
+def _ab_steps(case: Case, settings: Settings, device) -> dict[str, Callable[[], None]]:
+    """One step per path/variant, each on its own copy of the same weights (same init seed)."""
+    if case.model == "tgcnet_ab":
+        return {v: build_tgcnet(dataclasses.replace(case, model="tgcnet", variant=v), settings, device).step
+                for v in AB_VARIANTS[(case.model, case.mode)]}
     import copy
-
-    import torch
 
     from tgcnet.backbone import load_clip
     from tgcnet.config import get_preset
     from tgcnet.sse import FrozenViT
 
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    device = torch.device(settings.device)
     config = get_preset(settings.preset)
     visual = load_clip(config.clip).visual.requires_grad_(False).eval().to(device)
     indices = tuple(config.sse.vit_indices)
@@ -537,24 +537,40 @@ def _measure_ab(case: Case, settings: Settings) -> dict[str, Any]:
              "unfused": FrozenViT(copy.deepcopy(visual), indices, fused_attention=False).to(device),
              "fused": FrozenViT(copy.deepcopy(visual), indices).to(device)}
     images = _data(case, device)[0]
-    times: dict[str, list[float]] = {k: [] for k in paths}
     amp = _amp(case, settings)
-    with torch.inference_mode(), _autocast(amp, device):
-        for module in paths.values():
-            module(images)
-        for _ in range(settings.iters + 1):
-            for name, module in paths.items():
-                times[name].append(_timed(lambda: module(images), device))
+    return {k: _infer_step(m, (lambda m=m: m(images)), amp, device) for k, m in paths.items()}
+
+
+def _measure_ab(case: Case, settings: Settings) -> dict[str, Any]:
+    """Several variants in one process, their calls interleaved round by round.
+
+    Why: the same configuration measured in fresh processes differed by up to ~15 % here
+    (from process to process and run to run), more than fused attention or channels_last
+    change; calling the variants in turn inside one process keeps that out of their ratios.
+    """
+    import torch
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    steps = _ab_steps(case, settings, device)
+    for step in steps.values():     # warm-up: fills caches (descriptions, oneDNN primitives)
+        step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(settings.iters + 1):
+        for name, step in steps.items():
+            times[name].append(_timed(step, device))
     medians = {k: statistics.median(v) for k, v in times.items()}
+    first = next(iter(medians))
     return {**dataclasses.asdict(case), "id": case.id, "ab_times_s": times, "ab_median_s": medians,
-            "median_s": medians["fused"], "images_per_s": case.batch / medians["fused"], "peak_mb": None,
+            "median_s": medians[first], "images_per_s": case.batch / medians[first], "peak_mb": None,
             "threads": torch.get_num_threads()}
 
 
 def _measure(case: Case, settings: Settings) -> dict[str, Any]:
     import torch
 
-    if case.model == "floor_ab":
+    if case.model.endswith("_ab"):
         return _measure_ab(case, settings)
 
     if settings.threads:
@@ -615,16 +631,13 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
     cases += [Case("floor_open_clip", "infer", b) for b in batches[quick:]]
     cases += [Case("tgcnet", mode, b) for mode in ("infer", "train") for b in batches]
     cases += [Case(m, mode, b) for m in ("clipseg", "unet") for mode in ("infer", "train") for b in batches[quick:]]
-    # fused attention only changes the frozen ViT's forward, which is the same (no_grad) in both modes
-    ways = [("floor_fused", "infer", "unfused"), ("tgcnet", "infer", "unfused"),
-            ("tgcnet", "infer", "channels_last"), ("tgcnet", "train", "channels_last"),
-            ("tgcnet", "infer", "no_dedup"), ("tgcnet", "train", "no_dedup"),
-            ("tgcnet", "train", "no_knowledge"), ("tgcnet", "train", "desc_cached")]
+    # changes of a few % (fused attention, channels_last, LoRA merge, caption cache, de-duplication
+    # in inference) are measured A/B in one process (AB_VARIANTS); here those that move memory or a lot
+    ways = [("tgcnet", "train", "no_dedup"), ("tgcnet", "train", "no_knowledge"), ("tgcnet", "train", "desc_cached")]
     if feature_cache:
         ways += [("tgcnet", "train", "feature_cache"), ("tgcnet", "train", "feature_cache+desc_cached")]
     if not quick:
-        ways += [("tgcnet", "infer", "lora_merged"), ("tgcnet", "infer", "caption_cached"),
-                 ("floor_fused", "infer", "bf16"), ("tgcnet", "infer", "bf16"), ("tgcnet", "train", "bf16"),
+        ways += [("floor_fused", "infer", "bf16"), ("tgcnet", "infer", "bf16"), ("tgcnet", "train", "bf16"),
                  ("clipseg", "infer", "bf16"), ("clipseg", "train", "bf16")]
     if compile_:
         # compiling from scratch takes minutes on a small CPU: TGCNet only (its ViT is the floor's)
@@ -634,7 +647,7 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
         for b in batches[-1:]:
             cases.append(Case("floor_fused", "infer", b, size, group="scaling"))
             cases += [Case("tgcnet", mode, b, size, group="scaling") for mode in ("infer", "train")]
-    cases.append(Case("floor_ab", "infer", big, group="ab"))
+    cases += [Case(model, mode, big, group="ab") for model, mode in AB_VARIANTS]
     # the target rows again, each in another fresh process and minutes later: process-to-process spread
     main_big = [c for c in cases if c.group == "main" and c.batch == big and c.model in REPEATED]
     return cases + main_big * (repeats - 1)
@@ -757,21 +770,39 @@ def _main_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+AB_LABELS = {"open_clip": "open_clip `visual(x)` (nn.MultiheadAttention)",
+             "unfused": "FrozenViT with open_clip's nn.MultiheadAttention (fused attention off)",
+             "fused": "FrozenViT, fused SDPA attention (shipped)",
+             "default": "TGCNet as shipped (fused attention, de-duplication on)"}
+
+
+def ab_ratio(rows: list[dict], model: str, mode: str, variant: str) -> Optional[float]:
+    """Median time of ``variant`` over the first variant's, from an in-process A/B row."""
+    row = next((r for r in rows if r["model"] == model and r["mode"] == mode and "ab_median_s" in r), None)
+    if row is None or variant not in row["ab_median_s"]:
+        return None
+    med = row["ab_median_s"]
+    return med[variant] / med[next(iter(med))]
+
+
 def _ab_table(rows: list[dict]) -> list[str]:
-    ab = next((r for r in rows if r["model"] == "floor_ab" and "error" not in r), None)
-    if ab is None:
-        return []
-    med = ab["ab_median_s"]
-    names = {"open_clip": "open_clip `visual(x)` (nn.MultiheadAttention)",
-             "unfused": "FrozenViT, open_clip's nn.MultiheadAttention",
-             "fused": "FrozenViT, fused SDPA attention (shipped)"}
-    lines = [f"Batch {ab['batch']}, 224 px, same weights, one process, the three called in turn "
-             f"({len(ab['ab_times_s']['fused'])} rounds after a warm-up round): differences between fresh "
-             "processes do not enter these ratios.", "",
-             "| frozen-ViT path | median s | calls s | / open_clip |", "|---|---:|---|---:|"]
-    for key, label in names.items():
-        calls = ", ".join(f"{t:.3f}" for t in ab["ab_times_s"][key])
-        lines.append(f"| {label} | {med[key]:.3f} | {calls} | {med[key] / med['open_clip']:.2f} |")
+    lines: list[str] = []
+    for row in rows:
+        if row["group"] != "ab" or "error" in row:
+            if row["group"] == "ab":
+                lines += [f"{row['id']} failed: {row['error']}", ""]
+            continue
+        med, times = row["ab_median_s"], row["ab_times_s"]
+        base = next(iter(med))
+        what = "TGCNet " + ("inference" if row["mode"] == "infer" else "training step") \
+            if row["model"] == "tgcnet_ab" else "frozen ViT forward"
+        lines += [f"{what}, batch {row['batch']}, 224 px: {len(times[base])} rounds after a warm-up round.", "",
+                  f"| variant | median s | calls s | / {base} |", "|---|---:|---|---:|"]
+        for key in med:
+            label = AB_LABELS.get(key) or variant_label(key)
+            calls = ", ".join(f"{t:.3f}" for t in times[key])
+            lines.append(f"| {label} | {med[key]:.3f} | {calls} | {med[key] / med[base]:.3f} |")
+        lines.append("")
     return lines
 
 
@@ -892,8 +923,12 @@ def explain(rows: list[dict], batch: int, checks: list[dict]) -> list[str]:
                      f"{infer['median_s']:.3f} s; the fused ViT-B/16 floor alone {floor['median_s']:.3f} s, so "
                      f"CLIPSeg's text tower, FiLM and decoder cost {cs_inf['median_s'] - floor['median_s']:.3f} s "
                      f"against TGCNet's {rest:.3f} s outside the ViT (caption encoding "
-                     f"{_fmt(ip.get('date'), 3)} s of it). Same step otherwise:")
-        lines += _alternatives(get, "infer", ["lora_merged", "caption_cached"], infer)
+                     f"{_fmt(ip.get('date'), 3)} s of it).")
+        for v in ("lora_merged", "caption_cached"):
+            ratio = ab_ratio(rows, "tgcnet_ab", "infer", v)
+            if ratio is not None:
+                lines.append(f"  - {variant_label(v)}: {ratio:.3f} x the shipped step in the A/B, i.e. about "
+                             f"{infer['median_s'] * ratio:.3f} s here against CLIPSeg's {cs_inf['median_s']:.3f} s.")
     if "train_throughput_over_clipseg" in missed and cs_tr:
         lines.append(f"- Training vs CLIPSeg: CLIPSeg runs its whole CLIP (image and text) under no_grad and trains "
                      f"only its decoder ({cs_tr['trainable_params']:,} parameters): {cs_tr['median_s']:.3f} s/step, "
@@ -928,12 +963,17 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| {c['target']} | {c['bound']} | {_fmt(c['value'])} | {status} |")
     lines += ["", f"Against open_clip's default path as the floor: inference / floor = "
                   f"{_fmt(ratio['infer_over_open_clip_floor'])}; fused floor / open_clip floor = "
-                  f"{_fmt(ratio['fused_floor_over_open_clip_floor'])}."]
+                  f"{_fmt(ratio['fused_floor_over_open_clip_floor'])} across processes, "
+                  f"{_fmt(ab_ratio(rows, 'floor_ab', 'infer', 'fused'), 3)} in the one-process A/B below "
+                  f"(FrozenViT without fused attention: {_fmt(ab_ratio(rows, 'floor_ab', 'infer', 'unfused'), 3)})."]
     why = explain(rows, batch, checks)
     if why:
         lines += ["", "Why the missed ones are missed (measured in this run):", "", *why]
     lines += ["", "## All models", "", *_main_table(rows), "",
-              "## Frozen-ViT paths, A/B in one process", "", *_ab_table(rows), "",
+              "## Small changes, A/B in one process", "",
+              "Each variant on its own copy of the same weights, in one process, called in turn round by round: "
+              "the differences between fresh processes (see the per-process medians above, and the absolute "
+              "times here against the table above) do not enter these ratios.", "", *_ab_table(rows),
               "## Where TGCNet's time goes", "",
               *_parts_table(rows, batch), "", "## Ways there, before / after", "", *_ways_table(rows)]
     if not meta.get("feature_cache_available"):

@@ -34,7 +34,10 @@ def test_cases_run_and_report(speed):
     assert len(rows[2]["times_s"]) == 2
     ab = speed.run_case(speed.Case("floor_ab", "infer", 2, group="ab"), settings)
     assert set(ab["ab_median_s"]) == {"open_clip", "unfused", "fused"} and len(ab["ab_times_s"]["fused"]) == 2
-    rows.append(ab)
+    ab_train = speed.run_case(speed.Case("tgcnet_ab", "train", 2, group="ab"), settings)
+    assert list(ab_train["ab_median_s"]) == ["default", "channels_last"]
+    assert speed.ab_ratio([ab_train], "tgcnet_ab", "train", "default") == 1.0
+    rows += [ab, ab_train]
     assert floor["trainable_params"] == 0 and train["trainable_params"] == infer["trainable_params"] > 0
     assert train["text"]["unique_captions"] == 2 and train["text"]["unique_descriptions"] > 0
     assert {"sse.clip_visual", "date.encode(caption)", "date.encode(description)", "decoder"} <= set(
@@ -47,7 +50,7 @@ def test_cases_run_and_report(speed):
     assert ratio["2"]["train_over_infer"] == pytest.approx(train["median_s"] / rows[2]["median_s"])
     md = speed.to_markdown({"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows})
     assert "## Targets" in md and "| TGCNet | train | 2 |" in md and "de-duplication off" in md
-    assert "| FrozenViT, fused SDPA attention (shipped) |" in md
+    assert "| FrozenViT, fused SDPA attention (shipped) |" in md and "| CNN branch in channels_last" in md
 
 
 def test_no_dedup_toggle_changes_work_not_numbers(speed):
