@@ -7,8 +7,10 @@ caller reads directly.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -57,6 +59,30 @@ def apply_lora(tower: nn.Module, config: LoraAdapterConfig) -> nn.Module:
 
 def lora_layers(module: nn.Module) -> dict[str, LoraLayer]:
     return {name: m for name, m in module.named_modules() if isinstance(m, LoraLayer)}
+
+
+@contextmanager
+def lora_disabled(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` as its frozen base inside the block: every LoRA layer is bypassed.
+
+    Only the bypass flag is toggled (peft's ``enable_adapters`` would also flip the
+    adapters' ``requires_grad``, i.e. what the optimizer trains). A merged adapter cannot
+    be bypassed without unmerging the frozen weight, so that is refused.
+    """
+    named = lora_layers(module)
+    layers = list(named.values())
+    merged = [name for name, layer in named.items() if layer.merged]
+    if merged:
+        raise ValueError(f"cannot bypass LoRA on merged layers ({merged[:3]}...): run the frozen base before "
+                         "merge_lora")
+    before = [layer._disable_adapters for layer in layers]
+    try:
+        for layer in layers:
+            layer._disable_adapters = True
+        yield
+    finally:
+        for layer, flag in zip(layers, before):
+            layer._disable_adapters = flag
 
 
 def lora_parameters(module: nn.Module) -> dict[str, nn.Parameter]:

@@ -174,3 +174,44 @@ def test_knowledge_off_by_config_or_argument():
     assert none.config.date.use_knowledge is False  # recorded, so from_pretrained rebuilds the same model
     off = create_model("tgcnet-tiny", date__use_knowledge=False)
     assert off.date.knowledge is None and off.date.knowledge_fusion is None
+
+
+def test_frozen_knowledge_encoder_caches_in_training_and_ignores_lora():
+    from tgcnet.adapters import lora_parameters
+
+    model = tiny(date__knowledge_encoder="frozen").train()
+    wake_lora(model)
+    seen = []
+    model.date.text_tower.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    captions = [CAPTIONS[0], CAPTIONS[1], CAPTIONS[2]]
+    model(images(3, size=64), captions).mean().backward()
+    assert seen == [3, 3]                 # captions, then the 3 unique descriptions once
+    cached = {k: v.clone() for k, v in model.date._description_cache.items()}
+    assert len(cached) == 3 and all(not v.requires_grad for v in cached.values())
+    # LoRA still learns from the captions
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_parameters(model).values())
+    model.train()                         # a new epoch keeps the cache: nothing trainable made it
+    model(images(3, size=64), captions)
+    assert seen == [3, 3, 3]
+    # the cached embeddings are the base tower's: changing LoRA does not change them
+    for p in lora_parameters(model).values():
+        p.data.add_(0.5)
+    model.date._description_cache.clear()
+    model(images(3, size=64), captions)
+    for key, value in model.date._description_cache.items():
+        torch.testing.assert_close(value, cached[key])
+
+
+def test_lora_knowledge_encoder_differs_from_frozen_once_lora_moves():
+    lora, frozen = tiny().eval(), tiny(date__knowledge_encoder="frozen").eval()
+    frozen.load_state_dict(lora.state_dict())
+    wake_lora(lora)
+    wake_lora(frozen)
+    x = images(1, size=64)
+    with torch.no_grad():
+        assert not torch.allclose(lora(x, CAPTIONS[:1]), frozen(x, CAPTIONS[:1]))
+
+
+def test_unknown_knowledge_encoder_is_named():
+    with pytest.raises(ValueError, match="date.knowledge_encoder"):
+        tiny(date__knowledge_encoder="both")

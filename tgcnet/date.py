@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Sequence
 
@@ -16,12 +17,15 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-from tgcnet.adapters import apply_lora
+from tgcnet.adapters import apply_lora, lora_disabled
 from tgcnet.backbone import TextTower
 from tgcnet.config import DATEConfig
 from tgcnet.layers import GatedCrossAttention
 
 logger = logging.getLogger(__name__)
+
+#: values of ``DATEConfig.knowledge_encoder`` (see its docstring)
+KNOWLEDGE_ENCODERS = ("lora", "frozen")
 
 
 class KnowledgeSource(Protocol):
@@ -100,6 +104,9 @@ class DATE(nn.Module):
     def __init__(self, text_tower: TextTower, tokenizer: Any, cfg: DATEConfig,
                  knowledge: Optional[KnowledgeSource] = None) -> None:
         super().__init__()
+        if cfg.knowledge_encoder not in KNOWLEDGE_ENCODERS:
+            raise ValueError(f"date.knowledge_encoder must be one of {', '.join(KNOWLEDGE_ENCODERS)}, "
+                             f"got {cfg.knowledge_encoder!r}")
         self.cfg = cfg
         self.text_tower = apply_lora(text_tower, cfg.lora)
         self.tokenize = CaptionTokenizer(tokenizer, text_tower.context_length)
@@ -110,9 +117,15 @@ class DATE(nn.Module):
         self._description_cache: dict[str, torch.Tensor] = {}
 
     def train(self, mode: bool = True) -> "DATE":
-        # LoRA weights may change while training: cached description embeddings go stale.
-        self._description_cache.clear()
+        # LoRA weights may change while training: embeddings they made go stale. The frozen
+        # encoder's do not depend on anything trainable, so they are kept.
+        if not self.frozen_knowledge:
+            self._description_cache.clear()
         return super().train(mode)
+
+    @property
+    def frozen_knowledge(self) -> bool:
+        return self.cfg.knowledge_encoder == "frozen"
 
     def encode(self, texts: Sequence[str], what: str = "caption") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids (B, L), token features (B, L, D) and pooled (B, D) of already-unique texts."""
@@ -154,12 +167,13 @@ class DATE(nn.Module):
         return self.knowledge_fusion(tokens, knowledge, mask)
 
     def _description_embeddings(self, strings: list[str]) -> torch.Tensor:
-        """Pooled embeddings of unique descriptions; cached while the module is in eval mode."""
-        if self.training:
+        """Pooled embeddings of unique descriptions; cached in eval mode, and always with the
+        frozen knowledge encoder (no gradient reaches them there)."""
+        if self.training and not self.frozen_knowledge:
             return self.encode(strings, "description")[2]
         missing = [s for s in strings if s not in self._description_cache]
         if missing:
-            with torch.no_grad():
+            with torch.no_grad(), (lora_disabled(self.text_tower) if self.frozen_knowledge else nullcontext()):
                 pooled = self.encode(missing, "description")[2]
             for s, e in zip(missing, pooled):
                 self._description_cache[s] = e

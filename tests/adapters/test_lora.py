@@ -93,3 +93,33 @@ def test_adapter_save_load_round_trip_and_merge(tmp_path):
 def test_missing_adapter_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter config"):
         load_adapter(tiny_text_tower(), tmp_path / "none")
+
+
+def test_lora_disabled_bypasses_adapters_and_restores_them():
+    from tgcnet.adapters import lora_disabled
+
+    base = tiny_text_tower()
+    x = ids()
+    expected_base = base(x)[1]
+    tower = apply_lora(tiny_text_tower(), LoraAdapterConfig(r=4))
+    with torch.no_grad():
+        for name, p in lora_parameters(tower).items():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    trainable = {n for n, p in tower.named_parameters() if p.requires_grad}
+    with_lora = tower(x)[1]
+    with lora_disabled(tower):
+        torch.testing.assert_close(tower(x)[1], expected_base)   # the frozen base, exactly
+    assert not torch.allclose(with_lora, expected_base)
+    torch.testing.assert_close(tower(x)[1], with_lora)           # adapters back on
+    assert {n for n, p in tower.named_parameters() if p.requires_grad} == trainable
+
+
+def test_lora_disabled_refuses_merged_adapters():
+    from tgcnet.adapters import lora_disabled
+
+    tower = apply_lora(tiny_text_tower(), LoraAdapterConfig(r=4))
+    merge_lora(tower)
+    with pytest.raises(ValueError, match="merged"):
+        with lora_disabled(tower):
+            pass
