@@ -25,7 +25,8 @@ Main runs (issue 4), ``--minutes`` each:
    optimiser, schedule, selection and budget; it ignores the captions.
 
 Ablation runs (issues 5 and 6), ``--ablation-minutes`` each, all the same budget:
-``base`` (= run 1), ``noknow`` (knowledge bank off), ``ot`` (+ symmetric OT alignment loss
+``base`` (= run 1), ``noknow`` (knowledge bank off), ``frozenknow`` (descriptions through the
+frozen text tower, cached: the faster training of issue 7), ``ot`` (+ symmetric OT alignment loss
 and OT-weighted attention), ``guide`` (+ guidance masks as VLCM prior and loss), ``both``.
 
 Several processes can run lanes of runs side by side (``--threads 1`` each, separate
@@ -69,6 +70,7 @@ RUNS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
     "unet": ("main", "none", False, {}),
     "base": ("ablation", "default", True, {}),
     "noknow": ("ablation", "none", True, {}),
+    "frozenknow": ("ablation", "default", True, {"date__knowledge_encoder": "frozen"}),
     "ot": ("ablation", "default", True, OT),
     "guide": ("ablation", "default", True, GUIDE),
     "both": ("ablation", "default", True, {**OT, **GUIDE}),
@@ -232,6 +234,7 @@ HEADER = ["| run | per-image Dice | per-image IoU | pooled Dice | pooled IoU | s
           "train time | epochs | steps |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 ABLATION_TEXT = {
     "base": "captions + knowledge bank (as `tgcnet`)", "noknow": "captions, knowledge bank off (issue 5)",
+    "frozenknow": "descriptions encoded once by the frozen text tower (`date.knowledge_encoder='frozen'`, issue 7)",
     "ot": f"+ symmetric OT alignment loss and OT-weighted attention `{OT}` (issue 6)",
     "guide": f"+ guidance masks from location words, VLCM prior and loss `{GUIDE}` (issue 6)",
     "both": "+ OT and guidance (issue 6)"}
