@@ -72,6 +72,16 @@ def test_no_dedup_toggle_changes_work_not_numbers(speed):
     torch.testing.assert_close(out, ref)
 
 
+def test_load_probe_sees_another_process(speed):
+    import subprocess
+
+    probe = speed.LoadProbe()
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.6: pass"])
+    busy.wait()
+    assert probe.other_cores() > speed.DISTURBED_CORES
+    assert speed.disturbed({"other_cores": 0.5}) and not speed.disturbed({"other_cores": None})
+
+
 def test_plan_quick_and_full(speed):
     quick = speed.plan(quick=True, compile_=False, feature_cache=True)
     full = speed.plan(quick=False, compile_=True, feature_cache=False, repeats=2)
