@@ -1088,8 +1088,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="fresh processes per target row (default: 2, quick: 1)")
     parser.add_argument("--only", default=None, help="measure only cases whose id contains this")
     parser.add_argument("--note", default=None, help="a line for the report (e.g. other load on the machine)")
+    parser.add_argument("--report", default=None, metavar="SPEED_JSON",
+                        help="measure nothing: rewrite speed.md (and --note) from an earlier speed.json")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
+
+    if args.report:
+        return rewrite_report(Path(args.report), Path(args.out), args.note)
 
     import torch
 
@@ -1123,11 +1128,26 @@ def main(argv: Optional[list[str]] = None) -> int:
             "loadavg_end": [round(x, 2) for x in os.getloadavg()], "elapsed_s": time.time() - start}
     ratio = {str(b): ratios(rows, b) for b in batches}
     result = {"meta": meta, "ratios": ratio, "targets": targets(ratio[str(batches[-1])]), "rows": rows}
-    out = Path(args.out)
+    write_results(result, Path(args.out))
+    return 0
+
+
+def write_results(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "speed.md").write_text(to_markdown(result))
     print(to_markdown(result))
+
+
+def rewrite_report(source: Path, out: Path, note: Optional[str]) -> int:
+    """Re-render the markdown of a finished run (e.g. to add a note); the measurements stay as they were."""
+    try:
+        result = json.loads(source.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--report: cannot read {source}: {exc}") from exc
+    if note is not None:
+        result["meta"]["note"] = note
+    write_results(result, out)
     return 0
 
 

@@ -19,7 +19,7 @@ def speed():
     sys.modules.pop(spec.name, None)
 
 
-def test_cases_run_and_report(speed):
+def test_cases_run_and_report(speed, tmp_path):
     settings = speed.Settings(preset="tgcnet-tiny", warmup=1, iters=1)
     cases = [speed.Case("floor_fused", "infer", 2), speed.Case("floor_open_clip", "infer", 2),
              speed.Case("tgcnet", "infer", 2), speed.Case("tgcnet", "train", 2),
@@ -51,6 +51,11 @@ def test_cases_run_and_report(speed):
     md = speed.to_markdown({"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows})
     assert "## Targets" in md and "| TGCNet | train | 2 |" in md and "de-duplication off" in md
     assert "| FrozenViT, fused SDPA attention (shipped) |" in md and "| CNN branch in channels_last" in md
+    result = {"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows}
+    speed.write_results(result, tmp_path)
+    assert speed.main(["--report", str(tmp_path / "speed.json"), "--out", str(tmp_path / "again"),
+                       "--note", "re-rendered"]) == 0
+    assert "Note: re-rendered" in (tmp_path / "again" / "speed.md").read_text()
 
 
 def test_no_dedup_toggle_changes_work_not_numbers(speed):
