@@ -660,7 +660,8 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
 
     Full: batches 1 and 8 for every model, before/after rows at 8, sizes 320 and 448 at 8.
     Quick (a check of the script in under 2 minutes on 2 CPU cores): batch 2 (and 1 for
-    TGCNet and its floor), sizes 224 and 320, no bf16 / LoRA-merge / caption-cache rows.
+    TGCNet and its floor), sizes 224 and 320, no bf16 / LoRA-merge / caption-cache rows and
+    no training A/B.
     Both end with the frozen-ViT paths A/B in one process and then ``repeats - 1`` more
     fresh processes for each target row (floors, TGCNet, CLIPSeg at the largest batch).
     """
@@ -686,7 +687,7 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
         for b in batches[-1:]:
             cases.append(Case("floor_fused", "infer", b, size, group="scaling"))
             cases += [Case("tgcnet", mode, b, size, group="scaling") for mode in ("infer", "train")]
-    cases += [Case(model, mode, big, group="ab") for model, mode in AB_VARIANTS]
+    cases += [Case(model, mode, big, group="ab") for model, mode in AB_VARIANTS if not (quick and mode == "train")]
     # the target rows again, each in another fresh process and minutes later: process-to-process spread
     main_big = [c for c in cases if c.group == "main" and c.batch == big and c.model in REPEATED]
     return cases + main_big * (repeats - 1)
@@ -1003,7 +1004,8 @@ def to_markdown(result: dict) -> str:
              f"({meta.get('reruns', 0)} re-run); † marks one still above that."]
     if meta.get("quick"):
         lines.append("**Quick mode**: batches 1 and 2 (not 8), fewer calls, scaling to 320 px only, no bf16 / "
-                     "LoRA-merge / caption-cache rows; numbers are for checking the script, not for the targets.")
+                     "LoRA-merge / caption-cache rows, no training A/B; numbers are for checking the script, "
+                     "not for the targets.")
     if meta.get("note"):
         lines += ["", f"Note: {meta['note']}"]
     lines += ["", f"## Targets (batch {batch}, 224 px, same run)", "", "| target | bound | measured | status |",
