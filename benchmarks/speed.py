@@ -29,11 +29,13 @@ Models, all random init (nothing is downloaded), 3x224x224 unless a scaling row 
   open_clip's tokenizer (same BPE vocabulary; transformers' tokenizer needs files).
 - unet: segmentation_models_pytorch ``Unet("resnet34", encoder_weights=None)``, all trained.
 
-Before/after rows ("ways"), TGCNet at the largest batch: fused attention off, CNN branch
-channels_last, caption/description de-duplication off, knowledge off and descriptions
-without gradient (what-ifs that locate the training cost), the engine's frozen-ViT feature
-cache (``tgcnet.engine.feature_cache``, if installed), and ``--compile``.
-Writes speed.json and speed.md to ``--out``.
+Before/after rows ("ways"), TGCNet at the largest batch: caption/description de-duplication
+off, knowledge off (a what-if that locates the training cost), ``date.knowledge_encoder=
+"frozen"``, the engine's frozen-ViT feature cache (``tgcnet.engine.feature_cache``, if
+installed), bfloat16 autocast and ``--compile``. Changes of a few per cent (fused attention
+off, CNN branch channels_last, de-duplication in inference, LoRA merged, a caption cache)
+are measured A/B inside one process instead, where process-to-process spread cannot hide
+them. Writes speed.json and speed.md to ``--out``; ``--report`` re-renders the markdown.
 """
 from __future__ import annotations
 
@@ -81,8 +83,8 @@ VARIANTS = {
     "channels_last": "CNN branch in channels_last memory format",
     "no_dedup": "caption and description de-duplication off (every caption and description encoded)",
     "no_knowledge": "what-if: knowledge descriptions off (knowledge=None)",
-    "desc_cached": "what-if: description embeddings cached in training as in eval (no gradient through "
-                   "descriptions; needs a date.py change)",
+    "frozen_knowledge": "date.knowledge_encoder='frozen' (descriptions encoded once with the LoRA bypassed, "
+                        "cached in training too)",
     "caption_cached": "what-if: caption features cached in eval as descriptions are (needs a date.py change)",
     "lora_merged": "LoRA merged into the text tower for inference (tgcnet.adapters.merge_lora)",
     "feature_cache": "frozen-ViT features from the engine's FeatureCache (ViT skipped on a hit)",
@@ -92,7 +94,7 @@ VARIANTS = {
 
 
 def variant_label(variant: str) -> str:
-    """Variants combine with '+', e.g. ``feature_cache+desc_cached``."""
+    """Variants combine with '+', e.g. ``feature_cache+frozen_knowledge``."""
     return " + ".join(VARIANTS[v] for v in variant.split("+"))
 
 
@@ -258,8 +260,6 @@ def _apply_tgcnet_variant(model, variant: str, device) -> Optional[Callable[...,
             model.sse.cnn.to(memory_format=torch.channels_last)
         elif part == "no_dedup":
             model.date.knowledge = PaddedKnowledge(model.date.knowledge)
-        elif part == "desc_cached":
-            model.date._description_embeddings = _cached_descriptions(model.date)
         elif part == "caption_cached":
             model.date.encode = _cached_captions(model.date.encode)
         elif part == "lora_merged":
@@ -274,24 +274,9 @@ def _apply_tgcnet_variant(model, variant: str, device) -> Optional[Callable[...,
 
             cache = FeatureCache()
             features = lambda images: {"vit_features": cache.get(images, model.frozen_vit_features, device=device)}
-        elif part not in ("default", "no_knowledge", "bf16"):
+        elif part not in ("default", "no_knowledge", "frozen_knowledge", "bf16"):
             raise ValueError(f"unknown variant {part!r}; known: {sorted(VARIANTS)}")
     return features
-
-
-def _cached_descriptions(date) -> Callable[[list[str]], "torch.Tensor"]:
-    """What-if: DATE's eval-mode description cache, used in training too (embeddings never refreshed)."""
-    import torch
-
-    cache: dict[str, torch.Tensor] = {}
-
-    def embeddings(strings: list[str]) -> torch.Tensor:
-        missing = [s for s in strings if s not in cache]
-        if missing:
-            with torch.no_grad():
-                cache.update(zip(missing, date.encode(missing, "description")[2]))
-        return torch.stack([cache[s] for s in strings])
-    return embeddings
 
 
 def _cached_captions(encode: Callable) -> Callable:
@@ -362,8 +347,10 @@ def build_tgcnet(case: Case, settings: Settings, device) -> Bench:
 
     from tgcnet import create_model
 
-    knowledge = None if case.variant == "no_knowledge" else "default"
-    model = create_model(settings.preset, knowledge=knowledge).to(device)
+    parts = case.variant.split("+")
+    knowledge = None if "no_knowledge" in parts else "default"
+    config = {"date__knowledge_encoder": "frozen"} if "frozen_knowledge" in parts else {}
+    model = create_model(settings.preset, knowledge=knowledge, **config).to(device)
     images, masks, captions = _data(case, device)
     stats = text_stats(model, captions)
     if case.variant == "no_dedup":
@@ -673,9 +660,10 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
     cases += [Case(m, mode, b) for m in ("clipseg", "unet") for mode in ("infer", "train") for b in batches[quick:]]
     # changes of a few % (fused attention, channels_last, LoRA merge, caption cache, de-duplication
     # in inference) are measured A/B in one process (AB_VARIANTS); here those that move memory or a lot
-    ways = [("tgcnet", "train", "no_dedup"), ("tgcnet", "train", "no_knowledge"), ("tgcnet", "train", "desc_cached")]
+    ways = [("tgcnet", "train", "no_dedup"), ("tgcnet", "train", "no_knowledge"),
+            ("tgcnet", "infer", "frozen_knowledge"), ("tgcnet", "train", "frozen_knowledge")]
     if feature_cache:
-        ways += [("tgcnet", "train", "feature_cache"), ("tgcnet", "train", "feature_cache+desc_cached")]
+        ways += [("tgcnet", "train", "feature_cache"), ("tgcnet", "train", "feature_cache+frozen_knowledge")]
     if not quick:
         ways += [("floor_fused", "infer", "bf16"), ("tgcnet", "infer", "bf16"), ("tgcnet", "train", "bf16"),
                  ("clipseg", "infer", "bf16"), ("clipseg", "train", "bf16")]
@@ -932,7 +920,7 @@ def _alternatives(get: Callable, mode: str, variants: list[str], infer: dict) ->
     return lines
 
 
-WHAT_IFS = ["no_knowledge", "desc_cached", "feature_cache", "feature_cache+desc_cached"]
+WHAT_IFS = ["no_knowledge", "frozen_knowledge", "feature_cache", "feature_cache+frozen_knowledge"]
 
 
 def explain(rows: list[dict], batch: int, checks: list[dict]) -> list[str]:
