@@ -30,6 +30,11 @@ class ClipConfig:
     the model is, so it can be overridden when a saved model is reloaded elsewhere.
     Without weights the towers are initialised from ``init_seed`` so that a saved
     random-init model (tests, demos) rebuilds bit-identically.
+
+    ``cpu_linear`` says how the frozen towers' linear layers run on a CPU in float32:
+    ``"onednn"`` through oneDNN (about twice MKL's speed on AMD processors, where MKL uses
+    AVX2; see ``tgcnet.kernels``), ``"torch"`` through ``F.linear``. Results agree to float
+    rounding; GPUs and autocast always use ``F.linear``.
     """
 
     model_name: str = "ViT-B-16"
@@ -38,6 +43,7 @@ class ClipConfig:
     init_seed: int = 0
     image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     image_std: tuple[float, ...] = OPENAI_CLIP_STD
+    cpu_linear: Literal["onednn", "torch"] = "onednn"
 
 
 @dataclass
@@ -145,6 +151,8 @@ class TGCNetConfig:
             raise ValueError(f"ssa.guidance must be 'off', 'prior', 'loss' or 'both', got {self.ssa.guidance!r}")
         if self.sse.fusion not in ("gated", "concat"):
             raise ValueError(f"sse.fusion must be 'gated' or 'concat', got {self.sse.fusion!r}")
+        if self.clip.cpu_linear not in ("onednn", "torch"):
+            raise ValueError(f"clip.cpu_linear must be 'onednn' or 'torch', got {self.clip.cpu_linear!r}")
         if len(self.sse.vit_indices) != len(self.sse.cnn_out_indices):
             raise ValueError(
                 f"sse.vit_indices ({len(self.sse.vit_indices)} entries) must give one ViT block per CNN "

@@ -17,9 +17,10 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-from tgcnet.adapters import apply_lora, lora_disabled
+from tgcnet.adapters import apply_lora, lora_disabled, project_attention
 from tgcnet.backbone import TextTower
 from tgcnet.config import DATEConfig
+from tgcnet.kernels import use_onednn_linears
 from tgcnet.layers import GatedCrossAttention
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,19 @@ class KnowledgeFusion(nn.Module):
 
 class DATE(nn.Module):
     def __init__(self, text_tower: TextTower, tokenizer: Any, cfg: DATEConfig,
-                 knowledge: Optional[KnowledgeSource] = None) -> None:
+                 knowledge: Optional[KnowledgeSource] = None, onednn_linear: bool = True) -> None:
+        """``onednn_linear``: the tower's frozen linear layers (LoRA's base layers included) run
+        through oneDNN on a CPU in float32 (:mod:`tgcnet.kernels`); LoRA itself is unaffected."""
         super().__init__()
         if cfg.knowledge_encoder not in KNOWLEDGE_ENCODERS:
             raise ValueError(f"date.knowledge_encoder must be one of {', '.join(KNOWLEDGE_ENCODERS)}, "
                              f"got {cfg.knowledge_encoder!r}")
         self.cfg = cfg
+        if onednn_linear:
+            # after the attention swap (its projections are new nn.Linear layers), before
+            # LoRA wraps them: peft then wraps the oneDNN layers as their base layers
+            project_attention(text_tower)
+            use_onednn_linears(text_tower.transformer)
         self.text_tower = apply_lora(text_tower, cfg.lora)
         self.tokenize = CaptionTokenizer(tokenizer, text_tower.context_length)
         dim = text_tower.output_dim

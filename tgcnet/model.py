@@ -73,8 +73,9 @@ class TGCNet(nn.Module):
             config.date.use_knowledge = False
         self.config = config
         towers = load_clip(config.clip)
-        self.sse = SSE(towers.visual, config.sse)
-        self.date = DATE(towers.text, towers.tokenizer, config.date, knowledge=source)
+        onednn = config.clip.cpu_linear == "onednn"
+        self.sse = SSE(towers.visual, config.sse, onednn_linear=onednn)
+        self.date = DATE(towers.text, towers.tokenizer, config.date, knowledge=source, onednn_linear=onednn)
         if towers.text.output_dim != towers.embed_dim:
             raise ValueError(f"CLIP {config.clip.model_name!r}: text output dim {towers.text.output_dim} != "
                              f"image embed dim {towers.embed_dim}; the towers do not share a joint space")

@@ -17,6 +17,7 @@ from torch import nn
 
 from tgcnet.adapters import project_attention
 from tgcnet.config import SSEConfig
+from tgcnet.kernels import use_onednn_linears
 from tgcnet.layers import conv_norm_act
 
 
@@ -42,11 +43,16 @@ class FrozenViT(nn.Module):
     (``attn.in_proj_weight`` -> ``attn.in_proj.weight``), so an open_clip checkpoint no
     longer loads into it afterwards. tgcnet loads CLIP weights in ``backbone.load_clip``,
     before this, and never saves the frozen tower.
+
+    ``onednn_linear`` (default on) runs the blocks' linear layers through oneDNN on a CPU
+    in float32 (:mod:`tgcnet.kernels`): about half the time where MKL falls back to AVX2.
     """
 
-    def __init__(self, visual: VisionTransformer, indices: tuple[int, ...], fused_attention: bool = True) -> None:
+    def __init__(self, visual: VisionTransformer, indices: tuple[int, ...], fused_attention: bool = True,
+                 onednn_linear: bool = True) -> None:
         super().__init__()
         self.fused_attention = fused_attention and project_attention(visual.transformer) > 0
+        self.onednn_linear = onednn_linear and use_onednn_linears(visual.transformer) > 0
         self.visual = visual.requires_grad_(False).eval()
         depth = len(visual.transformer.resblocks)
         for i in indices:
@@ -123,9 +129,9 @@ class ScaleFusion(nn.Module):
 
 
 class SSE(nn.Module):
-    def __init__(self, visual: VisionTransformer, cfg: SSEConfig) -> None:
+    def __init__(self, visual: VisionTransformer, cfg: SSEConfig, onednn_linear: bool = True) -> None:
         super().__init__()
-        self.clip_visual = FrozenViT(visual, tuple(cfg.vit_indices))
+        self.clip_visual = FrozenViT(visual, tuple(cfg.vit_indices), onednn_linear=onednn_linear)
         self.cnn = timm.create_model(cfg.cnn_name, pretrained=False, features_only=True,
                                      out_indices=tuple(cfg.cnn_out_indices), **dict(cfg.cnn_kwargs))
         cnn_channels = self.cnn.feature_info.channels()

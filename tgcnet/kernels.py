@@ -1,0 +1,109 @@
+"""Linear layers of the frozen CLIP towers through oneDNN on the CPU.
+
+Why: PyTorch runs a float32 ``nn.Linear`` on the CPU through MKL's sgemm, and MKL picks its
+AVX2 kernels on AMD processors. oneDNN, which ships inside PyTorch and already runs its CPU
+convolutions, uses AVX-512 there. On this project's 2-core AMD EPYC (Zen 5) ViT-B/16's
+GEMMs ran at 210-230 GFLOP/s through MKL and 450-520 GFLOP/s through oneDNN; the frozen
+ViT is almost all GEMM, so it takes about half the time (``benchmarks/speed.py`` measures
+both paths A/B). The maths is the same and only the float rounding differs (about 5e-6
+relative), the same as any other change of GEMM library or of thread count.
+
+Only layers whose weights are frozen are routed here. A frozen weight needs no weight
+gradient, so the backward is one more oneDNN GEMM (``grad @ W``), and LoRA still trains
+through a frozen base layer. Trainable layers, CUDA, other dtypes and autocast all keep
+``F.linear``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_linear_available() -> bool:
+    """Whether this PyTorch build has oneDNN's linear and it agrees with ``F.linear``.
+
+    The op is PyTorch-internal (torch.compile's CPU backend uses it), so it is probed once
+    rather than trusted: a build without it, or one where it misbehaves, keeps ``F.linear``.
+    """
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*shape, generator=g) for shape in ((2, 5, 16), (24, 16), (24,)))
+        with torch.no_grad():
+            ok = torch.allclose(_onednn_linear(x, w, b), F.linear(x, w, b), atol=1e-5, rtol=1e-4)
+    except Exception as exc:  # any failure of an internal op means: do not use it
+        logger.info("oneDNN linear unavailable (%s); using F.linear", exc)
+        return False
+    if not ok:
+        logger.warning("oneDNN linear disagrees with F.linear on this build; using F.linear")
+    return ok
+
+
+class _FrozenWeightLinear(torch.autograd.Function):
+    """y = x W^T + b through oneDNN, with the input gradient (the only one) through oneDNN too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        return _onednn_linear(grad, weight.t(), None), None, None
+
+
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict names) whose frozen CPU float32 calls use oneDNN.
+
+    The choice is made per call, so the module follows ``.to("cuda")``, autocast, or a
+    later ``requires_grad_(True)`` without being rebuilt.
+    """
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "OneDNNLinear":
+        """Share ``linear``'s parameters (no copy): the swap keeps loaded weights and their memory."""
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.train(linear.training)
+        return new
+
+    def _frozen_cpu_float32(self, x: torch.Tensor) -> bool:
+        frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
+        return (frozen and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and x.numel() > 0
+                and not torch.is_autocast_enabled("cpu") and onednn_linear_available())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._frozen_cpu_float32(x):
+            return F.linear(x, self.weight, self.bias)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _FrozenWeightLinear.apply(x, self.weight, self.bias)
+        return _onednn_linear(x, self.weight, self.bias)
+
+
+def use_onednn_linears(module: nn.Module) -> int:
+    """Swap every plain ``nn.Linear`` inside ``module`` for :class:`OneDNNLinear`, in place.
+
+    Subclasses (e.g. MultiheadAttention's ``out_proj``, which its owner never calls) and
+    already-swapped layers are left alone. Returns how many were swapped.
+    """
+    swaps = [(parent, name, child) for parent in module.modules()
+             for name, child in parent.named_children() if type(child) is nn.Linear]
+    for parent, name, child in swaps:
+        setattr(parent, name, OneDNNLinear.from_linear(child))
+    return len(swaps)
