@@ -120,7 +120,7 @@ def test_unique_captions_encoded_once():
 
 def test_knowledge_strings_encoded_once_and_cached_in_eval():
     knowledge = StaticKnowledge()
-    model = tiny(knowledge=knowledge).eval()
+    model = tiny(knowledge=knowledge, date__knowledge_encoder="lora").eval()
     seen = []
     model.date.text_tower.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
     captions = [CAPTIONS[0], CAPTIONS[1], CAPTIONS[2]]
@@ -203,7 +203,8 @@ def test_frozen_knowledge_encoder_caches_in_training_and_ignores_lora():
 
 
 def test_lora_knowledge_encoder_differs_from_frozen_once_lora_moves():
-    lora, frozen = tiny().eval(), tiny(date__knowledge_encoder="frozen").eval()
+    lora, frozen = tiny(date__knowledge_encoder="lora").eval(), tiny().eval()
+    assert frozen.config.date.knowledge_encoder == "frozen"   # the default
     frozen.load_state_dict(lora.state_dict())
     wake_lora(lora)
     wake_lora(frozen)

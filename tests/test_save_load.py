@@ -73,6 +73,19 @@ def test_newer_format_refused(tmp_path):
         TGCNet.from_pretrained(tmp_path, knowledge=None)
 
 
+def test_encoder_choice_survives_a_reload_and_old_configs_keep_lora(tmp_path):
+    """The default knowledge encoder changed to "frozen": a model trained before keeps "lora"."""
+    trained_tiny().save_pretrained(tmp_path)
+    assert TGCNet.from_pretrained(tmp_path).config.date.knowledge_encoder == "frozen"
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["config"]["date"]["knowledge_encoder"] = "lora"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert TGCNet.from_pretrained(tmp_path).config.date.knowledge_encoder == "lora"
+    del config["config"]["date"]["knowledge_encoder"]       # written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert TGCNet.from_pretrained(tmp_path).config.date.knowledge_encoder == "lora"
+
+
 def _tiny_clip_checkpoint(path, seed=123):
     torch.manual_seed(seed)
     clip = open_clip.model.CLIP(**get_preset("tgcnet-tiny").clip.model_cfg)

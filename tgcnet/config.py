@@ -67,17 +67,20 @@ class DATEConfig:
     """Domain-Augmented Text Encoder: LoRA-tuned CLIP text tower + knowledge fusion.
 
     ``knowledge_encoder`` says which text tower encodes the knowledge descriptions.
-    ``"lora"``: the LoRA-tuned one, with gradients, as the captions (re-encoded every
-    training step). ``"frozen"``: the tower with its adapters switched off, so a
+    ``"frozen"`` (default): the same tower with its LoRA adapters switched off, so a
     description's embedding is a pure function of its text, computed once and cached in
-    training too; the knowledge-fusion attention still learns how to use them. Measured on
-    tgcnet-vit-b16 at batch 8 (CPU), description encoding with gradients was 0.59 s of a
-    3.2 s training step plus its backward (benchmarks/results/speed.md).
+    training too; the knowledge-fusion attention still learns how to use them, and LoRA
+    still learns from the captions. ``"lora"``: the LoRA-tuned tower, with gradients, as
+    the captions, so every training step re-encodes every description in the batch and
+    backpropagates through them. Why frozen is the default: on tgcnet-vit-b16 at batch 8
+    (CPU) "lora" made a training step 1.6x as long and its peak memory 1.5x as large, and
+    on qata-mini the two gave the same Dice within seed noise
+    (benchmarks/results/speed.md, qata_mini.md). Models saved with "lora" keep it.
     """
 
     lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
     use_knowledge: bool = True
-    knowledge_encoder: str = "lora"
+    knowledge_encoder: str = "frozen"
     knowledge_dim: int = 256
     knowledge_heads: int = 4
     gate_init: float = 0.1

@@ -55,6 +55,15 @@ def resolve_knowledge(knowledge: KnowledgeArg) -> Optional[KnowledgeSource]:
                      f"descriptions_for(caption), got {type(knowledge).__name__}")
 
 
+def _with_old_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config from before ``date.knowledge_encoder`` existed was trained with "lora"."""
+    config = copy.deepcopy(config)
+    date = config.setdefault("date", {})
+    if isinstance(date, dict):
+        date.setdefault("knowledge_encoder", "lora")
+    return config
+
+
 class TGCNet(nn.Module):
     """Text-guided segmentation from a frozen CLIP.
 
@@ -223,7 +232,7 @@ class TGCNet(nn.Module):
         if saved.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{config_path} has format version {saved['format_version']}, newer than this "
                              f"tgcnet understands ({FORMAT_VERSION}); upgrade tgcnet")
-        config = TGCNetConfig.from_dict(saved.get("config", saved))
+        config = TGCNetConfig.from_dict(_with_old_defaults(saved.get("config", saved)))
         if pretrained is not None:
             config.clip.pretrained = pretrained
         model = cls(config, knowledge=knowledge)
