@@ -54,12 +54,37 @@ def test_bad_input_is_one_clear_error(model, bad, captions, message):
         model(bad, captions)
 
 
-def test_over_long_caption_truncated_with_warning(model):
+def test_over_long_caption_is_an_error_naming_its_batch_position(model):
     long = "bilateral ground glass opacity " * 40
-    with pytest.warns(UserWarning, match="truncated"):
+    room = model.max_caption_tokens
+    captions = [CAPTIONS[0], CAPTIONS[0], long, long]   # the error names batch position 2, not unique index 1
+    with pytest.raises(ValueError, match=rf"1 caption\(s\) longer than the text context of {room} tokens "
+                                         r"\(caption 2 has 200 tokens\)"):
         with torch.no_grad():
-            out = model(images(1), [long])
-    assert out.shape == (1, 1, 224, 224)
+            model(images(4), captions)
+    assert model.overlong_captions(captions) == [(2, 200), (3, 200)]
+    assert model.overlong_captions(CAPTIONS) == []
+
+
+def test_caption_exactly_filling_the_context_is_accepted(model):
+    tok = model.date.tokenize.tokenizer
+    words = ("lung " * 200).split()
+    caption = " ".join(words[: model.max_caption_tokens])
+    assert len(tok.encode(caption)) == model.max_caption_tokens
+    with torch.no_grad():
+        assert model(images(1), [caption]).shape == (1, 1, 224, 224)
+    with pytest.raises(ValueError, match="caption 0 has"):
+        with torch.no_grad():
+            model(images(1), [caption + " lung"])
+
+
+def test_over_long_description_is_truncated_with_a_warning():
+    long = "ground glass opacity " * 40
+    model = tiny(knowledge=StaticKnowledge({"left": [long]})).eval()
+    with pytest.warns(UserWarning, match=r"description\(s\) longer than .* were truncated"):
+        with torch.no_grad():
+            out = model(images(1), ["lower left lung."])
+    assert torch.isfinite(out).all()
 
 
 def test_every_trainable_parameter_gets_a_gradient():

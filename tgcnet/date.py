@@ -44,37 +44,71 @@ class TextFeatures:
 
 
 class CaptionTokenizer:
-    """Tokenise captions, refusing empty ones and warning (once per call) about truncation."""
+    """Tokenise captions, refusing empty ones and ones longer than the text context.
+
+    A caption is the only text a user gives per image: cutting it would drop words (often
+    the location ones at the end) and segment from what is left, so an over-long caption is
+    an error naming it. Knowledge descriptions come from a bank or an LLM cache and only
+    add context; they are truncated with one warning per call.
+    """
 
     def __init__(self, tokenizer: Any, context_length: int) -> None:
         self.tokenizer = tokenizer
         self.context_length = context_length
 
-    def __call__(self, texts: Sequence[str], what: str = "caption") -> torch.Tensor:
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(f"{what} {i} must be a str, got {type(text).__name__}")
-            if not text.strip():
-                raise ValueError(f"{what} {i} is empty; every image needs a non-empty caption")
+    @property
+    def room(self) -> int:
+        """Tokens a text may have besides the start and end tokens."""
+        return self.context_length - 2
+
+    def length(self, text: str) -> Optional[int]:
+        """Tokens of ``text`` without start/end tokens; None where the tokenizer cannot tell."""
         if isinstance(self.tokenizer, SimpleTokenizer):
-            return self._simple(texts, what)
+            return len(self.tokenizer.encode(text))
+        inner = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers one
+        if callable(inner):
+            return len(inner(text, add_special_tokens=False)["input_ids"])
+        return None
+
+    def overlong(self, texts: Sequence[str]) -> list[tuple[int, int]]:
+        """``(index, tokens)`` of each text longer than the context."""
+        lengths = {t: self.length(t) for t in dict.fromkeys(texts)}
+        return [(i, lengths[t]) for i, t in enumerate(texts) if (lengths[t] or 0) > self.room]
+
+    def __call__(self, texts: Sequence[str], what: str = "caption",
+                 positions: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """``positions``: where each text sits in the caller's batch, for the error messages
+        (DATE tokenises the batch's distinct captions only); default ``0..n-1``."""
+        names = [f"{what} {i}" for i in (range(len(texts)) if positions is None else positions)]
+        for name, text in zip(names, texts):
+            if not isinstance(text, str):
+                raise ValueError(f"{name} must be a str, got {type(text).__name__}")
+            if not text.strip():
+                raise ValueError(f"{name} is empty; every image needs a non-empty caption")
+        if isinstance(self.tokenizer, SimpleTokenizer):
+            return self._simple(texts, what, names)
+        if what == "caption":
+            self._refuse_overlong(self.overlong(texts), what, names)
         return self.tokenizer(list(texts))
 
-    def _simple(self, texts: Sequence[str], what: str) -> torch.Tensor:
+    def _refuse_overlong(self, too_long: list[tuple[int, int]], what: str, names: list[str]) -> None:
+        if too_long:
+            detail = ", ".join(f"{names[i]} has {n} tokens" for i, n in too_long[:5])
+            raise ValueError(f"{len(too_long)} {what}(s) longer than the text context of {self.room} tokens "
+                             f"({detail}); shorten them")
+
+    def _simple(self, texts: Sequence[str], what: str, names: list[str]) -> torch.Tensor:
         tok = self.tokenizer
         sot, eot = tok.sot_token_id, tok.eot_token_id
-        room = self.context_length - 2
-        rows, too_long = [], []
-        for i, text in enumerate(texts):
-            ids = tok.encode(text)
-            if len(ids) > room:
-                too_long.append((i, len(ids)))
-                ids = ids[:room]
-            rows.append([sot, *ids, eot])
+        encoded = [tok.encode(text) for text in texts]
+        too_long = [(i, len(ids)) for i, ids in enumerate(encoded) if len(ids) > self.room]
         if too_long:
-            detail = ", ".join(f"{what} {i} has {n} tokens" for i, n in too_long[:5])
-            warnings.warn(f"{len(too_long)} {what}(s) longer than the {room}-token context were truncated "
+            if what == "caption":
+                self._refuse_overlong(too_long, what, names)
+            detail = ", ".join(f"{names[i]} has {n} tokens" for i, n in too_long[:5])
+            warnings.warn(f"{len(too_long)} {what}(s) longer than the {self.room}-token context were truncated "
                           f"({detail})", stacklevel=3)
+        rows = [[sot, *ids[: self.room], eot] for ids in encoded]
         length = max(len(r) for r in rows)
         out = torch.zeros(len(rows), length, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -135,17 +169,25 @@ class DATE(nn.Module):
     def frozen_knowledge(self) -> bool:
         return self.cfg.knowledge_encoder == "frozen"
 
-    def encode(self, texts: Sequence[str], what: str = "caption") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Token ids (B, L), token features (B, L, D) and pooled (B, D) of already-unique texts."""
+    def encode(self, texts: Sequence[str], what: str = "caption", positions: Optional[Sequence[int]] = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids (B, L), token features (B, L, D) and pooled (B, D) of already-unique texts
+        (``positions``: see :class:`CaptionTokenizer`)."""
         device = self.text_tower.positional_embedding.device
-        ids = self.tokenize(texts, what).to(device)
+        ids = self.tokenize(texts, what, positions).to(device)
         tokens, pooled = self.text_tower(ids)
         return ids, tokens, pooled
 
     def forward(self, captions: Sequence[str]) -> TextFeatures:
-        unique = list(dict.fromkeys(captions))  # each distinct caption is encoded once per batch
-        ids, tokens, pooled = self.encode(unique)
-        where = torch.tensor([unique.index(c) for c in captions], device=tokens.device)
+        first: dict[str, int] = {}  # each distinct caption is encoded once; errors name its first position
+        for i, caption in enumerate(captions):
+            if not isinstance(caption, str):
+                raise ValueError(f"caption {i} must be a str, got {type(caption).__name__}")
+            first.setdefault(caption, i)
+        unique = list(first)
+        ids, tokens, pooled = self.encode(unique, positions=list(first.values()))
+        slot = {caption: k for k, caption in enumerate(unique)}
+        where = torch.tensor([slot[c] for c in captions], device=tokens.device)
         ids, tokens, pooled = ids[where], tokens[where], pooled[where]
         index = self.text_tower.pool_index(ids)
         positions = torch.arange(ids.shape[1], device=ids.device)

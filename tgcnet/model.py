@@ -119,6 +119,16 @@ class TGCNet(nn.Module):
             raise ValueError(f"got {len(captions)} captions for a batch of {b} images; need one caption per image")
         return images.expand(-1, 3, -1, -1) if c == 1 else images
 
+    @property
+    def max_caption_tokens(self) -> int:
+        """Tokens a caption may have (the text context less its start and end tokens)."""
+        return self.date.tokenize.room
+
+    def overlong_captions(self, captions: Sequence[str]) -> list[tuple[int, int]]:
+        """``(index, tokens)`` of each caption the forward would refuse as too long, so a data
+        set can be checked, and its files named, before the first batch."""
+        return self.date.tokenize.overlong(captions)
+
     def clip_input(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 1 or 3, H, W) in [0, 1] -> CLIP-normalised 3-channel input of SSE."""
         images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images

@@ -134,3 +134,38 @@ def test_contour_and_overlay_colors():
     assert PRED_COLOR in colors and GT_COLOR in colors
     with pytest.raises(ValueError, match="ground truth mask is 8x8"):
         render_overlay(image, pred, "x", gt=np.zeros((8, 8), bool))
+
+
+LONG_CAPTION = "bilateral pulmonary infection, " * 30 + "lower left lung."
+
+
+def test_evaluate_refuses_over_long_captions_naming_the_file(run_dir, tmp_path):
+    from tgcnet.data import DataError
+
+    root = tmp_path / "data"
+    shutil.copytree(sample_root(), root)
+    table = root / "test" / "prompts.csv"
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    rows[2][1] = LONG_CAPTION
+    with open(table, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(DataError, match=rf"{rows[2][0]}: caption has \d+ tokens"):
+        evaluate(run_dir, root, "test", progress=False)
+    with pytest.warns(UserWarning, match="skipped 1 entries"):
+        metrics = evaluate(run_dir, root, "test", progress=False, skip_bad=True)
+    assert metrics["n_images"] == 7
+
+
+def test_predict_refuses_over_long_captions_before_writing(run_dir, tmp_path):
+    image = sorted((TEST / "images").iterdir())[0]
+    with pytest.raises(ValueError, match=r"caption\(s\) longer than the 75 tokens .*\n  .*" + image.name):
+        predict(run_dir, tmp_path / "one", image=image, text=LONG_CAPTION)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(image, folder / image.name)
+    table = tmp_path / "captions.csv"
+    table.write_text(f'Image,Description\n{image.name},"{LONG_CAPTION}"\n')
+    with pytest.raises(ValueError, match="1 caption"):
+        predict(run_dir, tmp_path / "many", images=folder, captions=table)
+    assert not (tmp_path / "one").exists() and not (tmp_path / "many").exists()

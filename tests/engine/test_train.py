@@ -141,3 +141,42 @@ def test_caption_override_replaces_every_caption(tmp_path):
     assert {t.caption for t in trainer.val_loader.dataset.triples} == {"chest x-ray."}
     with pytest.raises(ValueError, match="caption_override"):
         Trainer(config(tmp_path, caption_override="  "), torch.device("cpu"), DistInfo())
+
+
+LONG_CAPTION = "bilateral pulmonary infection, " * 30 + "lower left lung."
+
+
+def _sample_with_long_caption(tmp_path, split: str = "train"):
+    """A copy of the embedded sample whose first ``split`` caption is longer than the text context."""
+    import csv
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(sample_root(), root)
+    table = root / split / "prompts.csv"
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    rows[1][1] = LONG_CAPTION
+    with open(table, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return root, rows[1][0]
+
+
+def test_over_long_caption_fails_before_training_naming_the_file(tmp_path):
+    from tgcnet.data import DataError
+
+    root, name = _sample_with_long_caption(tmp_path)
+    with pytest.raises(DataError, match=rf"split 'train': 1 of 32 captions are too long\n.*{name}: caption has "
+                                        r"\d+ tokens, more than the 75") as err:
+        Trainer(config(tmp_path, data=str(root)), torch.device("cpu"), DistInfo())
+    assert [p.name for p, _ in err.value.problems] == [name]
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_skip_bad_drops_over_long_captions(tmp_path):
+    root, name = _sample_with_long_caption(tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 entries"):
+        trainer = Trainer(config(tmp_path, data=str(root), skip_bad=True), torch.device("cpu"), DistInfo())
+    names = [t.name for t in trainer.train_set.triples]
+    assert len(names) == 31 and name not in names
+    assert trainer.batches_per_epoch == 4  # the step plan counts the kept triples (31 / 8)

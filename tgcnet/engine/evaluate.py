@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import sys
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from tgcnet.adapters import save_json_atomic
 from tgcnet.data import SegmentationDataset, build_transforms, collate, read_split
+from tgcnet.data.readers import DataError, format_problems
 from tgcnet.guidance import side_error
 from tgcnet.model import CONFIG_NAME, TGCNet
 
@@ -27,7 +29,7 @@ from .distributed import ShardedEpochSampler, resolve_device
 from .metrics import MetricAccumulator
 
 __all__ = ["INFERENCE_NAME", "resolve_checkpoint", "load_inference_model", "run_inference", "evaluate",
-           "autocast_context", "knowledge_arg"]
+           "autocast_context", "knowledge_arg", "check_caption_lengths"]
 
 #: Written beside a saved model by the trainer: what inference needs that the model config lacks.
 INFERENCE_NAME = "inference.json"
@@ -42,6 +44,27 @@ def override_captions(triples: list, caption: Optional[str]) -> list:
     if not caption.strip():
         raise ValueError("caption_override must be a non-empty string")
     return [dataclasses.replace(t, caption=caption) for t in triples]
+
+
+def check_caption_lengths(model: TGCNet, triples: list, where: str, skip_bad: bool = False) -> list:
+    """The triples, after refusing (or, with ``skip_bad``, dropping) those whose caption is
+    longer than the text context: one error naming every such file, before the first batch,
+    rather than a failure mid-epoch."""
+    overlong = model.overlong_captions([t.caption for t in triples])
+    if not overlong:
+        return triples
+    problems = [(triples[i].image_path, f"caption has {n} tokens, more than the {model.max_caption_tokens} "
+                 f"the text context holds") for i, n in overlong]
+    message = f"{where}: {len(problems)} of {len(triples)} captions are too long\n{format_problems(problems)}"
+    if not skip_bad:
+        raise DataError(message + "\nShorten them, or pass skip_bad=True (--skip-bad) to drop them.", problems)
+    warnings.warn(f"skipped {len(problems)} entries: {message}", stacklevel=2)
+    bad = {i for i, _ in overlong}
+    kept = [t for i, t in enumerate(triples) if i not in bad]
+    if not kept:
+        raise DataError(f"{where}: no usable triples left after skipping {len(problems)} with too long captions",
+                        problems)
+    return kept
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -189,6 +212,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, o
         raise ValueError(f"threshold must be in (0, 1), got {thr}")
     triples = override_captions(read_split(data, split, layout=layout, skip_bad=skip_bad),
                                 info.get("caption_override"))
+    triples = check_caption_lengths(model, triples, f"data set {data}, split {split!r}", skip_bad)
     loader = make_loader(triples, size, batch_size, workers)
     acc, rows = run_inference(model, loader, dev, amp=amp, threshold=thr, laterality=model.config.laterality,
                               progress=progress, desc=f"evaluate {split}")

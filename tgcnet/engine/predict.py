@@ -80,12 +80,19 @@ class Predictor:
         self.amp = amp
         self.transform = build_transforms(False, self.image_size)
 
+    def _check_length(self, caption: str, what: str) -> None:
+        overlong = self.model.overlong_captions([caption])
+        if overlong:
+            raise ValueError(f"{what} has {overlong[0][1]} tokens, more than the {self.model.max_caption_tokens} "
+                             "the text context holds; shorten it")
+
     @torch.no_grad()
     def __call__(self, image: np.ndarray, caption: str) -> np.ndarray:
         caption = normalize_caption(caption)
         if not caption:
             raise ValueError("the text prompt is empty; describe what to segment, e.g. "
                              "'bilateral pulmonary infection, lower left lung and lower right lung.'")
+        self._check_length(caption, "the text prompt")
         h, w = image.shape[:2]
         resized, _, _ = self.transform(image, np.zeros((h, w), np.uint8), caption)
         x = torch.from_numpy(np.ascontiguousarray(resized)).float().div_(255.0)
@@ -102,6 +109,7 @@ class Predictor:
         caption = normalize_caption(item.caption)
         if not caption:
             raise ValueError(f"empty caption for image {item.image}")
+        self._check_length(caption, f"the caption of image {item.image}")
         prob = self(image, caption)
         pred = prob > self.threshold
         out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +191,12 @@ def predict(checkpoint: str | Path, out: str | Path, *, image: str | Path | None
 
 
 def predict_items(predictor: Predictor, items: Sequence[PredictItem], out: Path) -> list[dict[str, Any]]:
+    overlong = predictor.model.overlong_captions([normalize_caption(item.caption) for item in items])
+    if overlong:  # all of them named at once, before any output is written
+        listed = "\n".join(f"  {items[i].image}: caption has {n} tokens" for i, n in overlong[:20])
+        more = f"\n  ... and {len(overlong) - 20} more" if len(overlong) > 20 else ""
+        raise ValueError(f"{len(overlong)} caption(s) longer than the {predictor.model.max_caption_tokens} "
+                         f"tokens the text context holds; shorten them:\n{listed}{more}")
     rows = [predictor.predict_item(item, out) for item in items]
     if len(rows) > 1:
         keys = ["name", "caption", "foreground", "dice", "iou", "mask", "overlay"]

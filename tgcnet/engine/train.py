@@ -42,8 +42,8 @@ from tgcnet.model import ViTFeatures
 from . import checkpoint as ckpt
 from .distributed import (DistInfo, ShardedEpochSampler, broadcast_object, cleanup_distributed, resolve_device,
                           setup_distributed)
-from .evaluate import (INFERENCE_NAME, autocast_context, knowledge_arg, make_loader, override_captions, run_inference,
-                       summarize)
+from .evaluate import (INFERENCE_NAME, autocast_context, check_caption_lengths, knowledge_arg, make_loader,
+                       override_captions, run_inference, summarize)
 from .feature_cache import CACHE_DTYPES, FeatureCache, bytes_per_image
 
 __all__ = ["TrainConfig", "train", "lr_factor", "parse_overrides", "TRAIN_CONFIG_NAME", "LOG_NAME"]
@@ -284,8 +284,9 @@ class Trainer:
         _seed_everything(config.seed)  # identical trainable init on every rank
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self._build_data()
+        self._read_data()
         self._build_model()
+        self._build_data()  # after the model: captions are checked against its text context
         self.feature_cache = self._build_feature_cache()
         _seed_everything(config.seed + 1000 * dist_info.rank)
         self._build_optimizer()
@@ -294,18 +295,28 @@ class Trainer:
                                       "elapsed": 0.0}
 
     # ------------------------------------------------------------------ setup
+    def _read_data(self) -> None:
+        """Read and check the files first: a bad data set fails before a model is built."""
+        cfg = self.cfg
+        read = lambda split: override_captions(read_split(cfg.data, split, layout=cfg.layout, skip_bad=cfg.skip_bad),
+                                               cfg.caption_override)
+        self.splits = {"train": read(cfg.train_split)}
+        if cfg.val_split:
+            self.splits["val"] = read(cfg.val_split)
+
     def _build_data(self) -> None:
         cfg = self.cfg
-        train = override_captions(read_split(cfg.data, cfg.train_split, layout=cfg.layout, skip_bad=cfg.skip_bad),
-                                  cfg.caption_override)
+        split_names = {"train": cfg.train_split, "val": cfg.val_split}
+        triples = {key: check_caption_lengths(self.model, rows, f"data set {cfg.data}, split {split_names[key]!r}",
+                                              cfg.skip_bad)
+                   for key, rows in self.splits.items()}
         self.train_set = SegmentationDataset(
-            train, build_transforms(True, cfg.image_size, seed=cfg.seed, augment=cfg.augment), seed=cfg.seed)
+            triples["train"], build_transforms(True, cfg.image_size, seed=cfg.seed, augment=cfg.augment),
+            seed=cfg.seed)
         self.val_loader = None
-        if cfg.val_split:
-            val = override_captions(read_split(cfg.data, cfg.val_split, layout=cfg.layout, skip_bad=cfg.skip_bad),
-                                    cfg.caption_override)
-            self.val_loader = make_loader(val, cfg.image_size, cfg.eval_batch_size or cfg.batch_size, cfg.workers,
-                                          self.dist.rank, self.dist.world_size)
+        if "val" in triples:
+            self.val_loader = make_loader(triples["val"], cfg.image_size, cfg.eval_batch_size or cfg.batch_size,
+                                          cfg.workers, self.dist.rank, self.dist.world_size)
         per_rank = len(ShardedEpochSampler(len(self.train_set), rank=self.dist.rank,
                                            world_size=self.dist.world_size))
         self.batches_per_epoch = -(-per_rank // cfg.batch_size)
