@@ -105,7 +105,7 @@ def test_swap_shares_parameters_and_keeps_state_dict():
 @needs_onednn
 def test_model_outputs_and_lora_gradients_match_the_torch_path(onednn_calls):
     """The whole model: same logits, same LoRA gradients with oneDNN and with F.linear."""
-    fast = create_model("tgcnet-tiny", knowledge=None)
+    fast = create_model("tgcnet-tiny", knowledge=None, clip__cpu_linear="onednn")
     plain = create_model("tgcnet-tiny", knowledge=None, clip__cpu_linear="torch")
     assert fast.sse.clip_visual.onednn_linear and not plain.sse.clip_visual.onednn_linear
     plain.load_state_dict(fast.state_dict())
@@ -128,3 +128,34 @@ def test_model_outputs_and_lora_gradients_match_the_torch_path(onednn_calls):
 def test_unknown_cpu_linear_is_refused():
     with pytest.raises(ValueError, match="clip.cpu_linear"):
         create_model("tgcnet-tiny", knowledge=None, clip__cpu_linear="mkl")
+
+
+@pytest.mark.parametrize("vendor, auto", [("amd", True), ("intel", False), ("other", False)])
+def test_auto_picks_onednn_on_amd_only(monkeypatch, vendor, auto):
+    monkeypatch.setattr(kernels, "cpu_vendor", lambda: vendor)
+    assert kernels.resolve_cpu_linear("auto") is (auto and onednn_linear_available())
+    assert kernels.resolve_cpu_linear("onednn") is True and kernels.resolve_cpu_linear("torch") is False
+
+
+def test_model_follows_the_resolved_choice(monkeypatch):
+    monkeypatch.setattr(kernels, "cpu_vendor", lambda: "intel")
+    model = create_model("tgcnet-tiny", knowledge=None)
+    assert model.config.clip.cpu_linear == "auto" and not model.sse.clip_visual.onednn_linear
+    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
+
+
+def test_cpu_vendor_reads_this_machine():
+    assert kernels.cpu_vendor() in ("amd", "intel", "other")
+
+
+@needs_onednn
+def test_torch_compile_traces_f_linear(onednn_calls):
+    """Inductor cannot lower the internal oneDNN op on a parameter ("weight must be a graph
+    constant"): a compiled frozen layer must trace the plain op and keep its numbers."""
+    torch._dynamo.reset()
+    layer = frozen_layer()
+    x = torch.randn(3, 48)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias))
+    assert not onednn_calls

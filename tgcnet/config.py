@@ -18,6 +18,8 @@ from tgcnet.laterality import DEFAULT_LATERALITY, check_laterality
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: values of ``ClipConfig.cpu_linear`` (see its docstring)
+CPU_LINEAR_CHOICES = ("auto", "onednn", "torch")
 
 
 @dataclass
@@ -32,9 +34,10 @@ class ClipConfig:
     random-init model (tests, demos) rebuilds bit-identically.
 
     ``cpu_linear`` says how the frozen towers' linear layers run on a CPU in float32:
-    ``"onednn"`` through oneDNN (about twice MKL's speed on AMD processors, where MKL uses
-    AVX2; see ``tgcnet.kernels``), ``"torch"`` through ``F.linear``. Results agree to float
-    rounding; GPUs and autocast always use ``F.linear``.
+    ``"onednn"`` through oneDNN, ``"torch"`` through ``F.linear`` (MKL), ``"auto"`` picks
+    oneDNN on AMD processors (where MKL runs its AVX2 code: about twice as fast there) and
+    ``F.linear`` elsewhere (on an Intel Xeon MKL was as fast or faster); see ``tgcnet.kernels``.
+    Results agree to float rounding; GPUs, autocast and torch.compile always use ``F.linear``.
     """
 
     model_name: str = "ViT-B-16"
@@ -43,7 +46,7 @@ class ClipConfig:
     init_seed: int = 0
     image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     image_std: tuple[float, ...] = OPENAI_CLIP_STD
-    cpu_linear: Literal["onednn", "torch"] = "onednn"
+    cpu_linear: Literal["auto", "onednn", "torch"] = "auto"
 
 
 @dataclass
@@ -154,8 +157,9 @@ class TGCNetConfig:
             raise ValueError(f"ssa.guidance must be 'off', 'prior', 'loss' or 'both', got {self.ssa.guidance!r}")
         if self.sse.fusion not in ("gated", "concat"):
             raise ValueError(f"sse.fusion must be 'gated' or 'concat', got {self.sse.fusion!r}")
-        if self.clip.cpu_linear not in ("onednn", "torch"):
-            raise ValueError(f"clip.cpu_linear must be 'onednn' or 'torch', got {self.clip.cpu_linear!r}")
+        if self.clip.cpu_linear not in CPU_LINEAR_CHOICES:
+            raise ValueError(f"clip.cpu_linear must be one of {', '.join(map(repr, CPU_LINEAR_CHOICES))}, "
+                             f"got {self.clip.cpu_linear!r}")
         if len(self.sse.vit_indices) != len(self.sse.cnn_out_indices):
             raise ValueError(
                 f"sse.vit_indices ({len(self.sse.vit_indices)} entries) must give one ViT block per CNN "

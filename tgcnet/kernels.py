@@ -8,6 +8,11 @@ ViT is almost all GEMM, so it takes about half the time (``benchmarks/speed.py``
 both paths A/B). The maths is the same and only the float rounding differs (about 5e-6
 relative), the same as any other change of GEMM library or of thread count.
 
+On Intel processors MKL runs its AVX-512 code and there is nothing to win: on a 2-core
+Xeon the ViT took the same time both ways and a whole training step was slower through
+oneDNN. ``cpu_linear="auto"`` (:func:`resolve_cpu_linear`) therefore uses oneDNN on AMD
+only.
+
 Only layers whose weights are frozen are routed here. A frozen weight needs no weight
 gradient, so the backward is one more oneDNN GEMM (``grad @ W``), and LoRA still trains
 through a frozen base layer. Trainable layers, CUDA, other dtypes and autocast all keep
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import platform
 from typing import Optional
 
 import torch
@@ -52,6 +58,27 @@ def onednn_linear_available() -> bool:
     return ok
 
 
+def cpu_vendor() -> str:
+    """``"amd"``, ``"intel"`` or ``"other"``: from /proc/cpuinfo on Linux, else the platform string."""
+    text = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = next((line for line in f if line.startswith("vendor_id")), "")
+    except OSError:
+        pass
+    text = (text or platform.processor() or "").lower()
+    if "amd" in text:
+        return "amd"
+    return "intel" if "intel" in text else "other"
+
+
+def resolve_cpu_linear(choice: str) -> bool:
+    """Whether ``ClipConfig.cpu_linear`` = ``choice`` means oneDNN linears in the frozen towers."""
+    if choice == "auto":
+        return cpu_vendor() == "amd" and onednn_linear_available()
+    return choice == "onednn"
+
+
 class _FrozenWeightLinear(torch.autograd.Function):
     """y = x W^T + b through oneDNN, with the input gradient (the only one) through oneDNN too."""
 
@@ -84,9 +111,11 @@ class OneDNNLinear(nn.Linear):
 
     def _frozen_cpu_float32(self, x: torch.Tensor) -> bool:
         frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
+        # under torch.compile inductor picks its own kernels (and needs the plain op to trace)
         return (frozen and x.device.type == "cpu" and x.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and x.numel() > 0
-                and not torch.is_autocast_enabled("cpu") and onednn_linear_available())
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+                and onednn_linear_available())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._frozen_cpu_float32(x):

@@ -15,6 +15,7 @@ from tgcnet.config import TGCNetConfig
 from tgcnet.date import DATE, KnowledgeSource
 from tgcnet.decoder import Decoder
 from tgcnet.guidance import guidance_masks
+from tgcnet.kernels import resolve_cpu_linear
 from tgcnet.losses import guidance_outside_loss, ot_alignment_loss
 from tgcnet.sse import SSE
 from tgcnet.vlcm import VLCM
@@ -82,7 +83,7 @@ class TGCNet(nn.Module):
             config.date.use_knowledge = False
         self.config = config
         towers = load_clip(config.clip)
-        onednn = config.clip.cpu_linear == "onednn"
+        onednn = resolve_cpu_linear(config.clip.cpu_linear)
         self.sse = SSE(towers.visual, config.sse, onednn_linear=onednn)
         self.date = DATE(towers.text, towers.tokenizer, config.date, knowledge=source, onednn_linear=onednn)
         if towers.text.output_dim != towers.embed_dim:
