@@ -93,8 +93,11 @@ VARIANTS = {
     "lora_knowledge": "date.knowledge_encoder='lora' (the earlier default: descriptions re-encoded through the "
                       "LoRA-tuned text tower with gradients every training step)",
     "torch_linear": "frozen towers' linear layers through F.linear, i.e. MKL (clip.cpu_linear='torch')",
+    "onednn_linear": "frozen towers' linear layers through oneDNN (clip.cpu_linear='onednn')",
     "onednn": "its frozen CLIP's linear layers through oneDNN (tgcnet.kernels.use_onednn_linears)",
-    "caption_cached": "what-if: caption features cached in eval as descriptions are (needs a date.py change)",
+    "no_caption_cache": "eval caption cache off (date.caption_cache=0: every batch's captions through the tower)",
+    "light_head": "what-if: head widths halved (sse.channels and decoder.channels; 128 -> 64 and 96 -> 48 on "
+                  "tgcnet-vit-b16)",
     "lora_merged": "LoRA merged into the text tower for inference (tgcnet.adapters.merge_lora)",
     "feature_cache": "frozen-ViT features from the engine's FeatureCache (ViT skipped on a hit)",
     "bf16": "bfloat16 autocast (not float-exact: about 1% relative error in the ViT's output)",
@@ -213,10 +216,26 @@ def build_floor(case: Case, settings: Settings, device) -> Bench:
         module = visual.requires_grad_(False).to(device)
     else:
         module = FrozenViT(visual, tuple(config.sse.vit_indices), fused_attention=case.variant != "unfused",
-                           onednn_linear=case.variant != "torch_linear").to(device)
+                           onednn_linear=_onednn_for(case.variant)).to(device)
         if "compile" in case.variant.split("+"):
             module.compile()
     return Bench(step=_infer_step(module, lambda: module(images), _amp(case, settings), device), trainable=0)
+
+
+def _onednn_for(variant: str) -> bool:
+    """Whether the frozen towers use oneDNN linears in ``variant`` (the default: what 'auto' picks here)."""
+    from tgcnet.kernels import resolve_cpu_linear
+
+    parts = variant.split("+")
+    choice = "torch" if "torch_linear" in parts else "onednn" if "onednn_linear" in parts else "auto"
+    return resolve_cpu_linear(choice)
+
+
+def other_linear() -> str:
+    """The linear-kernel variant that is not this machine's default."""
+    from tgcnet.kernels import resolve_cpu_linear
+
+    return "torch_linear" if resolve_cpu_linear("auto") else "onednn_linear"
 
 
 class PaddedKnowledge:
@@ -264,16 +283,16 @@ def _apply_tgcnet_variant(model, variant: str, device) -> Optional[Callable[...,
 
             visual = load_clip(model.config.clip).visual
             model.sse.clip_visual = FrozenViT(visual, tuple(model.config.sse.vit_indices), fused_attention=False,
-                                              onednn_linear=model.config.clip.cpu_linear == "onednn").to(device)
+                                              onednn_linear=_onednn_for(variant)).to(device)
         elif part == "channels_last":
             model.sse.cnn.to(memory_format=torch.channels_last)
         elif part == "no_dedup":
             model.date.knowledge = PaddedKnowledge(model.date.knowledge)
-        elif part == "caption_cached":
-            model.date.encode = _cached_captions(model.date.encode)
         elif part == "lora_merged":
             from tgcnet.adapters import merge_lora
 
+            with torch.no_grad():   # the frozen knowledge encoder bypasses LoRA: encode descriptions first
+                model.eval().date(CAPTIONS)
             merge_lora(model.date.text_tower)
         elif part == "compile":
             for module in (model.sse.clip_visual, model.sse.cnn, model.vlcm, model.decoder):
@@ -283,23 +302,10 @@ def _apply_tgcnet_variant(model, variant: str, device) -> Optional[Callable[...,
 
             cache = FeatureCache()
             features = lambda images: {"vit_features": cache.get(images, model.frozen_vit_features, device=device)}
-        elif part not in ("default", "no_knowledge", "frozen_knowledge", "lora_knowledge", "torch_linear", "bf16"):
+        elif part not in ("default", "no_knowledge", "frozen_knowledge", "lora_knowledge", "torch_linear",
+                          "onednn_linear", "no_caption_cache", "light_head", "bf16"):
             raise ValueError(f"unknown variant {part!r}; known: {sorted(VARIANTS)}")
     return features
-
-
-def _cached_captions(encode: Callable) -> Callable:
-    """What-if: DATE.encode of captions memoised (eval only: LoRA does not change there)."""
-    memo: dict[tuple[str, ...], tuple] = {}
-
-    def cached(texts, what="caption"):
-        if what != "caption":
-            return encode(texts, what)
-        key = tuple(texts)
-        if key not in memo:
-            memo[key] = encode(texts, what)
-        return memo[key]
-    return cached
 
 
 def _module_timer(model, device) -> tuple[Callable[[], None], Callable[[], dict[str, float]]]:
@@ -332,9 +338,9 @@ def _module_timer(model, device) -> tuple[Callable[[], None], Callable[[], dict[
             handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
     encode = model.date.encode
 
-    def timed_encode(texts, what="caption"):
+    def timed_encode(texts, what="caption", positions=None):
         t0 = now()
-        out = encode(texts, what)
+        out = encode(texts, what, positions)
         key = f"date.encode({what})"
         spent[key] = spent.get(key, 0.0) + now() - t0
         return out
@@ -358,12 +364,19 @@ def build_tgcnet(case: Case, settings: Settings, device) -> Bench:
 
     parts = case.variant.split("+")
     knowledge = None if "no_knowledge" in parts else "default"
-    config: dict[str, str] = {}
+    config: dict[str, Any] = {}
     for part, key, value in (("frozen_knowledge", "date__knowledge_encoder", "frozen"),
                              ("lora_knowledge", "date__knowledge_encoder", "lora"),
-                             ("torch_linear", "clip__cpu_linear", "torch")):
+                             ("torch_linear", "clip__cpu_linear", "torch"),
+                             ("onednn_linear", "clip__cpu_linear", "onednn"),
+                             ("no_caption_cache", "date__caption_cache", 0)):
         if part in parts:
             config[key] = value
+    if "light_head" in parts:
+        from tgcnet.config import get_preset
+
+        preset = get_preset(settings.preset)
+        config.update(sse__channels=preset.sse.channels // 2, decoder__channels=preset.decoder.channels // 2)
     model = create_model(settings.preset, knowledge=knowledge, **config).to(device)
     images, masks, captions = _data(case, device)
     stats = text_stats(model, captions)
@@ -554,10 +567,10 @@ def run_case(case: Case, settings: Settings) -> dict[str, Any]:
 
 
 AB_VARIANTS = {
-    ("floor_ab", "infer"): ["open_clip", "unfused", "fused_torch_linear", "fused"],
-    ("tgcnet_ab", "infer"): ["default", "torch_linear", "unfused", "channels_last", "no_dedup", "lora_merged",
-                             "caption_cached"],
-    ("tgcnet_ab", "train"): ["default", "torch_linear", "channels_last"],
+    ("floor_ab", "infer"): ["open_clip", "unfused", "fused_torch_linear", "fused_onednn_linear", "fused"],
+    ("tgcnet_ab", "infer"): ["default", "torch_linear", "onednn_linear", "unfused", "channels_last", "no_dedup",
+                             "lora_merged", "no_caption_cache"],
+    ("tgcnet_ab", "train"): ["default", "torch_linear", "onednn_linear", "channels_last"],
 }
 
 
@@ -578,7 +591,8 @@ def _ab_steps(case: Case, settings: Settings, device) -> dict[str, Callable[[], 
     paths = {"open_clip": visual,
              "unfused": FrozenViT(copy.deepcopy(visual), indices, fused_attention=False).to(device),
              "fused_torch_linear": FrozenViT(copy.deepcopy(visual), indices, onednn_linear=False).to(device),
-             "fused": FrozenViT(copy.deepcopy(visual), indices).to(device)}
+             "fused_onednn_linear": FrozenViT(copy.deepcopy(visual), indices, onednn_linear=True).to(device),
+             "fused": FrozenViT(copy.deepcopy(visual), indices, onednn_linear=_onednn_for("default")).to(device)}
     images = _data(case, device)[0]
     amp = _amp(case, settings)
     return {k: _infer_step(m, (lambda m=m: m(images)), amp, device) for k, m in paths.items()}
@@ -684,11 +698,11 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
     # in inference) are measured A/B in one process (AB_VARIANTS); here those that move memory or a lot
     ways = [("tgcnet", "train", "no_dedup"), ("tgcnet", "train", "no_knowledge"),
             ("tgcnet", "infer", "lora_knowledge"), ("tgcnet", "train", "lora_knowledge"),
-            ("floor_fused", "infer", "torch_linear"), ("tgcnet", "infer", "torch_linear"),
-            ("tgcnet", "train", "torch_linear")]
+            ("floor_fused", "infer", other_linear()), ("tgcnet", "infer", other_linear()),
+            ("tgcnet", "train", other_linear()), ("tgcnet", "infer", "light_head"), ("tgcnet", "train", "light_head")]
     if feature_cache:
         ways += [("tgcnet", "train", "feature_cache")]
-    if not quick:
+    if not quick and _onednn_for("default"):   # TGCNet runs oneDNN here: CLIPSeg like for like
         ways += [("clipseg", "infer", "onednn"), ("clipseg", "train", "onednn")]
     if not quick:
         ways += [("floor_fused", "infer", "bf16"), ("tgcnet", "infer", "bf16"), ("tgcnet", "train", "bf16"),
@@ -830,10 +844,11 @@ def _main_table(rows: list[dict]) -> list[str]:
 
 
 AB_LABELS = {"open_clip": "open_clip `visual(x)` (nn.MultiheadAttention, F.linear)",
-             "unfused": "FrozenViT with open_clip's nn.MultiheadAttention (fused attention off), oneDNN linears",
+             "unfused": "FrozenViT with open_clip's nn.MultiheadAttention (fused attention off)",
              "fused_torch_linear": "FrozenViT, fused SDPA attention, linears through F.linear (MKL)",
-             "fused": "FrozenViT, fused SDPA attention, oneDNN linears (shipped)",
-             "default": "TGCNet as shipped (fused attention, oneDNN linears, de-duplication on)"}
+             "fused_onednn_linear": "FrozenViT, fused SDPA attention, linears through oneDNN",
+             "fused": "FrozenViT as shipped (fused SDPA attention, clip.cpu_linear='auto')",
+             "default": "TGCNet as shipped (fused attention, cpu_linear='auto', de-duplication, caption cache)"}
 
 
 def ab_ratio(rows: list[dict], model: str, mode: str, variant: str) -> Optional[float]:
@@ -870,7 +885,7 @@ def _ab_table(rows: list[dict]) -> list[str]:
 #: variant -> the shipped change it undoes (its row is the "before", the default the "after")
 SHIPPED_CHANGES = {
     "unfused": "fused SDPA attention in the frozen ViT (before: open_clip's nn.MultiheadAttention)",
-    "torch_linear": "frozen towers' linear layers through oneDNN, clip.cpu_linear='onednn' (before: F.linear, MKL)",
+    "no_caption_cache": "eval caption cache, date.caption_cache=512 (before: 0, every batch's captions encoded)",
     "lora_knowledge": "date.knowledge_encoder='frozen': descriptions encoded once by the tower with LoRA bypassed, "
                       "cached (before: 'lora', re-encoded with gradients every training step)",
 }
@@ -956,7 +971,7 @@ def _alternatives(get: Callable, mode: str, variants: list[str], infer: dict) ->
     return lines
 
 
-WHAT_IFS = ["no_knowledge", "lora_knowledge", "torch_linear", "feature_cache"]
+WHAT_IFS = ["no_knowledge", "lora_knowledge", "light_head", "feature_cache"]
 
 
 def _ab_pair(rows: list[dict], model: str, mode: str, variant: str, base: str) -> Optional[tuple[float, float]]:
@@ -966,21 +981,22 @@ def _ab_pair(rows: list[dict], model: str, mode: str, variant: str, base: str) -
     return (med[variant], med[base]) if variant in med and base in med else None
 
 
-def _kernel_lines(rows: list[dict]) -> list[str]:
-    floor = _ab_pair(rows, "floor_ab", "infer", "fused", "fused_torch_linear")
-    if floor is None:
+def _kernel_lines(rows: list[dict], meta: dict) -> list[str]:
+    pair = _ab_pair(rows, "floor_ab", "infer", "fused_onednn_linear", "fused_torch_linear")
+    if pair is None:
         return []
-    line = (f"- Linear kernels: the frozen ViT with its linear layers through oneDNN took {floor[0]:.3f} s against "
-            f"{floor[1]:.3f} s through F.linear (MKL) in the one-process A/B ({floor[0] / floor[1]:.2f}x)")
+    picked = "oneDNN" if meta.get("cpu_linear_auto") == "onednn" else "F.linear (MKL)"
+    line = (f"- Linear kernels ({meta.get('cpu_vendor', '?')} CPU, so clip.cpu_linear='auto' picked {picked}): the "
+            f"frozen ViT took {pair[0]:.3f} s with oneDNN linears and {pair[1]:.3f} s with F.linear in the "
+            f"one-process A/B ({pair[0] / pair[1]:.2f}x)")
     for mode, what in (("infer", "inference"), ("train", "training step")):
-        pair = _ab_pair(rows, "tgcnet_ab", mode, "default", "torch_linear")
-        if pair:
-            line += f"; TGCNet {what} {pair[0] / pair[1]:.2f}x"
-    return [line + ". The ViT is almost all GEMM; PyTorch's MKL runs AVX2 code on AMD processors, oneDNN "
-            "AVX-512 (on Intel processors MKL uses AVX-512 too, so expect a smaller gap there; not measured here)."]
+        both = _ab_pair(rows, "tgcnet_ab", mode, "onednn_linear", "torch_linear")
+        if both:
+            line += f"; TGCNet {what} {both[0] / both[1]:.2f}x"
+    return [line + ". MKL runs AVX2 code on AMD processors and AVX-512 on Intel ones; oneDNN AVX-512 on both."]
 
 
-def explain(rows: list[dict], batch: int, checks: list[dict]) -> list[str]:
+def explain(rows: list[dict], batch: int, checks: list[dict], meta: Optional[dict] = None) -> list[str]:
     """What moved the target ratios, and for each missed target the measured facts behind it."""
     r = index(rows)
     get = lambda model, mode, variant="default": r.get(Case(model, mode, batch, 224, variant).id)
@@ -988,7 +1004,7 @@ def explain(rows: list[dict], batch: int, checks: list[dict]) -> list[str]:
     if not infer or not train:
         return []
     missed = {c["key"] for c in checks if c["met"] is False}
-    lines = _kernel_lines(rows)
+    lines = _kernel_lines(rows, meta or {})
     lora = get("tgcnet", "train", "lora_knowledge")
     if lora:
         lines.append(
@@ -1031,10 +1047,15 @@ def explain(rows: list[dict], batch: int, checks: list[dict]) -> list[str]:
                      f"of the {_fmt(ip.get('step'), 3)} s step; caption encoding {_fmt(ip.get('date'), 3)} s, CNN "
                      f"{_fmt(ip.get('sse.cnn'), 3)} s, fusion {_fmt(ip.get('sse.fusion'), 3)} s, VLCM "
                      f"{_fmt(ip.get('vlcm'), 3)} s, decoder {_fmt(ip.get('decoder'), 3)} s.")
-        for v in ("lora_merged", "caption_cached"):
+        for v in ("lora_merged", "no_caption_cache"):
             ratio = ab_ratio(rows, "tgcnet_ab", "infer", v)
             if ratio is not None:
                 lines.append(f"  - {variant_label(v)}: {ratio:.3f} x the shipped step in the A/B.")
+        light = get("tgcnet", "infer", "light_head")
+        if light:
+            lines.append(f"  - {variant_label('light_head')}: {light['median_s']:.3f} s/step "
+                         f"({light['trainable_params']:,} trainable parameters), against CLIPSeg's "
+                         f"{_fmt((get('clipseg', 'infer') or {}).get('median_s'), 3)} s.")
     return lines
 
 
@@ -1071,7 +1092,7 @@ def to_markdown(result: dict) -> str:
                   f"{_fmt(ratio['fused_floor_over_open_clip_floor'])} across processes, "
                   f"{_fmt(ab_ratio(rows, 'floor_ab', 'infer', 'fused'), 3)} in the one-process A/B below "
                   f"(FrozenViT without fused attention: {_fmt(ab_ratio(rows, 'floor_ab', 'infer', 'unfused'), 3)})."]
-    why = explain(rows, batch, checks)
+    why = explain(rows, batch, checks, meta)
     if why:
         lines += ["", "What moved these numbers, and why any missed one is missed (measured in this run):", "",
                   *why]
@@ -1154,6 +1175,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     import torch
 
+    from tgcnet.kernels import cpu_vendor
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     warmup = args.warmup if args.warmup is not None else 1
     iters = args.iters if args.iters is not None else (2 if args.quick else 3)
@@ -1180,6 +1203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "memory_kind": ok[0]["memory_kind"] if ok else "n/a", "batches": batches,
             "compile": args.compile, "feature_cache_available": cache, "repeats": repeats,
             "reruns": sum(r.get("reruns", 0) for r in measured), "captions": CAPTIONS, "note": args.note,
+            "cpu_vendor": cpu_vendor(), "cpu_linear_auto": "onednn" if _onednn_for("default") else "torch",
             "loadavg_start": [round(x, 2) for x in load_start],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()], "elapsed_s": time.time() - start}
     ratio = {str(b): ratios(rows, b) for b in batches}

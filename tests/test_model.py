@@ -154,7 +154,7 @@ def test_knowledge_strings_encoded_once_and_cached_in_eval():
         # 3 unique captions + 3 unique descriptions ("left" and "bilateral" share one)
         assert seen == [3, 3]
         second = model(images(3), captions)
-    assert seen == [3, 3, 3]  # descriptions came from the cache
+    assert seen == [3, 3]  # descriptions and (eval caption cache) captions came from the caches
     torch.testing.assert_close(first, second)
     model.train()
     assert model.date._description_cache == {}
@@ -241,3 +241,54 @@ def test_lora_knowledge_encoder_differs_from_frozen_once_lora_moves():
 def test_unknown_knowledge_encoder_is_named():
     with pytest.raises(ValueError, match="date.knowledge_encoder"):
         tiny(date__knowledge_encoder="both")
+
+
+def _tower_calls(model):
+    calls = []
+    model.date.text_tower.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    return calls
+
+
+def test_eval_caption_cache_skips_the_tower_and_keeps_the_logits():
+    model = tiny(knowledge=None).eval()
+    wake_lora(model)
+    calls = _tower_calls(model)
+    x = images(4)
+    first = [CAPTIONS[0], CAPTIONS[1], CAPTIONS[0], CAPTIONS[2]]
+    mixed = ["lower left lung.", CAPTIONS[2], "lower left lung.", CAPTIONS[1]]   # one new, shorter caption
+    with torch.enable_grad():   # gradients asked for: the cache is bypassed
+        reference = [model(x, first).detach(), model(x, mixed).detach()]
+    assert calls == [3, 3] and not model.date._caption_cache
+    with torch.no_grad():
+        got = [model(x, first), model(x, mixed)]
+        assert calls[2:] == [3, 1]           # only the new caption went through the tower
+        assert model(x, mixed).shape == (4, 1, 224, 224) and calls[4:] == []
+    for a, b in zip(got, reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_caption_cache_is_dropped_when_weights_change_or_training_starts():
+    model = tiny(knowledge=None).eval()
+    calls = _tower_calls(model)
+    x = images(1)
+    with torch.no_grad():
+        model(x, CAPTIONS[:1])
+        lora = next(p for n, p in model.named_parameters() if "lora_B" in n)
+        lora.add_(0.05)                       # what an optimizer step does: in place
+        after = model(x, CAPTIONS[:1])
+    assert calls == [1, 1]                    # re-encoded, not served stale
+    with torch.enable_grad():
+        torch.testing.assert_close(after, model(x, CAPTIONS[:1]).detach())
+    model.train()
+    assert not model.date._caption_cache
+
+
+def test_caption_cache_is_bounded_and_can_be_off():
+    model = tiny(knowledge=None, date__caption_cache=2).eval()
+    with torch.no_grad():
+        model(images(3), CAPTIONS[:3])
+    assert list(model.date._caption_cache) == CAPTIONS[1:3]
+    off = tiny(knowledge=None, date__caption_cache=0).eval()
+    with torch.no_grad():
+        off(images(1), CAPTIONS[:1])
+    assert not off.date._caption_cache

@@ -33,10 +33,10 @@ def test_cases_run_and_report(speed, tmp_path):
     assert len(rows) == 5 and rows[2]["process_medians_s"] == [infer["median_s"], again["median_s"]]
     assert len(rows[2]["times_s"]) == 2
     ab = speed.run_case(speed.Case("floor_ab", "infer", 2, group="ab"), settings)
-    assert set(ab["ab_median_s"]) == {"open_clip", "unfused", "fused_torch_linear", "fused"}
+    assert set(ab["ab_median_s"]) == {"open_clip", "unfused", "fused_torch_linear", "fused_onednn_linear", "fused"}
     assert len(ab["ab_times_s"]["fused"]) == 2
     ab_train = speed.run_case(speed.Case("tgcnet_ab", "train", 2, group="ab"), settings)
-    assert list(ab_train["ab_median_s"]) == ["default", "torch_linear", "channels_last"]
+    assert list(ab_train["ab_median_s"]) == ["default", "torch_linear", "onednn_linear", "channels_last"]
     assert speed.ab_ratio([ab_train], "tgcnet_ab", "train", "default") == 1.0
     rows += [ab, ab_train]
     assert floor["trainable_params"] == 0 and train["trainable_params"] == infer["trainable_params"] > 0
@@ -46,13 +46,15 @@ def test_cases_run_and_report(speed, tmp_path):
     assert infer["fused_attention"] is True
     meta = {"preset": "tgcnet-tiny", "quick": True, "date": "today", "device_name": "cpu", "torch": torch.__version__,
             "threads": 1, "dtype": "float32", "warmup": 1, "iters": 1, "memory_kind": rows[0]["memory_kind"],
-            "loadavg_start": [0], "loadavg_end": [0], "elapsed_s": 1.0, "batches": [2]}
+            "loadavg_start": [0], "loadavg_end": [0], "elapsed_s": 1.0, "batches": [2], "cpu_vendor": "intel",
+            "cpu_linear_auto": "torch"}
     ratio = {"2": speed.ratios(rows, 2)}
     assert ratio["2"]["train_over_infer"] == pytest.approx(train["median_s"] / rows[2]["median_s"])
     md = speed.to_markdown({"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows})
     assert "## Targets" in md and "| TGCNet | train | 2 |" in md and "de-duplication off" in md
-    assert "| FrozenViT, fused SDPA attention, oneDNN linears (shipped) |" in md
-    assert "| CNN branch in channels_last" in md and "- Linear kernels: the frozen ViT" in md
+    assert "| FrozenViT as shipped (fused SDPA attention, clip.cpu_linear='auto') |" in md
+    assert "| CNN branch in channels_last" in md
+    assert "- Linear kernels (intel CPU, so clip.cpu_linear='auto' picked F.linear (MKL)): the frozen ViT" in md
     result = {"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows}
     speed.write_results(result, tmp_path)
     assert speed.main(["--report", str(tmp_path / "speed.json"), "--out", str(tmp_path / "again"),
@@ -100,3 +102,16 @@ def test_plan_quick_and_full(speed):
     assert {c.model for c in repeated} == set(speed.REPEATED) and {c.batch for c in repeated} == {8}
     assert full[-len(repeated) // 2:] == repeated[:len(repeated) // 2]   # the repeats run last
     assert len(full) - len({c.id for c in full}) == 6
+
+
+@pytest.mark.parametrize("variant", ["lora_merged", "no_caption_cache", "light_head", "onednn_linear"])
+def test_tgcnet_variants_build_and_step(speed, variant):
+    """Each "ways"/A-B variant builds and runs (lora_merged once failed: the frozen knowledge
+    encoder cannot bypass merged LoRA, so descriptions must be encoded before the merge)."""
+    settings = speed.Settings(preset="tgcnet-tiny", warmup=1, iters=1)
+    bench = speed.build_tgcnet(speed.Case("tgcnet", "infer", 2, 64, variant=variant), settings, torch.device("cpu"))
+    bench.step()
+    bench.step()
+    default = speed.build_tgcnet(speed.Case("tgcnet", "infer", 2, 64), settings, torch.device("cpu"))
+    if variant == "light_head":
+        assert bench.trainable < default.trainable

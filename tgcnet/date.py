@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol, Sequence
@@ -157,12 +158,15 @@ class DATE(nn.Module):
                                  if cfg.use_knowledge else None)
         self.knowledge = knowledge
         self._description_cache: dict[str, torch.Tensor] = {}
+        self._caption_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._caption_cache_key: tuple = ()
 
     def train(self, mode: bool = True) -> "DATE":
         # LoRA weights may change while training: embeddings they made go stale. The frozen
         # encoder's do not depend on anything trainable, so they are kept.
         if not self.frozen_knowledge:
             self._description_cache.clear()
+        self._caption_cache.clear()
         return super().train(mode)
 
     @property
@@ -185,7 +189,8 @@ class DATE(nn.Module):
                 raise ValueError(f"caption {i} must be a str, got {type(caption).__name__}")
             first.setdefault(caption, i)
         unique = list(first)
-        ids, tokens, pooled = self.encode(unique, positions=list(first.values()))
+        encode = self._encode_cached if self._caching_captions() else self.encode
+        ids, tokens, pooled = encode(unique, positions=list(first.values()))
         slot = {caption: k for k, caption in enumerate(unique)}
         where = torch.tensor([slot[c] for c in captions], device=tokens.device)
         ids, tokens, pooled = ids[where], tokens[where], pooled[where]
@@ -196,6 +201,54 @@ class DATE(nn.Module):
             tokens = self._fuse_knowledge(captions, tokens)
             pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), index]
         return TextFeatures(tokens=tokens, mask=mask, pooled=pooled, pool_index=index)
+
+    def _caching_captions(self) -> bool:
+        # gradients asked for means someone trains (perhaps in eval mode): never serve cached features
+        return (not self.training and not torch.is_grad_enabled() and self.cfg.caption_cache > 0
+                and isinstance(self.tokenize.tokenizer, SimpleTokenizer))
+
+    def _weights_key(self) -> tuple:
+        """Changes whenever a text-tower weight does: in-place updates (optimizer steps,
+        load_state_dict) bump ``_version``, ``.to()`` moves the storage."""
+        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.text_tower.parameters())
+
+    def _encode_cached(self, texts: Sequence[str], what: str = "caption", positions: Optional[Sequence[int]] = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`encode` of distinct captions, from the eval caption cache where it can.
+
+        Each caption keeps its tokens up to its EOT; a batch is padded with the tokenizer's
+        pad id and zero features. Padded positions never reach the output (text masks exclude
+        them as keys, and only the EOT token is pooled), so the logits equal the uncached
+        ones to float rounding.
+        """
+        key = self._weights_key()
+        if key != self._caption_cache_key:
+            self._caption_cache.clear()
+            self._caption_cache_key = key
+        cache = self._caption_cache
+        rows = {t: cache[t] for t in texts if t in cache}
+        missing = [(k, t) for k, t in enumerate(texts) if t not in rows]
+        if missing:
+            where = None if positions is None else [positions[k] for k, _ in missing]
+            ids, tokens, pooled = self.encode([t for _, t in missing], what, where)
+            ends = self.text_tower.pool_index(ids) + 1
+            for row, (_, text) in enumerate(missing):
+                n = int(ends[row])
+                rows[text] = (ids[row, :n], tokens[row, :n], pooled[row])
+        for text in texts:
+            cache[text] = rows[text]
+            cache.move_to_end(text)
+        while len(cache) > self.cfg.caption_cache:
+            cache.popitem(last=False)
+        ordered = [rows[t] for t in texts]
+        length = max(r[0].shape[0] for r in ordered)
+        first_ids, first_tokens, _ = ordered[0]
+        ids = first_ids.new_zeros(len(texts), length)
+        tokens = first_tokens.new_zeros(len(texts), length, first_tokens.shape[-1])
+        for k, (row_ids, row_tokens, _) in enumerate(ordered):
+            ids[k, : row_ids.shape[0]] = row_ids
+            tokens[k, : row_tokens.shape[0]] = row_tokens
+        return ids, tokens, torch.stack([r[2] for r in ordered])
 
     def _fuse_knowledge(self, captions: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
         per_caption = [list(dict.fromkeys(self.knowledge.descriptions_for(c))) for c in captions]
