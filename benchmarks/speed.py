@@ -571,11 +571,17 @@ AB_VARIANTS = {
     ("tgcnet_ab", "infer"): ["default", "torch_linear", "onednn_linear", "unfused", "channels_last", "no_dedup",
                              "lora_merged", "no_caption_cache"],
     ("tgcnet_ab", "train"): ["default", "torch_linear", "onednn_linear", "channels_last"],
+    # the peer comparison of the targets, free of process-to-process spread
+    ("peers_ab", "infer"): ["tgcnet", "clipseg"],
+    ("peers_ab", "train"): ["tgcnet", "clipseg"],
 }
 
 
 def _ab_steps(case: Case, settings: Settings, device) -> dict[str, Callable[[], None]]:
     """One step per path/variant, each on its own copy of the same weights (same init seed)."""
+    if case.model == "peers_ab":
+        return {m: BUILDERS[m](dataclasses.replace(case, model=m), settings, device).step
+                for m in AB_VARIANTS[(case.model, case.mode)]}
     if case.model == "tgcnet_ab":
         return {v: build_tgcnet(dataclasses.replace(case, model="tgcnet", variant=v), settings, device).step
                 for v in AB_VARIANTS[(case.model, case.mode)]}
@@ -715,7 +721,8 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
         for b in batches[-1:]:
             cases.append(Case("floor_fused", "infer", b, size, group="scaling"))
             cases += [Case("tgcnet", mode, b, size, group="scaling") for mode in ("infer", "train")]
-    cases += [Case(model, mode, big, group="ab") for model, mode in AB_VARIANTS if not (quick and mode == "train")]
+    cases += [Case(model, mode, big, group="ab") for model, mode in AB_VARIANTS
+              if not (quick and (mode == "train" or model == "peers_ab"))]
     # the target rows again, each in another fresh process and minutes later: process-to-process spread
     main_big = [c for c in cases if c.group == "main" and c.batch == big and c.model in REPEATED]
     return cases + main_big * (repeats - 1)
@@ -848,7 +855,8 @@ AB_LABELS = {"open_clip": "open_clip `visual(x)` (nn.MultiheadAttention, F.linea
              "fused_torch_linear": "FrozenViT, fused SDPA attention, linears through F.linear (MKL)",
              "fused_onednn_linear": "FrozenViT, fused SDPA attention, linears through oneDNN",
              "fused": "FrozenViT as shipped (fused SDPA attention, clip.cpu_linear='auto')",
-             "default": "TGCNet as shipped (fused attention, cpu_linear='auto', de-duplication, caption cache)"}
+             "default": "TGCNet as shipped (fused attention, cpu_linear='auto', de-duplication, caption cache)",
+             "tgcnet": "TGCNet as shipped", "clipseg": "CLIPSeg (patch 16, CLIP frozen)"}
 
 
 def ab_ratio(rows: list[dict], model: str, mode: str, variant: str) -> Optional[float]:
@@ -869,8 +877,9 @@ def _ab_table(rows: list[dict]) -> list[str]:
             continue
         med, times = row["ab_median_s"], row["ab_times_s"]
         base = next(iter(med))
-        what = "TGCNet " + ("inference" if row["mode"] == "infer" else "training step") \
-            if row["model"] == "tgcnet_ab" else "frozen ViT forward"
+        step = "inference" if row["mode"] == "infer" else "training step"
+        what = {"tgcnet_ab": f"TGCNet {step}", "peers_ab": f"TGCNet against CLIPSeg, {step}"}.get(
+            row["model"], "frozen ViT forward")
         lines += [f"{what}, batch {row['batch']}, 224 px: {len(times[base])} rounds after a warm-up round"
                   f"{_flag(row)}.", "",
                   f"| variant | median s | calls s | / {base} |", "|---|---:|---|---:|"]
@@ -1005,6 +1014,12 @@ def explain(rows: list[dict], batch: int, checks: list[dict], meta: Optional[dic
         return []
     missed = {c["key"] for c in checks if c["met"] is False}
     lines = _kernel_lines(rows, meta or {})
+    for mode, what in (("infer", "inference"), ("train", "training")):
+        pair = _ab_pair(rows, "peers_ab", mode, "clipseg", "tgcnet")
+        if pair:
+            lines.append(f"- TGCNet / CLIPSeg {what} throughput with the two interleaved in one process (free of "
+                         f"the process-to-process spread of the table's rows): {pair[0] / pair[1]:.2f} "
+                         f"({pair[1]:.3f} s against {pair[0]:.3f} s per batch).")
     lora = get("tgcnet", "train", "lora_knowledge")
     if lora:
         lines.append(
@@ -1033,10 +1048,17 @@ def explain(rows: list[dict], batch: int, checks: list[dict], meta: Optional[dic
                      f"augmentation): {cached['median_s']:.3f} s/step, {cached['images_per_s']:.2f} images/s.")
     if missed & {"train_over_infer", "train_mem_over_infer_mem", "train_throughput_over_clipseg"}:
         parts = train.get("forward_parts_s", {})
+        names = ("sse.clip_visual", "date", "sse.cnn", "sse.fusion", "vlcm", "decoder")
+        forward = sum(parts.get(n, 0.0) for n in names)
         lines.append(
-            f"- Training (a target missed): forward parts of the {_fmt(parts.get('step'), 3)} s step: frozen ViT "
-            f"{_fmt(parts.get('sse.clip_visual'), 3)} s, DATE {_fmt(parts.get('date'), 3)} s, CNN "
-            f"{_fmt(parts.get('sse.cnn'), 3)} s, decoder {_fmt(parts.get('decoder'), 3)} s. Memory: "
+            f"- Training (a target missed): of the {_fmt(parts.get('step'), 3)} s profiled step the forward takes "
+            f"{forward:.3f} s (frozen ViT {_fmt(parts.get('sse.clip_visual'), 3)}, DATE {_fmt(parts.get('date'), 3)}, "
+            f"CNN {_fmt(parts.get('sse.cnn'), 3)}, fusion {_fmt(parts.get('sse.fusion'), 3)}, VLCM "
+            f"{_fmt(parts.get('vlcm'), 3)}, decoder {_fmt(parts.get('decoder'), 3)}); the other "
+            f"{_fmt((parts.get('step') or 0.0) - forward, 3)} s are the loss, the backward through everything "
+            f"trained (the fusion and decoder convolutions at stride 4 and 8, the CNN branch, LoRA through the text "
+            f"tower) and the optimizer step. CLIPSeg's training step costs what its inference does, because all it "
+            f"trains is a decoder on stride-16 tokens behind a no_grad CLIP. Memory: "
             f"{_mb(train['resident_after_build_mb'])} MB resident after construction; inference adds "
             f"{_mb(infer['peak_mb'] - infer['resident_after_build_mb'])} MB, training "
             f"{_mb(train['peak_mb'] - train['resident_after_build_mb'])} MB. Same step otherwise:")

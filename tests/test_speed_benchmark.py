@@ -38,7 +38,12 @@ def test_cases_run_and_report(speed, tmp_path):
     ab_train = speed.run_case(speed.Case("tgcnet_ab", "train", 2, group="ab"), settings)
     assert list(ab_train["ab_median_s"]) == ["default", "torch_linear", "onednn_linear", "channels_last"]
     assert speed.ab_ratio([ab_train], "tgcnet_ab", "train", "default") == 1.0
-    rows += [ab, ab_train]
+    peers = {"model": "peers_ab", "mode": "infer", "batch": 2, "size": 224, "variant": "default", "group": "ab",
+             "id": "peers_ab/default/infer/b2/224", "ab_median_s": {"tgcnet": 0.5, "clipseg": 0.6},
+             "ab_times_s": {"tgcnet": [0.5], "clipseg": [0.6]}, "median_s": 0.5, "images_per_s": 4.0,
+             "peak_mb": None, "threads": 1, "other_cores": 0.0}
+    assert speed.AB_VARIANTS[("peers_ab", "train")] == ["tgcnet", "clipseg"]
+    rows += [ab, ab_train, peers]
     assert floor["trainable_params"] == 0 and train["trainable_params"] == infer["trainable_params"] > 0
     assert train["text"]["unique_captions"] == 2 and train["text"]["unique_descriptions"] > 0
     # descriptions are encoded once (frozen knowledge encoder) in the warm-up, not in the profiled step
@@ -54,6 +59,8 @@ def test_cases_run_and_report(speed, tmp_path):
     assert "## Targets" in md and "| TGCNet | train | 2 |" in md and "de-duplication off" in md
     assert "| FrozenViT as shipped (fused SDPA attention, clip.cpu_linear='auto') |" in md
     assert "| CNN branch in channels_last" in md
+    assert "TGCNet against CLIPSeg, inference" in md
+    assert "- TGCNet / CLIPSeg inference throughput with the two interleaved in one process" in md and "1.20" in md
     assert "- Linear kernels (intel CPU, so clip.cpu_linear='auto' picked F.linear (MKL)): the frozen ViT" in md
     result = {"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows}
     speed.write_results(result, tmp_path)
@@ -102,6 +109,8 @@ def test_plan_quick_and_full(speed):
     assert {c.model for c in repeated} == set(speed.REPEATED) and {c.batch for c in repeated} == {8}
     assert full[-len(repeated) // 2:] == repeated[:len(repeated) // 2]   # the repeats run last
     assert len(full) - len({c.id for c in full}) == 6
+    assert {c.model for c in full if c.group == "ab"} == {"floor_ab", "tgcnet_ab", "peers_ab"}
+    assert {c.model for c in quick if c.group == "ab"} == {"floor_ab", "tgcnet_ab"}
 
 
 @pytest.mark.parametrize("variant", ["lora_merged", "no_caption_cache", "light_head", "onednn_linear"])
