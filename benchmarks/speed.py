@@ -1109,6 +1109,13 @@ def to_markdown(result: dict) -> str:
     for c in checks:
         status = "n/a" if c["met"] is None else ("**met**" if c["met"] else "**missed**")
         lines.append(f"| {c['target']} | {c['bound']} | {_fmt(c['value'])} | {status} |")
+    for mode, what in (("infer", "inference"), ("train", "training")):
+        pair = _ab_pair(rows, "peers_ab", mode, "clipseg", "tgcnet")
+        if pair:   # the same ratio without process-to-process spread: shown beside, never instead
+            value = pair[0] / pair[1]
+            status = "**met**" if value >= 1.0 else "**missed**"
+            lines.append(f"| {what} throughput / CLIPSeg's, the two interleaved in one process | >= 1.0 | "
+                         f"{value:.2f} | {status} |")
     lines += ["", f"Against open_clip's default path as the floor: inference / floor = "
                   f"{_fmt(ratio['infer_over_open_clip_floor'])}; fused floor / open_clip floor = "
                   f"{_fmt(ratio['fused_floor_over_open_clip_floor'])} across processes, "

@@ -234,7 +234,8 @@ class DATE(nn.Module):
             ends = self.text_tower.pool_index(ids) + 1
             for row, (_, text) in enumerate(missing):
                 n = int(ends[row])
-                rows[text] = (ids[row, :n], tokens[row, :n], pooled[row])
+                # clones: a view would keep the whole batch's tensors alive in the cache
+                rows[text] = (ids[row, :n].clone(), tokens[row, :n].clone(), pooled[row].clone())
         for text in texts:
             cache[text] = rows[text]
             cache.move_to_end(text)
