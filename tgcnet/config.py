@@ -76,14 +76,14 @@ class DATEConfig:
     still learns from the captions. ``"lora"``: the LoRA-tuned tower, with gradients, as
     the captions, so every training step re-encodes every description in the batch and
     backpropagates through them. Why frozen is the default: on tgcnet-vit-b16 at batch 8
-    (CPU) "lora" made a training step 1.6x as long and its peak memory 1.5x as large, and
-    on qata-mini the two gave the same Dice within seed noise
-    (benchmarks/results/speed.md, qata_mini.md). Models saved with "lora" keep it.
+    (CPU) "lora" made a training step 1.6x (AMD EPYC) to 1.9x (Intel Xeon) as long and
+    its peak memory 1.5x as large, and on qata-mini the two gave the same Dice within seed
+    noise (benchmarks/results/speed.md, qata_mini.md). Models saved with "lora" keep it.
 
     ``caption_cache``: how many distinct captions an eval-mode DATE keeps the encodings of
     when no gradient is asked for (evaluation, prediction, validation). QaTa repeats a few
     hundred captions over thousands of images; a cached caption skips the text tower,
-    about 4% of a ViT-B/16 inference batch on a CPU. 0 turns it off.
+    about 5% of a ViT-B/16 inference batch on a CPU. 0 turns it off.
     """
 
     lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
