@@ -17,10 +17,10 @@ Models, all random init (nothing is downloaded), 3x224x224 unless a scaling row 
 - floor, open_clip: ``visual(x)`` of the frozen open_clip tower of the preset, open_clip's
   default path (``nn.MultiheadAttention``), under ``torch.inference_mode``.
 - floor, fused: ``tgcnet.sse.FrozenViT`` on the same weights, as TGCNet runs it (attention
-  through ``scaled_dot_product_attention``, linear layers through oneDNN on a CPU in float32
-  (``tgcnet.kernels``), the maps TGCNet needs), ``inference_mode``.
+  through ``scaled_dot_product_attention``, linear layers as ``clip.cpu_linear="auto"`` picks
+  them on this CPU (``tgcnet.kernels``), the maps TGCNet needs), ``inference_mode``.
 - tgcnet: ``create_model(preset)`` as shipped (``date.knowledge_encoder="frozen"``,
-  ``clip.cpu_linear="onednn"``) with the shipped knowledge bank and QaTa-style captions
+  ``clip.cpu_linear="auto"``, eval caption cache) with the shipped knowledge bank and QaTa-style captions
   (:data:`CAPTIONS`, drawn to follow qata-mini's caption frequencies, so a batch of 8 has 5
   distinct captions). Inference in eval mode (description embeddings cached after the first
   batch, as in evaluation); training = forward + Dice-free BCE loss + backward + AdamW step
@@ -29,18 +29,19 @@ Models, all random init (nothing is downloaded), 3x224x224 unless a scaling row 
   released ``rd64-refined`` model), its CLIP frozen (CLIPSeg's own forward runs CLIP under
   ``no_grad``; its parameters are excluded from the optimizer), captions tokenised with
   open_clip's tokenizer (same BPE vocabulary; transformers' tokenizer needs files). Stock
-  transformers code, so its linear layers run through MKL; a "ways" row gives it TGCNet's
-  oneDNN linears, for a like-for-like reading of the comparison.
+  transformers code, so its linear layers run through MKL; where TGCNet runs oneDNN linears
+  (AMD), a "ways" row gives CLIPSeg them too, for a like-for-like reading of the comparison.
 - unet: segmentation_models_pytorch ``Unet("resnet34", encoder_weights=None)``, all trained.
 
 Before/after rows ("ways"), TGCNet at the largest batch: caption/description de-duplication
 off, knowledge off (a what-if that locates the training cost), ``date.knowledge_encoder=
-"lora"`` (the earlier default), ``clip.cpu_linear="torch"`` (MKL), the engine's frozen-ViT
-feature cache (``tgcnet.engine.feature_cache``, if installed), bfloat16 autocast and
-``--compile``; CLIPSeg with oneDNN linears. Changes of a few per cent (fused attention off,
-CNN branch channels_last, de-duplication in inference, LoRA merged, a caption cache) and
-the linear-kernel choice are also measured A/B inside one process, where
-process-to-process spread cannot hide them. Writes speed.json and speed.md to ``--out``; ``--report`` re-renders the markdown.
+"lora"`` (the earlier default), the linear kernel "auto" did not pick, halved head widths
+(a what-if), the engine's frozen-ViT feature cache (``tgcnet.engine.feature_cache``, if
+installed), bfloat16 autocast and ``--compile``. Changes of a few per cent (fused attention
+off, CNN branch channels_last, de-duplication in inference, LoRA merged, the caption cache
+off) and both linear kernels are also measured A/B inside one process, where
+process-to-process spread cannot hide them, and so are TGCNet and CLIPSeg against each other.
+Writes speed.json and speed.md to ``--out``; ``--report`` re-renders the markdown.
 """
 from __future__ import annotations
 
@@ -860,13 +861,16 @@ AB_LABELS = {"open_clip": "open_clip `visual(x)` (nn.MultiheadAttention, F.linea
              "tgcnet": "TGCNet as shipped", "clipseg": "CLIPSeg (patch 16, CLIP frozen)"}
 
 
+def _ab_medians(rows: list[dict], model: str, mode: str) -> dict[str, float]:
+    """Variant -> median s of the in-process A/B row of ``model`` and ``mode`` (empty if none ran)."""
+    row = next((r for r in rows if r["model"] == model and r["mode"] == mode and "ab_median_s" in r), None)
+    return (row or {}).get("ab_median_s", {})
+
+
 def ab_ratio(rows: list[dict], model: str, mode: str, variant: str) -> Optional[float]:
     """Median time of ``variant`` over the first variant's, from an in-process A/B row."""
-    row = next((r for r in rows if r["model"] == model and r["mode"] == mode and "ab_median_s" in r), None)
-    if row is None or variant not in row["ab_median_s"]:
-        return None
-    med = row["ab_median_s"]
-    return med[variant] / med[next(iter(med))]
+    med = _ab_medians(rows, model, mode)
+    return med[variant] / med[next(iter(med))] if variant in med else None
 
 
 def _ab_table(rows: list[dict]) -> list[str]:
@@ -986,8 +990,7 @@ WHAT_IFS = ["no_knowledge", "lora_knowledge", "light_head", "feature_cache"]
 
 def _ab_pair(rows: list[dict], model: str, mode: str, variant: str, base: str) -> Optional[tuple[float, float]]:
     """(median s of ``variant``, of ``base``) from one in-process A/B row."""
-    row = next((r for r in rows if r["model"] == model and r["mode"] == mode and "ab_median_s" in r), None)
-    med = (row or {}).get("ab_median_s", {})
+    med = _ab_medians(rows, model, mode)
     return (med[variant], med[base]) if variant in med and base in med else None
 
 

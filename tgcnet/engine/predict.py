@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tgcnet.data import build_transforms
 from tgcnet.data.dataset import load_image, load_mask
-from tgcnet.data.readers import normalize_caption
+from tgcnet.data.readers import format_problems, normalize_caption
 
 from .evaluate import DEFAULT_IMAGE_SIZE, autocast_context, load_inference_model
 from .metrics import dice_iou
@@ -193,10 +193,9 @@ def predict(checkpoint: str | Path, out: str | Path, *, image: str | Path | None
 def predict_items(predictor: Predictor, items: Sequence[PredictItem], out: Path) -> list[dict[str, Any]]:
     overlong = predictor.model.overlong_captions([normalize_caption(item.caption) for item in items])
     if overlong:  # all of them named at once, before any output is written
-        listed = "\n".join(f"  {items[i].image}: caption has {n} tokens" for i, n in overlong[:20])
-        more = f"\n  ... and {len(overlong) - 20} more" if len(overlong) > 20 else ""
+        listed = format_problems([(items[i].image, f"caption has {n} tokens") for i, n in overlong])
         raise ValueError(f"{len(overlong)} caption(s) longer than the {predictor.model.max_caption_tokens} "
-                         f"tokens the text context holds; shorten them:\n{listed}{more}")
+                         f"tokens the text context holds; shorten them:\n{listed}")
     rows = [predictor.predict_item(item, out) for item in items]
     if len(rows) > 1:
         keys = ["name", "caption", "foreground", "dice", "iou", "mask", "overlay"]
