@@ -42,7 +42,7 @@ def test_cases_run_and_report(speed, tmp_path):
              "id": "peers_ab/default/infer/b2/224", "ab_median_s": {"tgcnet": 0.5, "clipseg": 0.6},
              "ab_times_s": {"tgcnet": [0.5], "clipseg": [0.6]}, "median_s": 0.5, "images_per_s": 4.0,
              "peak_mb": None, "threads": 1, "other_cores": 0.0}
-    assert speed.AB_VARIANTS[("peers_ab", "train")] == ["tgcnet", "clipseg"]
+    assert speed.AB_VARIANTS[("peers_ab", "train")] == ["tgcnet", "clipseg", "tgcnet_cached"]
     rows += [ab, ab_train, peers]
     assert floor["trainable_params"] == 0 and train["trainable_params"] == infer["trainable_params"] > 0
     assert train["text"]["unique_captions"] == 2 and train["text"]["unique_descriptions"] > 0
@@ -124,3 +124,41 @@ def test_tgcnet_variants_build_and_step(speed, variant):
     default = speed.build_tgcnet(speed.Case("tgcnet", "infer", 2, 64), settings, torch.device("cpu"))
     if variant == "light_head":
         assert bench.trainable < default.trainable
+
+
+def test_method_core_variant_steps(speed):
+    """The lower-bound what-if runs as a training step and refuses inference (it has no output to serve)."""
+    settings = speed.Settings(preset="tgcnet-tiny", warmup=1, iters=1)
+    torch.manual_seed(0)
+    bench = speed.build_tgcnet(speed.Case("tgcnet", "train", 2, 64, variant="method_core"), settings,
+                               torch.device("cpu"))
+    bench.step()
+    bench.step()
+    with pytest.raises(ValueError, match="training what-if"):
+        speed.build_tgcnet(speed.Case("tgcnet", "infer", 2, 64, variant="method_core"), settings,
+                           torch.device("cpu"))
+
+
+def test_method_core_loss_gradients(speed):
+    """Its loss backpropagates into LoRA and the CNN branch and leaves the head untouched."""
+    from tgcnet import create_model
+
+    model = create_model("tgcnet-tiny", knowledge=StaticKnowledge()).train()
+    captions = ["bilateral pulmonary infection, lower left lung.", "unilateral pulmonary infection, right lung."]
+    speed._method_core_loss(model, images(2, 64), captions).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora" in n)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("sse.cnn."))
+    assert all(g is None for n, g in grads.items() if n.startswith(("decoder.", "vlcm.", "sse.fusion.")))
+    assert all(p.grad is None for p in model.sse.clip_visual.parameters())
+
+
+def test_cached_training_target_row(speed):
+    rows = [{"id": speed.Case("tgcnet", "train", 8, variant="feature_cache").id, "images_per_s": 9.0},
+            {"id": speed.Case("clipseg", "train", 8).id, "images_per_s": 6.0},
+            {"id": speed.Case("tgcnet", "train", 8).id, "images_per_s": 4.0}]
+    ratio = speed.ratios(rows, 8)
+    assert ratio["cached_train_throughput_over_clipseg"] == pytest.approx(1.5)
+    assert ratio["train_throughput_over_clipseg"] == pytest.approx(4 / 6)
+    checks = {c["key"]: c["met"] for c in speed.targets(ratio)}
+    assert checks["cached_train_throughput_over_clipseg"] is True and checks["train_throughput_over_clipseg"] is False
