@@ -899,7 +899,8 @@ AB_LABELS = {"open_clip": "open_clip `visual(x)` (nn.MultiheadAttention, F.linea
              "fused_onednn_linear": "FrozenViT, fused SDPA attention, linears through oneDNN",
              "fused": "FrozenViT as shipped (fused SDPA attention, clip.cpu_linear='auto')",
              "default": "TGCNet as shipped (fused attention, cpu_linear='auto', de-duplication, caption cache)",
-             "tgcnet": "TGCNet as shipped", "clipseg": "CLIPSeg (patch 16, CLIP frozen)"}
+             "tgcnet": "TGCNet as shipped", "clipseg": "CLIPSeg (patch 16, CLIP frozen)",
+             "tgcnet_cached": "TGCNet on cached frozen-ViT features (`--cache-image-features`: ViT skipped)"}
 
 
 def _ab_medians(rows: list[dict], model: str, mode: str) -> dict[str, float]:

@@ -43,7 +43,10 @@ def test_cases_run_and_report(speed, tmp_path):
              "ab_times_s": {"tgcnet": [0.5], "clipseg": [0.6]}, "median_s": 0.5, "images_per_s": 4.0,
              "peak_mb": None, "threads": 1, "other_cores": 0.0}
     assert speed.AB_VARIANTS[("peers_ab", "train")] == ["tgcnet", "clipseg", "tgcnet_cached"]
-    rows += [ab, ab_train, peers]
+    medians = {"tgcnet": 0.9, "clipseg": 0.6, "tgcnet_cached": 0.4}
+    peers_train = {**peers, "mode": "train", "id": "peers_ab/default/train/b2/224", "ab_median_s": medians,
+                   "ab_times_s": {k: [v] for k, v in medians.items()}, "median_s": 0.9}
+    rows += [ab, ab_train, peers, peers_train]
     assert floor["trainable_params"] == 0 and train["trainable_params"] == infer["trainable_params"] > 0
     assert train["text"]["unique_captions"] == 2 and train["text"]["unique_descriptions"] > 0
     # descriptions are encoded once (frozen knowledge encoder) in the warm-up, not in the profiled step
@@ -61,6 +64,9 @@ def test_cases_run_and_report(speed, tmp_path):
     assert "| CNN branch in channels_last" in md
     assert "TGCNet against CLIPSeg, inference" in md
     assert "- TGCNet / CLIPSeg inference throughput with the two interleaved in one process" in md and "1.20" in md
+    assert "| TGCNet on cached frozen-ViT features" in md
+    assert "`--augment flip` or `none`), interleaved with CLIPSeg in one process | >= 1.0 | 1.50 | **met** |" in md
+    assert "| training throughput / CLIPSeg's, interleaved with CLIPSeg in one process | >= 1.0 | 0.67 |" in md
     assert "- Linear kernels (intel CPU, so clip.cpu_linear='auto' picked F.linear (MKL)): the frozen ViT" in md
     result = {"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows}
     speed.write_results(result, tmp_path)
