@@ -722,7 +722,8 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
     Full: batches 1 and 8 for every model, before/after rows at 8, sizes 320 and 448 at 8.
     Quick (a check of the script in under 2 minutes on 2 CPU cores): batch 2 (and 1 for
     TGCNet and its floor), sizes 224 and 320, no bf16 / knowledge-off / linear-kernel /
-    light-head rows (the kernels are in the inference A/B), no training or peer A/B.
+    light-head / lower-bound rows (the kernels are in the frozen-ViT A/B), no TGCNet or
+    peer A/B (eight or more model builds: the 2-core AMD EPYC took 161 s with them).
     Both end with the frozen-ViT paths A/B in one process and then ``repeats - 1`` more
     fresh processes for each target row (floors, TGCNet, CLIPSeg at the largest batch).
     """
@@ -734,9 +735,9 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
     cases += [Case(m, mode, b) for m in ("clipseg", "unet") for mode in ("infer", "train") for b in batches[quick:]]
     # changes of a few % (fused attention, channels_last, LoRA merge, caption cache, de-duplication
     # in inference) are measured A/B in one process (AB_VARIANTS); here those that move memory or a lot
-    ways = [("tgcnet", "train", "no_dedup"), ("tgcnet", "infer", "lora_knowledge"), ("tgcnet", "train", "lora_knowledge")]
-    if not quick:   # quick sees the linear kernels in the inference A/B only
-        ways += [("tgcnet", "train", "no_knowledge"), ("floor_fused", "infer", other_linear()),
+    ways = [("tgcnet", "train", "no_dedup"), ("tgcnet", "train", "lora_knowledge")]
+    if not quick:   # quick sees the linear kernels in the frozen-ViT A/B only
+        ways += [("tgcnet", "infer", "lora_knowledge"), ("tgcnet", "train", "no_knowledge"), ("floor_fused", "infer", other_linear()),
                  ("tgcnet", "infer", other_linear()), ("tgcnet", "train", other_linear()),
                  ("tgcnet", "infer", "light_head"), ("tgcnet", "train", "light_head"),
                  ("tgcnet", "train", "method_core")]
@@ -756,7 +757,7 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
             cases.append(Case("floor_fused", "infer", b, size, group="scaling"))
             cases += [Case("tgcnet", mode, b, size, group="scaling") for mode in ("infer", "train")]
     cases += [Case(model, mode, big, group="ab") for model, mode in AB_VARIANTS
-              if not (quick and (mode == "train" or model == "peers_ab"))]
+              if not (quick and model != "floor_ab")]
     # the target rows again, each in another fresh process and minutes later: process-to-process spread
     main_big = [c for c in cases if c.group == "main" and c.batch == big and c.model in REPEATED]
     return cases + main_big * (repeats - 1)
@@ -1161,7 +1162,8 @@ def to_markdown(result: dict) -> str:
              f"({meta.get('reruns', 0)} re-run); † marks one still above that."]
     if meta.get("quick"):
         lines.append("**Quick mode**: batches 1 and 2 (not 8), fewer calls, scaling to 320 px only, no bf16 / "
-                     "knowledge-off / linear-kernel / light-head rows, no training or peer A/B; numbers are for "
+                     "knowledge-off / linear-kernel / light-head / lower-bound rows, no TGCNet or peer A/B (the "
+                     "frozen-ViT one only); numbers are for "
                      "checking the script, not for the targets.")
     if meta.get("note"):
         lines += ["", f"Note: {meta['note']}"]

@@ -116,7 +116,8 @@ def test_plan_quick_and_full(speed):
     assert full[-len(repeated) // 2:] == repeated[:len(repeated) // 2]   # the repeats run last
     assert len(full) - len({c.id for c in full}) == 6
     assert {c.model for c in full if c.group == "ab"} == {"floor_ab", "tgcnet_ab", "peers_ab"}
-    assert {c.model for c in quick if c.group == "ab"} == {"floor_ab", "tgcnet_ab"}
+    assert {c.model for c in quick if c.group == "ab"} == {"floor_ab"}
+    assert not any(c.variant == "method_core" for c in quick) and any(c.variant == "method_core" for c in full)
 
 
 @pytest.mark.parametrize("variant", ["lora_merged", "no_caption_cache", "light_head", "onednn_linear"])
