@@ -738,7 +738,8 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
     ways = [("tgcnet", "train", "no_dedup"), ("tgcnet", "train", "lora_knowledge")]
     if not quick:   # quick sees the linear kernels in the frozen-ViT A/B only
         ways += [("tgcnet", "infer", "lora_knowledge"), ("tgcnet", "train", "no_knowledge"),
-                 ("floor_fused", "infer", other_linear()), ("tgcnet", "infer", other_linear()), ("tgcnet", "train", other_linear()),
+                 ("floor_fused", "infer", other_linear()), ("tgcnet", "infer", other_linear()),
+                 ("tgcnet", "train", other_linear()),
                  ("tgcnet", "infer", "light_head"), ("tgcnet", "train", "light_head"),
                  ("tgcnet", "train", "method_core")]
     if feature_cache:
