@@ -17,6 +17,7 @@ from typing import Any, Optional, Protocol, Sequence
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from tgcnet.adapters import apply_lora, lora_disabled, project_attention
 from tgcnet.backbone import TextTower
@@ -109,12 +110,8 @@ class CaptionTokenizer:
             detail = ", ".join(f"{names[i]} has {n} tokens" for i, n in too_long[:5])
             warnings.warn(f"{len(too_long)} {what}(s) longer than the {self.room}-token context were truncated "
                           f"({detail})", stacklevel=3)
-        rows = [[sot, *ids[: self.room], eot] for ids in encoded]
-        length = max(len(r) for r in rows)
-        out = torch.zeros(len(rows), length, dtype=torch.long)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.tensor(r)
-        return out
+        rows = [torch.tensor([sot, *ids[: self.room], eot], dtype=torch.long) for ids in encoded]
+        return pad_sequence(rows, batch_first=True)
 
 
 class KnowledgeFusion(nn.Module):
@@ -242,14 +239,8 @@ class DATE(nn.Module):
         while len(cache) > self.cfg.caption_cache:
             cache.popitem(last=False)
         ordered = [rows[t] for t in texts]
-        length = max(r[0].shape[0] for r in ordered)
-        first_ids, first_tokens, _ = ordered[0]
-        ids = first_ids.new_zeros(len(texts), length)
-        tokens = first_tokens.new_zeros(len(texts), length, first_tokens.shape[-1])
-        for k, (row_ids, row_tokens, _) in enumerate(ordered):
-            ids[k, : row_ids.shape[0]] = row_ids
-            tokens[k, : row_tokens.shape[0]] = row_tokens
-        return ids, tokens, torch.stack([r[2] for r in ordered])
+        return (pad_sequence([r[0] for r in ordered], batch_first=True),
+                pad_sequence([r[1] for r in ordered], batch_first=True), torch.stack([r[2] for r in ordered]))
 
     def _fuse_knowledge(self, captions: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
         per_caption = [list(dict.fromkeys(self.knowledge.descriptions_for(c))) for c in captions]

@@ -9,8 +9,8 @@ both paths A/B). The maths is the same and only the float rounding differs (abou
 relative), the same as any other change of GEMM library or of thread count.
 
 On Intel processors MKL runs its AVX-512 code and there is nothing to win: on a 2-core
-Xeon the ViT took 1.08-1.10x MKL's time through oneDNN and a training step 1-4% longer. ``cpu_linear="auto"`` (:func:`resolve_cpu_linear`) therefore uses oneDNN on AMD
-only.
+Xeon the ViT took 1.08-1.10x MKL's time through oneDNN and a training step 1-4% longer.
+``cpu_linear="auto"`` (:func:`resolve_cpu_linear`) therefore uses oneDNN on AMD only.
 
 Only layers whose weights are frozen are routed here. A frozen weight needs no weight
 gradient, so the backward is one more oneDNN GEMM (``grad @ W``), and LoRA still trains
