@@ -15,6 +15,9 @@ TARGET_PRESETS: dict[str, str] = {
     "open_clip_text": r"^transformer\.resblocks\.\d+\.(attn\.in_proj|attn\.out_proj|mlp\.c_fc|mlp\.c_proj)$",
     "open_clip_text_attn": r"^transformer\.resblocks\.\d+\.attn\.(in_proj|out_proj)$",
     "open_clip_text_mlp": r"^transformer\.resblocks\.\d+\.mlp\.(c_fc|c_proj)$",
+    # a transformers BERT/RoBERTa encoder (open_clip's HFTextEncoder): q, k, v, attention output, both MLP layers
+    "hf_bert_text": r"^transformer\.encoder\.layer\.\d+\.(attention\.self\.(query|key|value)"
+                    r"|attention\.output\.dense|intermediate\.dense|output\.dense)$",
 }
 
 
@@ -22,8 +25,9 @@ TARGET_PRESETS: dict[str, str] = {
 class LoraAdapterConfig:
     """Rank, scaling, dropout and targets of the LoRA adapters.
 
-    ``targets`` is a key of :data:`TARGET_PRESETS` or a regex of its own (anchored on
-    the full module name inside the tower).
+    ``targets`` is a key of :data:`TARGET_PRESETS`, a regex of its own (anchored on the
+    full module name inside the tower), or ``"auto"``: the preset that suits the tower
+    (its ``lora_targets`` attribute; tgcnet's text towers name theirs).
     """
 
     r: int = 8
@@ -37,9 +41,13 @@ class LoraAdapterConfig:
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
 
-    @property
-    def target_regex(self) -> str:
-        return TARGET_PRESETS.get(self.targets, self.targets)
+    def target_regex_for(self, tower: object) -> str:
+        """The regex these targets mean for ``tower`` ("auto" asks the tower)."""
+        targets = getattr(tower, "lora_targets", "") if self.targets == "auto" else self.targets
+        if not targets:
+            raise ValueError(f"LoRA targets 'auto': {type(tower).__name__} names no target preset; set "
+                             "date.lora.targets to a preset name or a regex over its module names")
+        return TARGET_PRESETS.get(targets, targets)
 
     @property
     def enabled(self) -> bool:

@@ -28,7 +28,7 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 def matching_modules(tower: nn.Module, config: LoraAdapterConfig) -> list[str]:
     """Names of the modules of ``tower`` that ``config`` would wrap."""
-    pattern = re.compile(config.target_regex)
+    pattern = re.compile(config.target_regex_for(tower))
     return [name for name, _ in tower.named_modules() if name and pattern.fullmatch(name)]
 
 
@@ -42,15 +42,16 @@ def apply_lora(tower: nn.Module, config: LoraAdapterConfig) -> nn.Module:
     if not config.enabled:
         return tower
     project_attention(tower)
+    regex = config.target_regex_for(tower)
     targets = matching_modules(tower, config)
     if not targets:
+        linears = [n for n, m in tower.named_modules() if isinstance(m, nn.Linear)][:4]
         raise ValueError(
-            f"LoRA targets {config.targets!r} (regex {config.target_regex!r}) match no module of "
-            f"{type(tower).__name__}; module names look like: "
-            f"{[n for n, _ in tower.named_modules()][1:6]}")
+            f"LoRA targets {config.targets!r} (regex {regex!r}) match no module of "
+            f"{type(tower).__name__}; its linear layers are named like: {linears}")
     peft_config = LoraConfig(
         r=int(config.r), lora_alpha=float(config.alpha), lora_dropout=float(config.dropout),
-        target_modules=config.target_regex, bias="none")
+        target_modules=regex, bias="none")
     inject_adapter_in_model(peft_config, tower)
     for name, param in tower.named_parameters():
         param.requires_grad_("lora_" in name)

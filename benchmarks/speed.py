@@ -16,7 +16,7 @@ Models, all random init (nothing is downloaded), 3x224x224 unless a scaling row 
 
 - floor, open_clip: ``visual(x)`` of the frozen open_clip tower of the preset, open_clip's
   default path (``nn.MultiheadAttention``), under ``torch.inference_mode``.
-- floor, fused: ``tgcnet.sse.FrozenViT`` on the same weights, as TGCNet runs it (attention
+- floor, fused: ``tgcnet.image_towers.FrozenViT`` on the same weights, as TGCNet runs it (attention
   through ``scaled_dot_product_attention``, linear layers as ``clip.cpu_linear="auto"`` picks
   them on this CPU (``tgcnet.kernels``), the maps TGCNet needs), ``inference_mode``.
 - tgcnet: ``create_model(preset)`` as shipped (``date.knowledge_encoder="frozen"``,
@@ -213,7 +213,7 @@ def _infer_step(model, call: Callable[[], object], amp: Optional[str], device) -
 def build_floor(case: Case, settings: Settings, device) -> Bench:
     from tgcnet.backbone import load_clip
     from tgcnet.config import get_preset
-    from tgcnet.sse import FrozenViT
+    from tgcnet.image_towers import FrozenViT
 
     config = get_preset(settings.preset)
     visual = load_clip(config.clip).visual     # same seed, same weights as the TGCNet preset
@@ -285,7 +285,7 @@ def _apply_tgcnet_variant(model, variant: str, device) -> Optional[Callable[...,
     for part in variant.split("+"):
         if part == "unfused":
             from tgcnet.backbone import load_clip
-            from tgcnet.sse import FrozenViT
+            from tgcnet.image_towers import FrozenViT
 
             visual = load_clip(model.config.clip).visual
             model.sse.clip_visual = FrozenViT(visual, tuple(model.config.sse.vit_indices), fused_attention=False,
@@ -612,7 +612,7 @@ def _ab_steps(case: Case, settings: Settings, device) -> dict[str, Callable[[], 
 
     from tgcnet.backbone import load_clip
     from tgcnet.config import get_preset
-    from tgcnet.sse import FrozenViT
+    from tgcnet.image_towers import FrozenViT
 
     config = get_preset(settings.preset)
     visual = load_clip(config.clip).visual.requires_grad_(False).eval().to(device)

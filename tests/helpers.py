@@ -45,3 +45,23 @@ def wake_lora(model: torch.nn.Module, seed: int = 0) -> None:
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def write_bert_tokenizer(folder) -> str:
+    """A BERT WordPiece tokenizer folder (vocab.txt + tokenizer_config.json) covering the test
+    captions and the knowledge descriptions letter by letter: what a user downloads for
+    BiomedCLIP, at test size (ids stay below the tiny presets' 512-entry vocabulary)."""
+    import json
+    import string
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for c in CAPTIONS for w in c.replace(",", " , ").replace(".", " . ").split()})
+    letters = list(string.ascii_lowercase + string.digits)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *("##" + c for c in letters),
+             *",.-()/:;'", *words]
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}), encoding="utf-8")
+    return str(folder)

@@ -10,7 +10,7 @@ from torch import nn
 from tgcnet import create_model
 from tgcnet.adapters import ProjectedAttention
 from tgcnet.config import get_preset
-from tgcnet.sse import FrozenViT
+from tgcnet.image_towers import FrozenViT
 
 
 def tiny_clip(seed: int = 0, **vision) -> open_clip.model.CLIP:

@@ -1,133 +1,100 @@
-"""Where the CLIP comes from: build an open_clip model and split it into the two towers.
+"""Where the CLIP comes from: build an open_clip model, load its weights, split it into towers.
 
 Kept apart from what the model *is* (open_clip's ``pretrained.py`` idea): the same
 TGCNet config can wrap a random-init CLIP in tests, a local checkpoint on a cluster,
-or an ``hf-hub:`` model on a workstation with a warm cache.
+or an ``hf-hub:`` model on a workstation with a warm cache. Nothing here downloads
+unless the Hugging Face hub client is allowed to (``HF_HUB_OFFLINE`` unset).
+
+Weights are read from the files people have: open_clip's hub files
+(``open_clip_model.safetensors``, ``open_clip_pytorch_model.bin``), a plain or DDP state
+dict, a training checkpoint holding ``state_dict``, OpenAI's original TorchScript ``.pt``,
+or an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``) found in the cache.
 """
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import open_clip
 import torch
-from open_clip.model import CLIP, CustomTextCLIP
-from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import TextTransformer, VisionTransformer
+from open_clip.factory import convert_state_dict, convert_to_custom_text_state_dict
+from open_clip.hf_model import HFTextEncoder
+from open_clip.model import CLIP, CustomTextCLIP, resize_pos_embed, resize_text_pos_embed
 from torch import nn
 
-from tgcnet.config import ClipConfig
+from tgcnet.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipConfig
+from tgcnet.text_towers import FrozenTextTower, text_tower
+from tgcnet.tokenizer import TokenizerSource, tokenizer_source
 
 logger = logging.getLogger(__name__)
 
-
-class TextTower(nn.Module):
-    """The open_clip text transformer as one module, whatever class held it.
-
-    ``CLIP`` keeps its text modules as attributes of the whole model; ``CustomTextCLIP``
-    keeps a ``TextTransformer``. Gathering them here gives LoRA a tower with no visual
-    module in it and gives DATE token-level outputs, which open_clip's encode_text pools away.
-    """
-
-    def __init__(self, source: nn.Module, pool_type: str, eos_id: Optional[int], pad_id: int) -> None:
-        super().__init__()
-        self.token_embedding = source.token_embedding
-        self.positional_embedding = source.positional_embedding
-        self.transformer = source.transformer
-        self.ln_final = source.ln_final
-        self.text_projection = source.text_projection
-        self.register_buffer("attn_mask", source.attn_mask, persistent=False)
-        self.pool_type = pool_type
-        self.eos_id = eos_id
-        self.pad_id = pad_id
-        self.context_length = int(source.positional_embedding.shape[0])
-        self.width = int(source.positional_embedding.shape[1])
-        self.output_dim = self._output_dim()
-
-    def _output_dim(self) -> int:
-        proj = self.text_projection
-        if proj is None:
-            return self.width
-        return int(proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1])
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        proj = self.text_projection
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, nn.Linear) else x @ proj.to(x.dtype)
-
-    def pool_index(self, ids: torch.Tensor) -> torch.Tensor:
-        """Index of the token whose feature is the sentence embedding (EOT for CLIP)."""
-        if self.pool_type == "argmax":
-            return ids.argmax(dim=-1)
-        if self.pool_type == "eos":
-            return (ids == self.eos_id).int().argmax(dim=-1)
-        if self.pool_type == "first":
-            return torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)
-        return (ids != self.pad_id).sum(dim=-1) - 1  # "last": last non-pad token
-
-    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token features and pooled embedding, both in the joint space.
-
-        ``ids`` may be shorter than the context: with a causal mask, positions up to
-        EOT see only earlier positions, so trailing padding can be cut without changing
-        any output that is used, which makes short medical captions much cheaper.
-        """
-        length = ids.shape[1]
-        x = self.token_embedding(ids) + self.positional_embedding[:length].to(self.token_embedding.weight.dtype)
-        mask = None if self.attn_mask is None else self.attn_mask[:length, :length]
-        x = self.transformer(x, attn_mask=mask)
-        tokens = self.project(self.ln_final(x))
-        pooled = tokens[torch.arange(ids.shape[0], device=ids.device), self.pool_index(ids)]
-        return tokens, pooled
+HUB_CONFIG_NAME = "open_clip_config.json"
+HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+#: keys OpenAI's TorchScript checkpoints hold besides the weights
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 @dataclass
 class ClipTowers:
-    visual: VisionTransformer
-    text: TextTower
-    tokenizer: Any
+    visual: nn.Module            # the open_clip image tower (SSE picks its interface)
+    text: FrozenTextTower
+    tokenizer: TokenizerSource
     embed_dim: int
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
+
+
+@dataclass
+class _Source:
+    """An architecture, where its weights are, and its preprocessing, before anything is built."""
+
+    model_cfg: dict
+    weights: Optional[str] = None
+    preprocess: Optional[dict] = None
+    what: str = ""
 
 
 def load_clip(cfg: ClipConfig) -> ClipTowers:
-    """Build the open_clip model named by ``cfg`` and return its towers and tokenizer."""
-    model, tokenizer = _build(cfg)
-    return _split(model, tokenizer, cfg.model_name)
-
-
-def _build(cfg: ClipConfig) -> tuple[nn.Module, Any]:
-    name = cfg.model_name
-    if name.startswith(("hf-hub:", "local-dir:")):
-        if cfg.pretrained:
-            raise ValueError(f"clip.pretrained={cfg.pretrained!r} cannot be combined with clip.model_name={name!r}: "
-                             "hf-hub:/local-dir: sources carry their own weights")
-        try:
-            model = open_clip.create_model(name)
-            tokenizer = open_clip.get_tokenizer(name)
-        except Exception as exc:  # open_clip wraps hub errors in RuntimeError
-            offline = " (HF_HUB_OFFLINE is set and the model is not in the local cache)" \
-                if os.environ.get("HF_HUB_OFFLINE") else ""
-            raise ValueError(f"could not load CLIP {name!r}{offline}: {exc}") from exc
-        return model, tokenizer
-    model_cfg = _model_cfg(cfg)
+    """Build the open_clip model named by ``cfg``, load its weights, return towers and tokenizer."""
+    source = _resolve(cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        model = _instantiate(model_cfg)
-    if cfg.pretrained:
-        _load_weights(model, cfg.pretrained, name)
-    context_length = model_cfg["text_cfg"].get("context_length", 77)
-    if name == "custom":
-        tokenizer = SimpleTokenizer(context_length=context_length)
+        model = instantiate(source.model_cfg)
+    if source.weights:
+        load_checkpoint(model, source.weights)
+    text_cfg = source.model_cfg.get("text_cfg", {})
+    context_length = int(text_cfg.get("context_length", 77))
+    text = text_tower(model, context_length)
+    preprocess = source.preprocess or {}
+    return ClipTowers(
+        visual=model.visual, text=text, embed_dim=int(source.model_cfg["embed_dim"]),
+        tokenizer=tokenizer_source(text_cfg, text.context_length, cfg.tokenizer, source.what),
+        image_mean=tuple(cfg.image_mean or preprocess.get("mean") or OPENAI_CLIP_MEAN),
+        image_std=tuple(cfg.image_std or preprocess.get("std") or OPENAI_CLIP_STD))
+
+
+# ------------------------------------------------------------------ what to build, from where
+
+def _resolve(cfg: ClipConfig) -> _Source:
+    name = cfg.model_name
+    if name.startswith("hf-hub:"):
+        source = _hub_source(name[len("hf-hub:"):])
+    elif name.startswith("local-dir:"):
+        source = _folder_source(Path(name[len("local-dir:"):]))
     else:
-        tokenizer = open_clip.get_tokenizer(name)
-    return model, tokenizer
+        source = _Source(model_cfg=_named_model_cfg(cfg), what="this CLIP" if name == "custom" else f"CLIP {name!r}")
+    if cfg.pretrained:
+        source.weights = _weights_path(cfg.pretrained, name, source)
+    return source
 
 
-def _model_cfg(cfg: ClipConfig) -> dict:
+def _named_model_cfg(cfg: ClipConfig) -> dict:
     if cfg.model_cfg is not None:
         return copy.deepcopy(cfg.model_cfg)
     if cfg.model_name == "custom":
@@ -139,38 +106,235 @@ def _model_cfg(cfg: ClipConfig) -> dict:
     return copy.deepcopy(model_cfg)
 
 
-def _instantiate(model_cfg: dict) -> nn.Module:
-    custom_text = model_cfg.pop("custom_text", False) or "hf_model_name" in model_cfg.get("text_cfg", {})
+def _hub_file(repo: str, filename: str) -> Optional[str]:
+    """A hub file from the local cache, or downloaded where the hub client may; None if neither."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo, filename)
+    except Exception as exc:  # offline misses, 404s and network errors all mean "not available here"
+        logger.debug("hub file %s/%s unavailable: %s", repo, filename, exc)
+        return None
+
+
+def _offline_hint() -> str:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+    return "the hub could not be reached and it is not in the local Hugging Face cache"
+
+
+def _hub_source(repo: str) -> _Source:
+    config_path = _hub_file(repo, HUB_CONFIG_NAME)
+    if config_path is None:
+        raise ValueError(f"could not load CLIP 'hf-hub:{repo}': {HUB_CONFIG_NAME} unavailable ({_offline_hint()}); "
+                         f"download it once (huggingface-cli download {repo}) or pass clip_model='local-dir:<folder>'")
+    source = _config_file_source(Path(config_path), f"CLIP 'hf-hub:{repo}'")
+    weights = next((p for p in (_hub_file(repo, n) for n in HUB_WEIGHT_NAMES) if p), None)
+    if weights is None:
+        raise ValueError(f"could not load the weights of CLIP 'hf-hub:{repo}': none of {', '.join(HUB_WEIGHT_NAMES)} "
+                         f"is available ({_offline_hint()})")
+    source.weights = weights
+    return source
+
+
+def _folder_source(folder: Path) -> _Source:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"CLIP folder not found: {folder}")
+    source = _config_file_source(folder / HUB_CONFIG_NAME, f"CLIP 'local-dir:{folder}'")
+    source.weights = next((str(folder / n) for n in HUB_WEIGHT_NAMES if (folder / n).is_file()), None)
+    if source.weights is None:
+        raise FileNotFoundError(f"CLIP folder {folder} holds none of {', '.join(HUB_WEIGHT_NAMES)}")
+    return source
+
+
+def _config_file_source(path: Path, what: str) -> _Source:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path.name} not found at {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model_cfg = data["model_cfg"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{what}: {path} is not an open_clip config (needs 'model_cfg'): {exc}") from exc
+    return _Source(model_cfg=model_cfg, preprocess=data.get("preprocess_cfg"), what=what)
+
+
+def _weights_path(pretrained: str, name: str, source: _Source) -> str:
+    """A checkpoint path as given, or an open_clip pretrained tag resolved through the hub cache."""
+    if os.path.sep in pretrained or os.path.exists(pretrained) or Path(pretrained).suffix:
+        if not os.path.isfile(pretrained):
+            raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained}")
+        return pretrained
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if not name.startswith(("hf-hub:", "local-dir:")) else {}
+    if not tag_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name) if name in open_clip.list_models() else []
+        raise FileNotFoundError(f"CLIP checkpoint not found: {pretrained!r} is neither a file nor a pretrained tag of "
+                                f"{name!r} (tags: {', '.join(tags) or 'none'})")
+    if tag_cfg.get("quick_gelu"):   # OpenAI's weights were trained with QuickGELU
+        source.model_cfg["quick_gelu"] = True
+    source.preprocess = {"mean": tag_cfg.get("mean"), "std": tag_cfg.get("std")}
+    repo = (tag_cfg.get("hf_hub") or "").strip("/")
+    filenames = (tag_cfg["hf_hub_filename"],) if tag_cfg.get("hf_hub_filename") else HUB_WEIGHT_NAMES
+    path = next((p for p in (_hub_file(repo, f) for f in filenames) if p), None) if repo else None
+    if path is None:
+        where = f"hub repo {repo}" if repo else tag_cfg.get("url", "its URL")
+        raise ValueError(f"CLIP weights {name!r} / {pretrained!r} ({where}, file {' or '.join(filenames)}) are not "
+                         f"available: {_offline_hint()}; download once (huggingface-cli download {repo}) or pass "
+                         "pretrained=/path/to/checkpoint")
+    return path
+
+
+# ------------------------------------------------------------------ building
+
+def instantiate(model_cfg: dict) -> nn.Module:
+    """An open_clip ``CLIP`` / ``CustomTextCLIP`` from a model config, built offline.
+
+    open_clip builds an ``HFTextEncoder`` by fetching its transformers config by name; here
+    that config comes from ``text_cfg.hf_model_config`` (presets carry it), a local folder or
+    the hub cache, so a BiomedCLIP-shaped model builds with no network.
+    """
+    model_cfg = copy.deepcopy(model_cfg)
+    text_cfg = model_cfg.get("text_cfg", {})
+    custom_text = model_cfg.pop("custom_text", False) or bool(text_cfg.get("hf_model_name"))
     model_cfg.pop("multimodal_cfg", None)
-    cls = CustomTextCLIP if custom_text else CLIP
-    return cls(**model_cfg)
+    if not text_cfg.get("hf_model_name"):
+        return (CustomTextCLIP if custom_text else CLIP)(**model_cfg)
+    hf_config = _hf_text_config(text_cfg)
+    # a one-layer placeholder text tower, replaced at once by the HF encoder
+    placeholder = {"context_length": 2, "vocab_size": 2, "width": 8, "heads": 1, "layers": 1}
+    model = CustomTextCLIP(**{**model_cfg, "text_cfg": placeholder})
+    pooler = text_cfg.get("hf_pooler_type", "mean_pooler")
+    model.text = HFTextEncoder(text_cfg["hf_model_name"], output_dim=int(model_cfg["embed_dim"]), config=hf_config,
+                               pooler_type=pooler, proj_type=text_cfg.get("hf_proj_type", "mlp"))
+    if text_cfg.get("hf_model_pretrained") is True:
+        model.text.transformer = _pretrained_hf_encoder(text_cfg["hf_model_name"], pooler == "cls_pooler")
+    elif pooler != "cls_pooler" and getattr(model.text.transformer, "pooler", None) is not None:
+        model.text.transformer.pooler = None   # what open_clip builds (add_pooling_layer=False)
+    return model
 
 
-def _load_weights(model: nn.Module, path: str, arch: str) -> None:
+def _pretrained_hf_encoder(name: str, with_pooler: bool) -> nn.Module:
+    """``text_cfg.hf_model_pretrained: true``: the encoder's own weights, from a folder or the cache
+    (a CLIP checkpoint loaded afterwards overwrites them; open_clip's default, only when asked here)."""
+    from transformers import AutoModel
+
+    try:
+        return AutoModel.from_pretrained(name, add_pooling_layer=with_pooler)
+    except Exception as exc:
+        raise ValueError(f"text_cfg.hf_model_pretrained is true but the weights of {name!r} are not available "
+                         f"({_offline_hint()}): {type(exc).__name__}: {exc}") from exc
+
+
+def _hf_text_config(text_cfg: dict) -> Any:
+    from transformers import AutoConfig
+
+    inline = text_cfg.get("hf_model_config")
+    if inline is not None and text_cfg.get("hf_model_pretrained") is not True:
+        inline = dict(inline)
+        return AutoConfig.for_model(inline.pop("model_type"), **inline)
+    name = text_cfg["hf_model_name"]
+    try:
+        return AutoConfig.from_pretrained(name)
+    except Exception as exc:
+        known = _known_hf_configs().get(name)
+        if known is not None:
+            known = dict(known)
+            return AutoConfig.for_model(known.pop("model_type"), **known)
+        raise ValueError(f"the text tower's transformers config {name!r} is not available ({_offline_hint()}): "
+                         "add it to clip.model_cfg.text_cfg.hf_model_config or download it once") from exc
+
+
+def _known_hf_configs() -> dict[str, dict]:
+    """``hf_model_name`` -> ``hf_model_config`` from the shipped presets (BiomedCLIP's BERT)."""
+    from tgcnet.config import get_preset, list_presets
+
+    known = {}
+    for preset in list_presets():
+        text_cfg = (get_preset(preset).clip.model_cfg or {}).get("text_cfg", {})
+        if text_cfg.get("hf_model_name") and text_cfg.get("hf_model_config"):
+            known[text_cfg["hf_model_name"]] = text_cfg["hf_model_config"]
+    return known
+
+
+# ------------------------------------------------------------------ weights
+
+def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """The state dict in a checkpoint file of any format open_clip users have (see the module)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
     try:
-        open_clip.load_checkpoint(model, path)
-    except RuntimeError as exc:
-        raise ValueError(f"CLIP checkpoint {path} does not match architecture {arch!r}: "
-                         f"{str(exc).splitlines()[0]}") from exc
+        if _is_safetensors(path):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        elif _is_torchscript(path):
+            state = dict(torch.jit.load(path, map_location="cpu").state_dict())
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"could not read CLIP checkpoint {path}: {exc}") from exc
+        raise ValueError(f"{path} is not a readable CLIP checkpoint (safetensors, a PyTorch state dict or "
+                         f"OpenAI's TorchScript file): {type(exc).__name__}: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a CLIP checkpoint: expected a state dict of tensors, got "
+                         f"{type(state).__name__}" + (" (empty)" if isinstance(state, dict) and not state else ""))
+    if all(k.startswith("module.") for k in state):   # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    for key in _OPENAI_EXTRA_KEYS:
+        state.pop(key, None)
+    return state
 
 
-def _split(model: nn.Module, tokenizer: Any, name: str) -> ClipTowers:
-    visual = model.visual
-    if not isinstance(visual, VisionTransformer):
-        raise ValueError(f"CLIP {name!r} has a {type(visual).__name__} image tower; tgcnet needs an "
-                         "open_clip VisionTransformer (ViT) for dense patch features")
-    if isinstance(model, CLIP):
-        text = TextTower(model, model.text_pool_type, getattr(model, "text_eos_id", None), 0)
-    elif isinstance(getattr(model, "text", None), TextTransformer) and model.text.cls_emb is None:
-        t = model.text
-        text = TextTower(t, t.pool_type, t.eos_id, t.pad_id)
-    else:
-        raise ValueError(f"CLIP {name!r} has a {type(getattr(model, 'text', None)).__name__} text tower; "
-                         "tgcnet needs an open_clip TextTransformer without a CLS embedding")
-    if not isinstance(tokenizer, SimpleTokenizer):
-        logger.info("CLIP %s uses %s; over-long captions are truncated by it", name, type(tokenizer).__name__)
-    return ClipTowers(visual=visual, text=text, tokenizer=tokenizer, embed_dim=int(visual.output_dim))
+def _is_safetensors(path: str) -> bool:
+    if path.endswith(".safetensors"):
+        return True
+    with open(path, "rb") as f:   # 8-byte header length, then a JSON header
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _is_torchscript(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a CLIP checkpoint strictly, after open_clip's own key and shape conversions.
+
+    A checkpoint of another architecture is one error naming the file and the first
+    tensor that does not fit, rather than a list of hundreds of keys.
+    """
+    state = convert_state_dict(model, read_checkpoint(path))
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    expected = model.state_dict()
+    for key in ("logit_scale", "logit_bias"):
+        if key in state and key in expected and state[key].ndim != expected[key].ndim:
+            state[key] = state[key].reshape(expected[key].shape)
+    if "logit_bias" not in state and "logit_bias" in expected:
+        state["logit_bias"] = torch.zeros_like(expected["logit_bias"])
+    for key in [k for k in state if k.endswith("embeddings.position_ids") and k not in expected]:
+        del state[key]   # a buffer transformers stopped saving
+    try:
+        resize_pos_embed(state, model)
+        resize_text_pos_embed(state, model)
+    except Exception as exc:   # malformed shapes: reported below by name
+        logger.debug("positional embedding resize skipped: %s", exc)
+    problem = _first_mismatch(state, expected)
+    if problem:
+        raise ValueError(f"CLIP checkpoint {path} does not match this architecture: {problem}")
+    model.load_state_dict(state, strict=True)
+
+
+def _first_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
+    for key, tensor in expected.items():
+        if key not in state:
+            return f"tensor {key!r} {tuple(tensor.shape)} is missing from the file ({len(set(expected) - set(state))} missing)"
+        if state[key].shape != tensor.shape:
+            return f"tensor {key!r} has shape {tuple(state[key].shape)} in the file, {tuple(tensor.shape)} in the model"
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        return f"the file has tensor {extra[0]!r} that the model lacks ({len(extra)} unexpected)"
+    return ""

@@ -26,12 +26,21 @@ CPU_LINEAR_CHOICES = ("auto", "onednn", "torch")
 class ClipConfig:
     """Which CLIP to wrap and how to build it.
 
-    ``model_name`` is any open_clip architecture name, an ``hf-hub:org/name`` id, or
-    ``custom`` with ``model_cfg`` holding an inline open_clip model config (tiny presets).
-    ``pretrained`` is a local checkpoint path; it says where weights come from, not what
-    the model is, so it can be overridden when a saved model is reloaded elsewhere.
-    Without weights the towers are initialised from ``init_seed`` so that a saved
-    random-init model (tests, demos) rebuilds bit-identically.
+    ``model_name`` is any open_clip architecture name, an ``hf-hub:org/name`` id, a
+    ``local-dir:`` folder holding ``open_clip_config.json`` and weights, or ``custom`` with
+    ``model_cfg`` holding an inline open_clip model config (presets). An HF text tower's
+    transformers config may sit inline in ``model_cfg.text_cfg.hf_model_config``, so the
+    model builds offline. ``pretrained`` is a checkpoint file (open_clip's hub files, a
+    state dict, OpenAI's TorchScript ``.pt``) or an open_clip pretrained tag such as
+    ``"openai"``; it says where weights come from, not what the model is, so it can be
+    overridden when a saved model is reloaded elsewhere. Without weights the towers are
+    initialised from ``init_seed`` so that a saved random-init model rebuilds bit-identically.
+
+    ``tokenizer``: a local folder holding a Hugging Face tokenizer, for towers whose
+    tokenizer is a Hugging Face one (BiomedCLIP, SigLIP); without it the tokenizer is taken
+    from the Hugging Face cache by the name the CLIP's config gives. ``image_mean`` /
+    ``image_std`` normalise the [0, 1] input; None takes them from the CLIP's own
+    preprocessing config (hub config or pretrained tag), else OpenAI's.
 
     ``cpu_linear`` says how the frozen towers' linear layers run on a CPU in float32:
     ``"onednn"`` through oneDNN, ``"torch"`` through ``F.linear`` (MKL), ``"auto"`` picks
@@ -44,8 +53,9 @@ class ClipConfig:
     model_cfg: Optional[dict] = None
     pretrained: Optional[str] = None
     init_seed: int = 0
-    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
-    image_std: tuple[float, ...] = OPENAI_CLIP_STD
+    tokenizer: Optional[str] = None
+    image_mean: Optional[tuple[float, ...]] = OPENAI_CLIP_MEAN
+    image_std: Optional[tuple[float, ...]] = OPENAI_CLIP_STD
     cpu_linear: Literal["auto", "onednn", "torch"] = "auto"
 
 
@@ -86,7 +96,7 @@ class DATEConfig:
     about 5% of a ViT-B/16 inference batch on a CPU. 0 turns it off.
     """
 
-    lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
+    lora: LoraAdapterConfig = field(default_factory=lambda: LoraAdapterConfig(targets="auto"))
     use_knowledge: bool = True
     knowledge_encoder: str = "frozen"
     knowledge_dim: int = 256

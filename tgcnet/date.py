@@ -8,22 +8,21 @@ tower and fused into the caption's tokens by a gated cross-attention.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections import OrderedDict
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
-from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from tgcnet.adapters import apply_lora, lora_disabled, project_attention
-from tgcnet.backbone import TextTower
 from tgcnet.config import DATEConfig
 from tgcnet.kernels import use_onednn_linears
 from tgcnet.layers import GatedCrossAttention
+from tgcnet.text_towers import FrozenTextTower, pool_tokens
+from tgcnet.tokenizer import CaptionTokenizer, TokenizerSource
 
 logger = logging.getLogger(__name__)
 
@@ -40,78 +39,23 @@ class KnowledgeSource(Protocol):
 @dataclass
 class TextFeatures:
     tokens: torch.Tensor   # (B, L, D) token features in the joint space
-    mask: torch.Tensor     # (B, L) bool, True for real tokens (SOT..EOT)
-    pooled: torch.Tensor   # (B, D) sentence embedding (the EOT token's feature)
-    pool_index: torch.Tensor  # (B,) index of the pooled token
+    mask: torch.Tensor     # (B, L) bool, True for the tokens that carry the text
+    pooled: torch.Tensor   # (B, D) sentence embedding, pooled as the text tower pools
+    pool_weights: torch.Tensor  # (B, L) how to pool changed tokens again (one-hot or mean)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` (B, L, D) pooled the way ``pooled`` was."""
+        return pool_tokens(tokens, self.pool_weights)
 
 
-class CaptionTokenizer:
-    """Tokenise captions, refusing empty ones and ones longer than the text context.
-
-    A caption is the only text a user gives per image: cutting it would drop words (often
-    the location ones at the end) and segment from what is left, so an over-long caption is
-    an error naming it. Knowledge descriptions come from a bank or an LLM cache and only
-    add context; they are truncated with one warning per call.
-    """
-
-    def __init__(self, tokenizer: Any, context_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.context_length = context_length
-
-    @property
-    def room(self) -> int:
-        """Tokens a text may have besides the start and end tokens."""
-        return self.context_length - 2
-
-    def length(self, text: str) -> Optional[int]:
-        """Tokens of ``text`` without start/end tokens; None where the tokenizer cannot tell."""
-        if isinstance(self.tokenizer, SimpleTokenizer):
-            return len(self.tokenizer.encode(text))
-        inner = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers one
-        if callable(inner):
-            return len(inner(text, add_special_tokens=False)["input_ids"])
-        return None
-
-    def overlong(self, texts: Sequence[str]) -> list[tuple[int, int]]:
-        """``(index, tokens)`` of each text longer than the context."""
-        lengths = {t: self.length(t) for t in dict.fromkeys(texts)}
-        return [(i, lengths[t]) for i, t in enumerate(texts) if (lengths[t] or 0) > self.room]
-
-    def __call__(self, texts: Sequence[str], what: str = "caption",
-                 positions: Optional[Sequence[int]] = None) -> torch.Tensor:
-        """``positions``: where each text sits in the caller's batch, for the error messages
-        (DATE tokenises the batch's distinct captions only); default ``0..n-1``."""
-        names = [f"{what} {i}" for i in (range(len(texts)) if positions is None else positions)]
-        for name, text in zip(names, texts):
-            if not isinstance(text, str):
-                raise ValueError(f"{name} must be a str, got {type(text).__name__}")
-            if not text.strip():
-                raise ValueError(f"{name} is empty; every image needs a non-empty caption")
-        if isinstance(self.tokenizer, SimpleTokenizer):
-            return self._simple(texts, what, names)
-        if what == "caption":
-            self._refuse_overlong(self.overlong(texts), what, names)
-        return self.tokenizer(list(texts))
-
-    def _refuse_overlong(self, too_long: list[tuple[int, int]], what: str, names: list[str]) -> None:
-        if too_long:
-            detail = ", ".join(f"{names[i]} has {n} tokens" for i, n in too_long[:5])
-            raise ValueError(f"{len(too_long)} {what}(s) longer than the text context of {self.room} tokens "
-                             f"({detail}); shorten them")
-
-    def _simple(self, texts: Sequence[str], what: str, names: list[str]) -> torch.Tensor:
-        tok = self.tokenizer
-        sot, eot = tok.sot_token_id, tok.eot_token_id
-        encoded = [tok.encode(text) for text in texts]
-        too_long = [(i, len(ids)) for i, ids in enumerate(encoded) if len(ids) > self.room]
-        if too_long:
-            if what == "caption":
-                self._refuse_overlong(too_long, what, names)
-            detail = ", ".join(f"{names[i]} has {n} tokens" for i, n in too_long[:5])
-            warnings.warn(f"{len(too_long)} {what}(s) longer than the {self.room}-token context were truncated "
-                          f"({detail})", stacklevel=3)
-        rows = [torch.tensor([sot, *ids[: self.room], eot], dtype=torch.long) for ids in encoded]
-        return pad_sequence(rows, batch_first=True)
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(training)
 
 
 class KnowledgeFusion(nn.Module):
@@ -134,7 +78,7 @@ class KnowledgeFusion(nn.Module):
 
 
 class DATE(nn.Module):
-    def __init__(self, text_tower: TextTower, tokenizer: Any, cfg: DATEConfig,
+    def __init__(self, text_tower: FrozenTextTower, tokenizer: TokenizerSource, cfg: DATEConfig,
                  knowledge: Optional[KnowledgeSource] = None, onednn_linear: bool = True) -> None:
         """``onednn_linear``: the tower's frozen linear layers (LoRA's base layers included) run
         through oneDNN on a CPU in float32 (:mod:`tgcnet.kernels`); LoRA itself is unaffected."""
@@ -149,7 +93,7 @@ class DATE(nn.Module):
             project_attention(text_tower)
             use_onednn_linears(text_tower.transformer)
         self.text_tower = apply_lora(text_tower, cfg.lora)
-        self.tokenize = CaptionTokenizer(tokenizer, text_tower.context_length)
+        self.tokenize = CaptionTokenizer(tokenizer, pad_to_context=text_tower.pads_to_context)
         dim = text_tower.output_dim
         self.knowledge_fusion = (KnowledgeFusion(dim, cfg.knowledge_dim, cfg.knowledge_heads, cfg.gate_init)
                                  if cfg.use_knowledge else None)
@@ -174,8 +118,7 @@ class DATE(nn.Module):
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token ids (B, L), token features (B, L, D) and pooled (B, D) of already-unique texts
         (``positions``: see :class:`CaptionTokenizer`)."""
-        device = self.text_tower.positional_embedding.device
-        ids = self.tokenize(texts, what, positions).to(device)
+        ids = self.tokenize(texts, what, positions).to(self.text_tower.device)
         tokens, pooled = self.text_tower(ids)
         return ids, tokens, pooled
 
@@ -191,18 +134,17 @@ class DATE(nn.Module):
         slot = {caption: k for k, caption in enumerate(unique)}
         where = torch.tensor([slot[c] for c in captions], device=tokens.device)
         ids, tokens, pooled = ids[where], tokens[where], pooled[where]
-        index = self.text_tower.pool_index(ids)
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        mask = positions[None, :] <= index[:, None]
+        features = TextFeatures(tokens=tokens, mask=self.text_tower.token_mask(ids), pooled=pooled,
+                                pool_weights=self.text_tower.pool_weights(ids))
         if self.knowledge_fusion is not None and self.knowledge is not None:
-            tokens = self._fuse_knowledge(captions, tokens)
-            pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), index]
-        return TextFeatures(tokens=tokens, mask=mask, pooled=pooled, pool_index=index)
+            features.tokens = self._fuse_knowledge(captions, tokens)
+            features.pooled = features.pool(features.tokens)
+        return features
 
     def _caching_captions(self) -> bool:
         # gradients asked for means someone trains (perhaps in eval mode): never serve cached features
         return (not self.training and not torch.is_grad_enabled() and self.cfg.caption_cache > 0
-                and isinstance(self.tokenize.tokenizer, SimpleTokenizer))
+                and self.text_tower.trims_padding)
 
     def _weights_key(self) -> tuple:
         """Changes whenever a text-tower weight does: in-place updates (optimizer steps,
@@ -228,7 +170,7 @@ class DATE(nn.Module):
         if missing:
             where = None if positions is None else [positions[k] for k, _ in missing]
             ids, tokens, pooled = self.encode([t for _, t in missing], what, where)
-            ends = self.text_tower.pool_index(ids) + 1
+            ends = self.text_tower.token_mask(ids).sum(dim=1)   # up to EOT: trimming towers only
             for row, (_, text) in enumerate(missing):
                 n = int(ends[row])
                 # clones: a view would keep the whole batch's tensors alive in the cache
@@ -268,7 +210,8 @@ class DATE(nn.Module):
             return self.encode(strings, "description")[2]
         missing = [s for s in strings if s not in self._description_cache]
         if missing:
-            with torch.no_grad(), (lora_disabled(self.text_tower) if self.frozen_knowledge else nullcontext()):
+            with torch.no_grad(), (lora_disabled(self.text_tower) if self.frozen_knowledge else nullcontext()), \
+                    _eval_mode(self.text_tower):   # a cached embedding must not hold one draw of dropout
                 pooled = self.encode(missing, "description")[2]
             for s, e in zip(missing, pooled):
                 self._description_cache[s] = e

@@ -15,6 +15,7 @@ from tgcnet.config import TGCNetConfig
 from tgcnet.date import DATE, KnowledgeSource
 from tgcnet.decoder import Decoder
 from tgcnet.guidance import guidance_masks
+from tgcnet.image_towers import ViTOutput
 from tgcnet.kernels import resolve_cpu_linear
 from tgcnet.losses import guidance_outside_loss, ot_alignment_loss
 from tgcnet.sse import SSE
@@ -27,7 +28,7 @@ DEFAULT_KNOWLEDGE = "default"
 
 KnowledgeArg = Union[KnowledgeSource, str, None]
 #: ``frozen_vit_features`` output: ViT maps (one per ``sse.vit_indices`` entry) and dense joint embeddings
-ViTFeatures = tuple[list[torch.Tensor], torch.Tensor]
+ViTFeatures = ViTOutput
 
 
 @dataclass
@@ -89,12 +90,15 @@ class TGCNet(nn.Module):
         if towers.text.output_dim != towers.embed_dim:
             raise ValueError(f"CLIP {config.clip.model_name!r}: text output dim {towers.text.output_dim} != "
                              f"image embed dim {towers.embed_dim}; the towers do not share a joint space")
+        if self.sse.clip_visual.output_dim != towers.embed_dim:
+            raise ValueError(f"CLIP {config.clip.model_name!r}: image tower gives {self.sse.clip_visual.output_dim}-d "
+                             f"embeddings, not the joint space's {towers.embed_dim}")
         self.vlcm = VLCM(towers.embed_dim, config.vlcm, config.ssa)
         self.decoder = Decoder(self.sse.channels, self.sse.strides, towers.embed_dim,
                                self.sse.clip_visual.patch_size, config.decoder)
         self.patch_size = self.sse.clip_visual.patch_size
-        mean = torch.tensor(config.clip.image_mean).view(1, -1, 1, 1)
-        std = torch.tensor(config.clip.image_std).view(1, -1, 1, 1)
+        mean = torch.tensor(towers.image_mean).view(1, -1, 1, 1)
+        std = torch.tensor(towers.image_std).view(1, -1, 1, 1)
         self.register_buffer("image_mean", mean, persistent=False)
         self.register_buffer("image_std", std, persistent=False)
 

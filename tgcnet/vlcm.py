@@ -63,7 +63,7 @@ class VLCM(nn.Module):
         bias = self._ot_bias(pixels, text) if self.ssa.ot_attention else None
         pixels = self.pixels_to_tokens(pixels, text.tokens, text.mask, bias)
         tokens = self.tokens_to_pixels(text.tokens, pixels)
-        pooled = tokens[torch.arange(b, device=tokens.device), text.pool_index]
+        pooled = text.pool(tokens)
         prior = self.similarity(pixels, pooled).reshape(b, 1, h, w)
         if self.guidance_strength is not None:
             if guidance is None:

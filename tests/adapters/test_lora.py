@@ -5,7 +5,8 @@ from torch import nn
 
 from tgcnet.adapters import (LoraAdapterConfig, ProjectedAttention, apply_lora, load_adapter, lora_layers,
                              lora_parameters, matching_modules, merge_lora, save_adapter)
-from tgcnet.backbone import TextTower, load_clip
+from tgcnet.backbone import load_clip
+from tgcnet.text_towers import OpenClipTextTower as TextTower
 from tgcnet.config import get_preset
 
 

@@ -41,9 +41,7 @@ def bytes_per_image(model: torch.nn.Module, image_size: int, dtype: torch.dtype)
     """Bytes one cached image takes (see the module docstring), from the model's frozen ViT."""
     vit = model.sse.clip_visual
     grid = (image_size // vit.patch_size) ** 2
-    proj = vit.visual.proj
-    dense = int(proj.shape[1]) if proj is not None else vit.width
-    values = (len(set(vit.indices)) * vit.width + dense) * grid
+    values = (len(set(vit.indices)) * vit.width + vit.output_dim) * grid
     return values * torch.empty((), dtype=dtype).element_size()
 
 
