@@ -23,6 +23,16 @@ def test_vit_b16_budget():
     assert 140e6 < rows["sse.clip_visual"]["total"] + rows["date.text_tower"]["total"] < 155e6
 
 
+def test_biomedclip_budget_as_shipped():
+    """BiomedCLIP's ViT-B/16 + PubMedBERT, knowledge bank on: still at most 8M trainable."""
+    rows = {r["module"]: r for r in count_parameters(create_model("tgcnet-biomedclip"))}
+    # r=6 on 12 layers: q, k, v, attention output (768->768) and intermediate, output (768<->3072)
+    assert rows["date.lora"]["trainable"] == 12 * (4 * 6 * (768 + 768) + 2 * 6 * (768 + 3072))
+    assert rows["date.knowledge_fusion"]["trainable"] > 0
+    assert rows["total"]["trainable"] <= 8_000_000
+    assert rows["sse.clip_visual"]["total"] == 86_191_872   # timm vit_base_patch16_224 + 768->512 head
+
+
 def test_print_trainable_parameters(capsys):
     create_model("tgcnet-tiny", knowledge=None).print_trainable_parameters()
     out = capsys.readouterr().out

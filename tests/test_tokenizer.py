@@ -53,5 +53,5 @@ def test_siglip_by_name_builds_offline_and_says_where_its_tokenizer_must_come_fr
     model = create_model("tgcnet-tiny", clip_model="ViT-B-16-SigLIP", knowledge=None,
                          sse__vit_indices=[2, 5, 8, 11])
     assert model.date.text_tower.pads_to_context
-    with pytest.raises(ValueError, match="tokenizer 'timm/ViT-B-16-SigLIP'.*huggingface-cli download"):
+    with pytest.raises(ValueError, match="tokenizer 'timm/ViT-B-16-SigLIP'.*hf download"):
         model.overlong_captions(CAPTIONS)

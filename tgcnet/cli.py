@@ -13,7 +13,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 def _cmd_params(args: argparse.Namespace) -> int:
     from tgcnet import count_parameters, create_model, format_parameter_table
 
-    model = create_model(args.preset, pretrained=args.pretrained, clip_model=args.clip_model, knowledge=None)
+    # as shipped, knowledge bank on: its fusion module is part of what trains
+    model = create_model(args.preset, pretrained=args.pretrained, clip_model=args.clip_model)
     rows = count_parameters(model)
     if args.json:
         print(json.dumps({"preset": args.preset, "rows": rows}, indent=2))
@@ -26,7 +27,7 @@ def _add_params_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("params", help="per-module trainable / total parameter table of a preset")
     p.add_argument("preset", help="preset name (see `tgcnet params --list`)", nargs="?", default="tgcnet-vit-b16")
     p.add_argument("--pretrained", default=None, help="local open_clip checkpoint for the CLIP towers")
-    p.add_argument("--clip-model", default=None, help="any open_clip model name or hf-hub: id")
+    p.add_argument("--clip-model", default=None, help="any open_clip model name, hf-hub: id or local-dir: folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_params)
 

@@ -15,9 +15,12 @@ def create_model(name: str, pretrained: Optional[str] = None, clip_model: Option
     """Build the TGCNet preset ``name``.
 
     Args:
-        pretrained: local open_clip checkpoint for the CLIP towers (none: random init).
+        pretrained: a CLIP checkpoint file (open_clip's hub files, a state dict, OpenAI's
+            TorchScript ``.pt``) or an open_clip pretrained tag such as ``"openai"`` resolved
+            through the Hugging Face cache (none: random init).
         clip_model: swap the backbone for any open_clip name, ``hf-hub:org/name`` or
-            ``local-dir:`` path; its own widths and depth are read from the model.
+            ``local-dir:`` path; its own widths, depth and (unless ``clip__image_mean`` /
+            ``clip__image_std`` are given) its own image normalisation are used.
         knowledge: ``"default"`` (the shipped bank), a cache path, any object with
             ``descriptions_for(caption)``, or None to disable knowledge.
         overrides: any config field, e.g. ``sse={"channels": 64}`` or ``date__lora__r=16``.
@@ -26,6 +29,11 @@ def create_model(name: str, pretrained: Optional[str] = None, clip_model: Option
     if clip_model is not None:
         config.clip.model_name = clip_model
         config.clip.model_cfg = None
+        # the preset's normalisation belongs to the preset's CLIP; the new one brings its own,
+        # unless the caller overrode it
+        preset = get_preset(name).clip
+        if config.clip.image_mean == preset.image_mean and config.clip.image_std == preset.image_std:
+            config.clip.image_mean = config.clip.image_std = None
     if pretrained is not None:
         config.clip.pretrained = pretrained
     model = TGCNet(config, knowledge=knowledge)

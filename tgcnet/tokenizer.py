@@ -88,7 +88,7 @@ class HFTokenizer(TokenizerSource):
             raise ValueError(
                 f"the tokenizer {self.name!r} of {self.what} is not available: not in the local Hugging Face cache "
                 f"({type(exc).__name__}); pass clip__tokenizer='/path/to/folder' ({hold}), or download it once "
-                f"with: huggingface-cli download {self.name}") from exc
+                f"with: hf download {self.name}") from exc
 
     @property
     def pad_id(self) -> int:
