@@ -139,7 +139,10 @@ def test_unique_captions_encoded_once():
     model.date.text_tower.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
     with torch.no_grad():
         model(images(4), [CAPTIONS[0], CAPTIONS[1], CAPTIONS[0], CAPTIONS[0]])
-    assert seen == [2]
+    assert seen == [1, 1]          # evaluation: each distinct caption alone, once
+    with torch.enable_grad():
+        model(images(4), [CAPTIONS[0], CAPTIONS[1], CAPTIONS[0], CAPTIONS[0]])
+    assert seen == [1, 1, 2]       # with gradients: the distinct captions as one batch
 
 
 def test_knowledge_strings_encoded_once_and_cached_in_eval():
@@ -150,13 +153,16 @@ def test_knowledge_strings_encoded_once_and_cached_in_eval():
     captions = [CAPTIONS[0], CAPTIONS[1], CAPTIONS[2]]
     with torch.no_grad():
         first = model(images(3), captions)
-        # 3 unique captions + 3 unique descriptions ("left" and "bilateral" share one)
-        assert seen == [3, 3]
+        # 3 unique captions + 3 unique descriptions ("left" and "bilateral" share one), each alone
+        assert seen == [1] * 6
         second = model(images(3), captions)
-    assert seen == [3, 3]  # descriptions and (eval caption cache) captions came from the caches
-    torch.testing.assert_close(first, second)
-    model.train()
-    assert model.date._description_cache == {}
+    assert seen == [1] * 6  # descriptions and (eval caption cache) captions came from the caches
+    assert torch.equal(first, second)
+    assert len(model.date._description_cache) == 3
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_B" in n).add_(0.05)   # LoRA moved: re-encode
+        model(images(3), captions)
+    assert seen == [1] * 12
 
 
 def test_caption_without_descriptions_is_fine():
@@ -209,21 +215,21 @@ def test_frozen_knowledge_encoder_caches_in_training_and_ignores_lora():
     model.date.text_tower.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
     captions = [CAPTIONS[0], CAPTIONS[1], CAPTIONS[2]]
     model(images(3, size=64), captions).mean().backward()
-    assert seen == [3, 3]                 # captions, then the 3 unique descriptions once
-    cached = {k: v.clone() for k, v in model.date._description_cache.items()}
+    assert seen == [3, 1, 1, 1]           # captions, then the 3 unique descriptions once, each alone
+    cached = {k: v[2].clone() for k, v in model.date._description_cache.items()}
     assert len(cached) == 3 and all(not v.requires_grad for v in cached.values())
     # LoRA still learns from the captions
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_parameters(model).values())
     model.train()                         # a new epoch keeps the cache: nothing trainable made it
     model(images(3, size=64), captions)
-    assert seen == [3, 3, 3]
+    assert seen == [3, 1, 1, 1, 3]
     # the cached embeddings are the base tower's: changing LoRA does not change them
     for p in lora_parameters(model).values():
         p.data.add_(0.5)
     model.date._description_cache.clear()
     model(images(3, size=64), captions)
     for key, value in model.date._description_cache.items():
-        torch.testing.assert_close(value, cached[key])
+        assert torch.equal(value[2], cached[key])
 
 
 def test_lora_knowledge_encoder_differs_from_frozen_once_lora_moves():
@@ -260,8 +266,8 @@ def test_eval_caption_cache_skips_the_tower_and_keeps_the_logits():
     assert calls == [3, 3] and not model.date._caption_cache
     with torch.no_grad():
         got = [model(x, first), model(x, mixed)]
-        assert calls[2:] == [3, 1]           # only the new caption went through the tower
-        assert model(x, mixed).shape == (4, 1, 224, 224) and calls[4:] == []
+        assert calls[2:] == [1, 1, 1, 1]     # each caption alone; of the second batch only the new one
+        assert model(x, mixed).shape == (4, 1, 224, 224) and calls[6:] == []
     for a, b in zip(got, reference):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
@@ -291,3 +297,18 @@ def test_caption_cache_is_bounded_and_can_be_off():
     with torch.no_grad():
         off(images(1), CAPTIONS[:1])
     assert not off.date._caption_cache
+
+
+def test_eval_outputs_do_not_depend_on_what_ran_before():
+    """Two identical models: one fresh, one that served batches of other (longer, shorter,
+    overlapping) captions first. Same inputs, same bits."""
+    fresh, used = tiny(), tiny()
+    wake_lora(fresh)
+    used.load_state_dict(fresh.state_dict())
+    fresh.eval(), used.eval()
+    x = images(2, size=64)
+    with torch.no_grad():
+        used(images(3, size=64, seed=3), [CAPTIONS[2], "lower left lung.", CAPTIONS[0]])
+        used(images(1, size=64, seed=4), [CAPTIONS[1] + " " + CAPTIONS[0]])
+        assert torch.equal(used(x, CAPTIONS[:2]), fresh(x, CAPTIONS[:2]))
+        assert torch.equal(used(x, CAPTIONS[1:3]), fresh(x, CAPTIONS[1:3]))

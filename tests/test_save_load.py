@@ -31,6 +31,27 @@ def test_round_trip_bit_identical(tmp_path):
         assert torch.equal(a, b), n
 
 
+OTHER_CAPTIONS = ["left lung.", "bilateral pulmonary infection, eight infected areas, upper middle lower left lung "
+                  "and upper middle lower right lung, both lungs with diffuse ground-glass opacity."]
+
+
+@pytest.mark.parametrize("encoder", ["frozen", "lora"])
+def test_reload_reproduces_a_model_that_already_served_other_batches(tmp_path, encoder):
+    """Nothing cached while serving (captions, descriptions at other batches' lengths) may
+    change the saving model's outputs, so the reloaded model gives the very same bits."""
+    model = tiny(date__knowledge_encoder=encoder)
+    wake_lora(model)
+    model.eval()
+    with torch.no_grad():
+        for batch in ([OTHER_CAPTIONS[1], CAPTIONS[0]], [CAPTIONS[2], OTHER_CAPTIONS[0], CAPTIONS[1]]):
+            model(images(len(batch), seed=7), batch)
+        served = model(images(2), CAPTIONS[:2])
+    model.save_pretrained(tmp_path / "out")
+    again = TGCNet.from_pretrained(tmp_path / "out", knowledge=StaticKnowledge()).eval()
+    with torch.no_grad():
+        assert torch.equal(again(images(2), CAPTIONS[:2]), served)
+
+
 def test_only_trainable_weights_saved(tmp_path):
     model = trained_tiny()
     model.save_pretrained(tmp_path)

@@ -11,7 +11,7 @@ import logging
 from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +46,46 @@ class TextFeatures:
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens`` (B, L, D) pooled the way ``pooled`` was."""
         return pool_tokens(tokens, self.pool_weights)
+
+
+class EncodingCache:
+    """Encodings of single texts, valid while the weights they were made with are unchanged.
+
+    ``capacity`` bounds it (least recently used go first; None: unbounded, 0: keeps nothing).
+    Entries hold clones: a view would keep a whole batch's tensors alive.
+    """
+
+    def __init__(self, capacity: Optional[int]) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[torch.Tensor, ...]] = OrderedDict()
+        self._key: tuple = ()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def items(self):
+        return self._entries.items()
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def get(self, texts: Sequence[str], key: tuple,
+            encode: Callable[[str], tuple[torch.Tensor, ...]]) -> list[tuple[torch.Tensor, ...]]:
+        """The encodings of ``texts``, calling ``encode(text)`` for those not kept under ``key``."""
+        if key != self._key:
+            self._entries.clear()
+            self._key = key
+        rows = [self._entries.get(t) or tuple(x.clone() for x in encode(t)) for t in texts]
+        if self.capacity != 0:
+            for text, row in zip(texts, rows):
+                self._entries[text] = row
+                self._entries.move_to_end(text)
+            while self.capacity is not None and len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return rows
 
 
 @contextmanager
@@ -98,15 +138,12 @@ class DATE(nn.Module):
         self.knowledge_fusion = (KnowledgeFusion(dim, cfg.knowledge_dim, cfg.knowledge_heads, cfg.gate_init)
                                  if cfg.use_knowledge else None)
         self.knowledge = knowledge
-        self._description_cache: dict[str, torch.Tensor] = {}
-        self._caption_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._caption_cache_key: tuple = ()
+        self._caption_cache = EncodingCache(cfg.caption_cache)
+        self._description_cache = EncodingCache(None)
 
     def train(self, mode: bool = True) -> "DATE":
-        # LoRA weights may change while training: embeddings they made go stale. The frozen
-        # encoder's do not depend on anything trainable, so they are kept.
-        if not self.frozen_knowledge:
-            self._description_cache.clear()
+        # cached encodings stay valid (they are keyed on the weights); dropping the captions'
+        # keeps a long training run from holding on to memory it no longer reads
         self._caption_cache.clear()
         return super().train(mode)
 
@@ -129,8 +166,10 @@ class DATE(nn.Module):
                 raise ValueError(f"caption {i} must be a str, got {type(caption).__name__}")
             first.setdefault(caption, i)
         unique = list(first)
-        encode = self._encode_cached if self._caching_captions() else self.encode
-        ids, tokens, pooled = encode(unique, positions=list(first.values()))
+        if self.training or torch.is_grad_enabled():
+            ids, tokens, pooled = self.encode(unique, positions=list(first.values()))
+        else:
+            ids, tokens, pooled = self._encode_each(unique, list(first.values()))
         slot = {caption: k for k, caption in enumerate(unique)}
         where = torch.tensor([slot[c] for c in captions], device=tokens.device)
         ids, tokens, pooled = ids[where], tokens[where], pooled[where]
@@ -141,48 +180,31 @@ class DATE(nn.Module):
             features.pooled = features.pool(features.tokens)
         return features
 
-    def _caching_captions(self) -> bool:
-        # gradients asked for means someone trains (perhaps in eval mode): never serve cached features
-        return (not self.training and not torch.is_grad_enabled() and self.cfg.caption_cache > 0
-                and self.text_tower.trims_padding)
+    def _weights_key(self, lora: bool = True) -> tuple:
+        """Changes whenever a text-tower weight does (``lora=False``: a base weight): in-place
+        updates (optimizer steps, load_state_dict) bump ``_version``, ``.to()`` moves the storage."""
+        return tuple((p.data_ptr(), p._version, p.dtype) for n, p in self.text_tower.named_parameters()
+                     if lora or "lora_" not in n)
 
-    def _weights_key(self) -> tuple:
-        """Changes whenever a text-tower weight does: in-place updates (optimizer steps,
-        load_state_dict) bump ``_version``, ``.to()`` moves the storage."""
-        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.text_tower.parameters())
+    def _encode_alone(self, text: str, what: str, position: Optional[int] = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One text as a batch of one, at its own length: the result depends on nothing else."""
+        ids, tokens, pooled = self.encode([text], what, None if position is None else [position])
+        return ids[0], tokens[0], pooled[0]
 
-    def _encode_cached(self, texts: Sequence[str], what: str = "caption", positions: Optional[Sequence[int]] = None
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`encode` of distinct captions, from the eval caption cache where it can.
-
-        Each caption keeps its tokens up to its EOT; a batch is padded with the tokenizer's
-        pad id and zero features. Padded positions never reach the output (text masks exclude
-        them as keys, and only the EOT token is pooled), so the logits equal the uncached
-        ones to float rounding.
-        """
-        key = self._weights_key()
-        if key != self._caption_cache_key:
-            self._caption_cache.clear()
-            self._caption_cache_key = key
-        cache = self._caption_cache
-        rows = {t: cache[t] for t in texts if t in cache}
-        missing = [(k, t) for k, t in enumerate(texts) if t not in rows]
-        if missing:
-            where = None if positions is None else [positions[k] for k, _ in missing]
-            ids, tokens, pooled = self.encode([t for _, t in missing], what, where)
-            ends = self.text_tower.token_mask(ids).sum(dim=1)   # up to EOT: trimming towers only
-            for row, (_, text) in enumerate(missing):
-                n = int(ends[row])
-                # clones: a view would keep the whole batch's tensors alive in the cache
-                rows[text] = (ids[row, :n].clone(), tokens[row, :n].clone(), pooled[row].clone())
-        for text in texts:
-            cache[text] = rows[text]
-            cache.move_to_end(text)
-        while len(cache) > self.cfg.caption_cache:
-            cache.popitem(last=False)
-        ordered = [rows[t] for t in texts]
-        return (pad_sequence([r[0] for r in ordered], batch_first=True),
-                pad_sequence([r[1] for r in ordered], batch_first=True), torch.stack([r[2] for r in ordered]))
+    def _encode_each(self, texts: Sequence[str], positions: Sequence[int]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Evaluation (no gradient): each caption encoded alone, from the caption cache where it
+        is. A caption's features are then a pure function of its text and the weights, whatever
+        it is batched with and whatever ran before, so the cache cannot change a result.
+        Rows are padded with the tokenizer's pad id and zero features; padded positions never
+        reach the output (text masks exclude them as keys, pooling weights are zero there)."""
+        position = dict(zip(texts, positions))
+        rows = self._caption_cache.get(texts, self._weights_key(),
+                                       lambda text: self._encode_alone(text, "caption", position[text]))
+        pad = self.tokenize.source.pad_id
+        return (pad_sequence([r[0] for r in rows], batch_first=True, padding_value=pad),
+                pad_sequence([r[1] for r in rows], batch_first=True), torch.stack([r[2] for r in rows]))
 
     def _fuse_knowledge(self, captions: Sequence[str], tokens: torch.Tensor) -> torch.Tensor:
         per_caption = [list(dict.fromkeys(self.knowledge.descriptions_for(c))) for c in captions]
@@ -204,15 +226,14 @@ class DATE(nn.Module):
         return self.knowledge_fusion(tokens, knowledge, mask)
 
     def _description_embeddings(self, strings: list[str]) -> torch.Tensor:
-        """Pooled embeddings of unique descriptions; cached in eval mode, and always with the
-        frozen knowledge encoder (no gradient reaches them there)."""
+        """Pooled embeddings of unique descriptions. Trained through (``"lora"`` encoder in
+        training): the batch, with gradients. Otherwise each alone, in eval mode and without
+        gradients, kept in the description cache: a pure function of its text and the weights
+        it used (the base tower's only, for the frozen encoder)."""
         if self.training and not self.frozen_knowledge:
             return self.encode(strings, "description")[2]
-        missing = [s for s in strings if s not in self._description_cache]
-        if missing:
-            with torch.no_grad(), (lora_disabled(self.text_tower) if self.frozen_knowledge else nullcontext()), \
-                    _eval_mode(self.text_tower):   # a cached embedding must not hold one draw of dropout
-                pooled = self.encode(missing, "description")[2]
-            for s, e in zip(missing, pooled):
-                self._description_cache[s] = e
-        return torch.stack([self._description_cache[s] for s in strings])
+        key = self._weights_key(lora=not self.frozen_knowledge)
+        with torch.no_grad(), (lora_disabled(self.text_tower) if self.frozen_knowledge else nullcontext()), \
+                _eval_mode(self.text_tower):   # a kept embedding must not hold one draw of dropout
+            rows = self._description_cache.get(strings, key, lambda text: self._encode_alone(text, "description"))
+        return torch.stack([r[2] for r in rows])
