@@ -151,7 +151,7 @@ def _edit_distance(a: str, b: str) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _fix_token(tok: str) -> str:
+def fix_word(tok: str) -> str:
     """Correct one word: alias, glued pair ("lowerleft"), or a unique near target ("midlle")."""
     if tok in _ALIASES:
         return _ALIASES[tok]
@@ -173,7 +173,7 @@ def normalize_caption(caption: str) -> str:
     """Lower-case, single-spaced, typo-corrected text that the concept patterns match against."""
     text = unicodedata.normalize("NFKC", caption).lower()
     text = re.sub(r"[-_/&+]", " ", text)
-    return " ".join(_fix_token(t) for t in _TOKEN.findall(text))
+    return " ".join(fix_word(t) for t in _TOKEN.findall(text))
 
 
 # --------------------------------------------------------------------------- patterns

@@ -48,6 +48,12 @@ def test_output_depends_on_caption(model):
     (torch.rand(1, 3, 224, 224), "a string", "list of strings"),
     (torch.rand(1, 3, 224, 224), ["   "], "caption 0 is empty"),
     (torch.rand(1, 3, 224, 224), [None], "caption 0 must be a str"),
+    (torch.rand(0, 3, 224, 224), [], "empty batch"),
+    (torch.rand(2, 3, 224, 224).index_put_((torch.tensor([1]),), torch.tensor(float("nan"))), ["a", "b"],
+     r"image\(s\) \[1\] of the batch hold NaN or infinite"),
+    (torch.full((1, 3, 224, 224), float("inf")), ["a"], r"image\(s\) \[0\].*NaN or infinite"),
+    (torch.rand(1, 3, 224, 224) * 255, ["a"], r"values in \[0, 1\], got min .* max 25\d.*divide by the maximum"),
+    ((torch.rand(1, 3, 224, 224) - 0.48) / 0.27, ["a"], "already normalised.*tgcnet normalises inside"),
 ])
 def test_bad_input_is_one_clear_error(model, bad, captions, message):
     with pytest.raises(ValueError, match=message):
@@ -55,26 +61,26 @@ def test_bad_input_is_one_clear_error(model, bad, captions, message):
 
 
 def test_over_long_caption_is_an_error_naming_its_batch_position(model):
-    long = "bilateral ground glass opacity " * 40
+    long = "bilateral ground glass opacity " * 40 + "."   # a caption in canonical form: normalisation keeps it
     room = model.max_caption_tokens
     captions = [CAPTIONS[0], CAPTIONS[0], long, long]   # the error names batch position 2, not unique index 1
     with pytest.raises(ValueError, match=rf"1 caption\(s\) longer than the text context of {room} tokens "
-                                         r"\(caption 2 has 200 tokens\)"):
+                                         r"\(caption 2 has 201 tokens\)"):
         with torch.no_grad():
             model(images(4), captions)
-    assert model.overlong_captions(captions) == [(2, 200), (3, 200)]
+    assert model.overlong_captions(captions) == [(2, 201), (3, 201)]
     assert model.overlong_captions(CAPTIONS) == []
 
 
 def test_caption_exactly_filling_the_context_is_accepted(model):
     words = ("lung " * 200).split()
-    caption = " ".join(words[: model.max_caption_tokens])
+    caption = " ".join(words[: model.max_caption_tokens - 1]) + "."   # canonical form: ends with its period
     assert model.date.tokenize.length(caption) == model.max_caption_tokens
     with torch.no_grad():
         assert model(images(1), [caption]).shape == (1, 1, 224, 224)
     with pytest.raises(ValueError, match="caption 0 has"):
         with torch.no_grad():
-            model(images(1), [caption + " lung"])
+            model(images(1), ["lung " + caption])
 
 
 def test_over_long_description_is_truncated_with_a_warning():
@@ -312,3 +318,51 @@ def test_eval_outputs_do_not_depend_on_what_ran_before():
         used(images(1, size=64, seed=4), [CAPTIONS[1] + " " + CAPTIONS[0]])
         assert torch.equal(used(x, CAPTIONS[:2]), fresh(x, CAPTIONS[:2]))
         assert torch.equal(used(x, CAPTIONS[1:3]), fresh(x, CAPTIONS[1:3]))
+
+
+def test_float64_images_are_cast_and_give_the_float32_result(model):
+    x = images(1)
+    with torch.no_grad():
+        assert torch.equal(model(x.double(), CAPTIONS[:1]), model(x, CAPTIONS[:1]))
+
+
+def test_values_a_hair_outside_the_range_are_accepted(model):
+    """Resampling overshoot (bicubic resize) leaves values like -0.003 or 1.004: not an error."""
+    x = images(1).mul(1.008).sub(0.004)
+    with torch.no_grad():
+        assert torch.isfinite(model(x, CAPTIONS[:1])).all()
+
+
+def test_noisy_captions_are_read_as_their_canonical_form(model):
+    """LViT's verbatim QaTa text and the cleaned caption give the very same output."""
+    clean = "unilateral pulmonary infection, one infected area, upper middle lower left lung."
+    noisy = "Unilateral pulmonary  infection, one infection area, all left lung"
+    typo = "unilateral pulmonary infection, one infected area, upper midlle lower left lung."
+    x = images(1)
+    with torch.no_grad():
+        expected = model(x, [clean])
+        assert torch.equal(model(x, [noisy]), expected) and torch.equal(model(x, [typo]), expected)
+    assert model.overlong_captions([noisy]) == []
+
+
+def test_caption_normalisation_can_be_switched_off():
+    plain = tiny(normalize_captions=False).eval()
+    x = images(1, size=64)
+    with torch.no_grad():
+        assert not torch.equal(plain(x, ["Left lung"]), plain(x, ["left lung."]))
+
+
+def test_cuda_device_without_a_gpu_is_named():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ValueError, match="device 'cuda': no CUDA device is available"):
+        tiny(device="cuda")
+
+
+def test_encodings_made_under_autocast_are_not_served_without_it(model):
+    x = images(1)
+    with torch.no_grad():
+        expected = model(x, CAPTIONS[2:])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x, CAPTIONS[2:])
+        assert torch.equal(model(x, CAPTIONS[2:]), expected)

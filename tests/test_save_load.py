@@ -82,7 +82,7 @@ def test_wrong_architecture_is_named(tmp_path):
     config["config"]["decoder"]["channels"] = 8
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not match this architecture.*shape mismatch"):
-        TGCNet.from_pretrained(tmp_path, knowledge=None)
+        TGCNet.from_pretrained(tmp_path, knowledge=StaticKnowledge())
 
 
 def test_newer_format_refused(tmp_path):
@@ -150,3 +150,9 @@ def test_hf_hub_backbone_offline_is_a_clear_error(monkeypatch):
 def test_unknown_clip_architecture():
     with pytest.raises(ValueError, match="unknown CLIP architecture"):
         create_model("tgcnet-tiny", clip_model="ViT-Q-99", knowledge=None)
+
+
+def test_reloading_without_the_knowledge_it_was_trained_with_says_how(tmp_path):
+    trained_tiny().save_pretrained(tmp_path / "out")
+    with pytest.raises(ValueError, match="trained with knowledge descriptions.*knowledge='default'"):
+        TGCNet.from_pretrained(tmp_path / "out", knowledge=None)

@@ -166,6 +166,9 @@ class TGCNetConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     ssa: SSAConfig = field(default_factory=SSAConfig)
     laterality: str = DEFAULT_LATERALITY
+    #: put every caption in one canonical form (case, spacing, location-word typos, "all left
+    #: lung", final period: ``tgcnet.captions``) before the text tower and guidance read it
+    normalize_captions: bool = True
 
     def __post_init__(self) -> None:
         check_laterality(self.laterality)

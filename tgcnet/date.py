@@ -182,9 +182,12 @@ class DATE(nn.Module):
 
     def _weights_key(self, lora: bool = True) -> tuple:
         """Changes whenever a text-tower weight does (``lora=False``: a base weight): in-place
-        updates (optimizer steps, load_state_dict) bump ``_version``, ``.to()`` moves the storage."""
-        return tuple((p.data_ptr(), p._version, p.dtype) for n, p in self.text_tower.named_parameters()
-                     if lora or "lora_" not in n)
+        updates (optimizer steps, load_state_dict) bump ``_version``, ``.to()`` moves the storage;
+        and with the autocast state, under which the same weights give other numbers."""
+        device = self.text_tower.device.type
+        autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        return (autocast, *((p.data_ptr(), p._version, p.dtype) for n, p in self.text_tower.named_parameters()
+                            if lora or "lora_" not in n))
 
     def _encode_alone(self, text: str, what: str, position: Optional[int] = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

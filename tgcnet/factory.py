@@ -36,5 +36,23 @@ def create_model(name: str, pretrained: Optional[str] = None, clip_model: Option
             config.clip.image_mean = config.clip.image_std = None
     if pretrained is not None:
         config.clip.pretrained = pretrained
+    device = check_device(device)
     model = TGCNet(config, knowledge=knowledge)
     return model.to(device) if device is not None else model
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """A device this machine has, or one clear error (rather than torch's driver error after the build)."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device name (e.g. 'cpu', 'cuda', 'cuda:1')") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: no CUDA device is available on this machine "
+                             "(torch.cuda.is_available() is False); use device='cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device

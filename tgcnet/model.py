@@ -11,6 +11,7 @@ from torch import nn
 
 from tgcnet.adapters import load_json, load_safetensors, save_json_atomic, save_safetensors_atomic
 from tgcnet.backbone import load_clip
+from tgcnet.captions import normalize_caption
 from tgcnet.config import TGCNetConfig
 from tgcnet.date import DATE, KnowledgeSource
 from tgcnet.decoder import Decoder
@@ -103,8 +104,11 @@ class TGCNet(nn.Module):
         self.register_buffer("image_std", std, persistent=False)
 
     # ------------------------------------------------------------------ forward
-    def check_inputs(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
-        """Validate at the door (smp style) and return 3-channel float images."""
+    #: how far outside [0, 1] pixel values may stray (resampling overshoot) before it is an error
+    RANGE_TOLERANCE = 0.01
+
+    def check_inputs(self, images: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+        """Validate at the door (smp style): 3-channel float images in [0, 1], captions in canonical form."""
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
         if images.ndim != 4:
@@ -112,6 +116,8 @@ class TGCNet(nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"images must be a float tensor with values in [0, 1], got dtype {images.dtype}")
         b, c, h, w = images.shape
+        if b == 0:
+            raise ValueError("empty batch: images has 0 images; pass at least one image and its caption")
         if c not in (1, 3):
             raise ValueError(f"images must have 1 (grayscale) or 3 channels, got {c}")
         if h % self.patch_size or w % self.patch_size:
@@ -122,7 +128,32 @@ class TGCNet(nn.Module):
             raise ValueError("captions must be a list of strings, one per image")
         if len(captions) != b:
             raise ValueError(f"got {len(captions)} captions for a batch of {b} images; need one caption per image")
-        return images.expand(-1, 3, -1, -1) if c == 1 else images
+        if images.dtype == torch.float64:   # numpy's default: same values, the model's precision
+            images = images.float()
+        self._check_values(images)
+        if self.config.normalize_captions:
+            captions = [normalize_caption(t) if isinstance(t, str) else t for t in captions]
+        return (images.expand(-1, 3, -1, -1) if c == 1 else images), list(captions)
+
+    def _check_values(self, images: torch.Tensor) -> None:
+        """Non-finite pixels make every logit NaN; 0..255 or CLIP-normalised input segments
+        silently worse. Both are refused, naming the image and what was seen."""
+        per_image = images.detach().flatten(1)
+        finite = torch.isfinite(per_image).all(dim=1)
+        if not bool(finite.all()):
+            bad = [int(i) for i in (~finite).nonzero().flatten()[:5]]
+            raise ValueError(f"image(s) {bad} of the batch hold NaN or infinite values; check the image "
+                             "files and any preprocessing before the model")
+        low, high = float(per_image.min()), float(per_image.max())
+        tol = self.RANGE_TOLERANCE
+        if low >= -tol and high <= 1 + tol:
+            return
+        if low >= 0 and high > 1 + tol:
+            hint = "values up to 255 (or 65535) are raw pixel values: divide by the maximum (e.g. images / 255)"
+        else:
+            hint = ("negative values suggest the images are already normalised (CLIP mean/std): pass the "
+                    "[0, 1] images, tgcnet normalises inside")
+        raise ValueError(f"images must have values in [0, 1], got min {low:.4g} and max {high:.4g}; {hint}")
 
     @property
     def max_caption_tokens(self) -> int:
@@ -132,6 +163,8 @@ class TGCNet(nn.Module):
     def overlong_captions(self, captions: Sequence[str]) -> list[tuple[int, int]]:
         """``(index, tokens)`` of each caption the forward would refuse as too long, so a data
         set can be checked, and its files named, before the first batch."""
+        if self.config.normalize_captions:
+            captions = [normalize_caption(t) for t in captions]
         return self.date.tokenize.overlong(captions)
 
     def clip_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -162,7 +195,7 @@ class TGCNet(nn.Module):
                 vit_features: Optional[ViTFeatures] = None) -> Union[torch.Tensor, TGCNetOutput]:
         """``vit_features``: ``frozen_vit_features(images)`` computed earlier (e.g. cached); the
         frozen ViT is then skipped and everything trainable runs as usual."""
-        images = self.check_inputs(images, captions)
+        images, captions = self.check_inputs(images, captions)
         if vit_features is not None:
             self._check_vit_features(vit_features, images)
         x = self.clip_input(images)
@@ -248,6 +281,10 @@ class TGCNet(nn.Module):
             raise ValueError(f"{config_path} has format version {saved['format_version']}, newer than this "
                              f"tgcnet understands ({FORMAT_VERSION}); upgrade tgcnet")
         config = TGCNetConfig.from_dict(_with_old_defaults(saved.get("config", saved)))
+        if config.date.use_knowledge and knowledge is None:
+            raise ValueError(f"the model in {directory} was trained with knowledge descriptions "
+                             "(date.use_knowledge is true) and needs them: load it with knowledge='default' (the "
+                             "shipped bank) or the knowledge cache or source it was trained with")
         if pretrained is not None:
             config.clip.pretrained = pretrained
         model = cls(config, knowledge=knowledge)

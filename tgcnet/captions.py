@@ -1,0 +1,47 @@
+"""The one form a caption takes before the text tower and the location-word parser read it.
+
+Users train and test with the captions their data set ships. LViT's QaTa-COV19 text (which
+GuideDecoder-layout copies carry verbatim) is noisier than the cleaned captions most models
+are trained on: capitalised, double spaces, "midlle", "infection areas", "all left lung" for
+"upper middle lower left lung", no final period. Each of these gives the text tower tokens it
+never saw and the guidance parser location words in another form, so the caption is put in
+one canonical form first, for both:
+
+- Unicode compatibility form, lower case, single spaces, no space before ``, . ; :`` and one after;
+- typos of the location, count and finding vocabulary corrected word by word (the same
+  word fixer the knowledge-concept extraction uses: "midlle" -> "middle", "rigth" -> "right",
+  "lowerleft" -> "lower left"; real words one edit from a target, such as "eight", are kept);
+- "all / whole / entire <side> lung" -> "upper middle lower <side> lung" (what the cleaned
+  captions say), "infection area(s)" -> "infected area(s)";
+- a final period.
+
+A caption already in that form (all cleaned QaTa captions) is returned unchanged.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from tgcnet.prompts.concepts import fix_word
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
+_PHRASES = (
+    (re.compile(r"\b(?:all|whole|entire) (left|right) lung\b"), r"upper middle lower \1 lung"),
+    (re.compile(r"\binfection (areas?)\b"), r"infected \1"),
+)
+_NO_SPACE_BEFORE = frozenset(",.;:)")
+
+
+def normalize_caption(caption: str) -> str:
+    """``caption`` in the canonical form described in the module docstring."""
+    text = unicodedata.normalize("NFKC", caption).lower()
+    words = [fix_word(t) if t.isalpha() else t for t in _TOKEN.findall(text)]
+    text = ""
+    for word in words:
+        if text and word not in _NO_SPACE_BEFORE and not text.endswith("("):
+            text += " "
+        text += word
+    for pattern, replacement in _PHRASES:
+        text = pattern.sub(replacement, text)
+    text = text.rstrip(" ,;:")
+    return text if not text or text.endswith((".", "!", "?")) else text + "."
