@@ -179,3 +179,25 @@ def test_unsupported_text_tower_is_named():
     cfg["text_cfg"] = {**cfg["text_cfg"], "embed_cls": True}
     with pytest.raises(ValueError, match="text tower is a TextTransformer; supported text towers"):
         create_model("tgcnet-tiny", clip__model_cfg={**cfg, "custom_text": True}, knowledge=None)
+
+
+def test_full_size_biomedclip_preset_trains_counts_saves_and_reloads(tmp_path):
+    """BiomedCLIP's real architecture (ViT-B/16 + 12-layer BERT), at random init, end to end."""
+    from tgcnet import TGCNet
+
+    folder = write_bert_tokenizer(tmp_path / "tok")
+    model = create_model("tgcnet-biomedclip", knowledge=StaticKnowledge(), clip__tokenizer=folder)
+    rows = {r["module"]: r for r in model.count_parameters()}
+    assert rows["total"]["trainable"] <= 8_000_000 and rows["date.text_tower"]["total"] > 100e6
+    x = images(1, size=64)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
+    model.train()
+    model(x, CAPTIONS[:1]).sigmoid().mean().backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        expected = model(x, CAPTIONS[1:2])
+    model.save_pretrained(tmp_path / "saved")
+    again = TGCNet.from_pretrained(tmp_path / "saved", knowledge=StaticKnowledge()).eval()
+    with torch.no_grad():
+        assert torch.equal(again(x, CAPTIONS[1:2]), expected)
