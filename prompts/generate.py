@@ -8,6 +8,10 @@ Why it is built this way:
 * The client is created with ``max_retries=0``: retries happen here, with exponential
   backoff and jitter, so that a 429, a 5xx, a timeout or a dropped connection costs one
   concept a delay and not the whole run, and so tests can make the delays tiny.
+* An endpoint that cannot be connected to at all (connection refused, unknown host,
+  connect timeout) is not retried: every concept would fail the same way, and backoff
+  would only spend a minute before saying so. The run stops at once with
+  `EndpointUnreachableError`, one line naming the host and port.
 * Every finished concept is written to the cache file at once (atomically), so a run that
   is killed or fails loses nothing, and the next run skips what is already there
   (same template hash) and asks only for the rest.
@@ -30,8 +34,8 @@ from .cache import KnowledgeCache, Provenance, load_cache, save_cache
 from .concepts import concept_kind
 from .prompt_templates import PromptTemplates, load_templates, render_messages
 
-__all__ = ["GenerationError", "MalformedReplyError", "GenerationReport", "generate_cache", "backoff_delay",
-           "endpoint_host", "parse_descriptions"]
+__all__ = ["GenerationError", "MalformedReplyError", "EndpointUnreachableError", "GenerationReport", "generate_cache",
+           "backoff_delay", "endpoint_host", "parse_descriptions"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,10 @@ class GenerationError(RuntimeError):
 
 class MalformedReplyError(GenerationError):
     """The endpoint answered, but not with the JSON shape the template asks for."""
+
+
+class EndpointUnreachableError(GenerationError):
+    """No connection could be made to the endpoint; rerunning helps only once it is reachable."""
 
 
 @dataclass
@@ -85,6 +93,17 @@ def endpoint_host(url: str) -> str:
     return f"{parts.scheme}://{host}{port}" if parts.scheme else host
 
 
+def endpoint_address(url: str) -> str:
+    """'host H, port P' of an endpoint, the port filled in from the scheme when the URL omits it."""
+    parts = urlsplit(str(url))
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    port = port or {"http": 80, "https": 443}.get(parts.scheme)
+    return f"host {parts.hostname or '?'}, port {port or '?'}"
+
+
 def backoff_delay(attempt: int, base: float, cap: float, jitter: float = 0.5,
                   retry_after: float | None = None, rng: random.Random | None = None) -> float:
     """base * 2**attempt, capped, stretched by up to `jitter` so parallel workers do not retry in lockstep.
@@ -116,6 +135,26 @@ def _is_retryable(exc: Exception) -> bool:
         return True
     status = getattr(exc, "status_code", None)
     return isinstance(status, int) and (status in RETRYABLE_STATUS or status >= 500)
+
+
+_CONNECT_ERRORS = ("ConnectError", "ConnectTimeout")  # httpx's, whichever httpx the openai client uses
+
+
+def _connect_failure(exc: Exception) -> BaseException | None:
+    """The transport error behind `exc` when no connection was made at all, else None.
+
+    Matched by class name along the cause chain: openai wraps httpx's (or httpx2's)
+    ConnectError / ConnectTimeout, and which of those libraries it uses varies by version.
+    A connection that was made and then dropped is not one of these: it stays retryable.
+    """
+    cause = exc.__cause__
+    for _ in range(5):
+        if cause is None:
+            return None
+        if any(cls.__name__ in _CONNECT_ERRORS for cls in type(cause).__mro__):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _describe(exc: Exception, redact: _Redactor, timeout: float) -> str:
@@ -195,6 +234,7 @@ class _Job:
     request_kwargs: Mapping[str, Any]
     redact: _Redactor
     stop: threading.Event
+    endpoint: str
 
     def run(self, concept: str) -> list[str]:
         """Request with retries; raises GenerationError naming the concept, or _Stopped."""
@@ -221,6 +261,11 @@ class _Job:
 
     def _after_failure(self, concept: str, exc: Exception, attempt: int) -> None:
         """Sleep before the next attempt, or raise when the error is final or retries are spent."""
+        unreachable = _connect_failure(exc)
+        if unreachable is not None:
+            reason = self.redact(str(unreachable)) or type(unreachable).__name__
+            raise EndpointUnreachableError(f"cannot reach the endpoint {self.endpoint} "
+                                           f"({endpoint_address(self.endpoint)}): {reason}") from None
         problem = _describe(exc, self.redact, self.timeout)
         if not _is_retryable(exc):
             raise GenerationError(f"concept {concept!r}: request refused, {problem}") from None
@@ -307,7 +352,7 @@ def generate_cache(
     try:
         endpoint = endpoint_host(str(client.base_url))
         job = _Job(client, model, k, templates, max_retries, timeout, backoff_base, backoff_max,
-                   dict(request_kwargs or {}), redact, threading.Event())
+                   dict(request_kwargs or {}), redact, threading.Event(), endpoint)
         log.info("generating %d concept(s) with %s at %s (%d cached)", len(todo), model, endpoint, len(report.skipped))
         failures = _run_pool(job, todo, concurrency, lambda c, d: _store(report, c, d, Provenance(
             generator=model, endpoint=endpoint, template_hash=thash), on_progress))
@@ -377,8 +422,18 @@ def _collect(job: _Job, concept: str, fut: Future[list[str]], store: Callable[[s
 
 def _summary_error(failures: dict[str, GenerationError], report: GenerationReport,
                    todo: list[str]) -> GenerationError:
-    """One error for the run; its type is MalformedReplyError only when every failure was one."""
+    """One error for the run; its type is MalformedReplyError only when every failure was one.
+
+    An unreachable endpoint is one line: it is the endpoint's failure, not the concepts'.
+    """
     missing = len(todo) - len(report.generated)
+    unreachable = next((e for e in failures.values() if isinstance(e, EndpointUnreachableError)), None)
+    if unreachable is not None:
+        kept = f" (the {len(report.cache)} finished are kept in {report.path}; a rerun resumes)" if len(
+            report.cache) else ""
+        return EndpointUnreachableError(
+            f"{unreachable}; rerunning will not help until the endpoint is reachable (start the server, or fix "
+            f"the base URL or the network); {len(report.generated)} generated now, {missing} still missing{kept}")
     lines = [f"{len(failures)} concept(s) failed; {len(report.generated)} generated now and saved to "
              f"{report.path}, {missing} still missing (rerun the same command to resume):"]
     lines += [f"  {exc}" for exc in failures.values()]

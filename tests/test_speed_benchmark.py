@@ -1,5 +1,6 @@
 """benchmarks/speed.py on the tiny preset, in-process: the measuring code runs and its toggles are faithful."""
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -114,13 +115,16 @@ def test_plan_quick_and_full(speed):
     repeated = [c for c in full if full.count(c) > 1]
     assert {c.model for c in repeated} == set(speed.REPEATED) and {c.batch for c in repeated} == {8}
     assert full[-len(repeated) // 2:] == repeated[:len(repeated) // 2]   # the repeats run last
-    assert len(full) - len({c.id for c in full}) == 6
+    assert len(full) - len({c.id for c in full}) == 10   # 6 target rows, 4 BiomedCLIP-shaped ones
+    assert {(c.model, c.batch) for c in quick if c.group == "biomedclip"} == {(m, 2) for m in speed.BIOMEDCLIP_MODELS}
+    assert {c.batch for c in full if c.group == "biomedclip"} == {1, 8}
+    assert {c.mode for c in full if c.model == "tgcnet_biomedclip"} == {"infer", "train"}
     assert {c.model for c in full if c.group == "ab"} == {"floor_ab", "tgcnet_ab", "peers_ab"}
     assert {c.model for c in quick if c.group == "ab"} == {"floor_ab"}
     assert not any(c.variant == "method_core" for c in quick) and any(c.variant == "method_core" for c in full)
 
 
-@pytest.mark.parametrize("variant", ["lora_merged", "no_caption_cache", "light_head", "onednn_linear"])
+@pytest.mark.parametrize("variant", ["no_caption_cache", "light_head", "onednn_linear"])
 def test_tgcnet_variants_build_and_step(speed, variant):
     """Each "ways"/A-B variant builds and runs (lora_merged once failed: the frozen knowledge
     encoder cannot bypass merged LoRA, so descriptions must be encoded before the merge)."""
@@ -169,3 +173,75 @@ def test_cached_training_target_row(speed):
     assert ratio["train_throughput_over_clipseg"] == pytest.approx(4 / 6)
     checks = {c["key"]: c["met"] for c in speed.targets(ratio)}
     assert checks["cached_train_throughput_over_clipseg"] is True and checks["train_throughput_over_clipseg"] is False
+
+
+def _fake_result(speed, rows: list[dict]) -> dict:
+    meta = {"preset": "tgcnet-tiny", "quick": True, "date": "today", "device": "cpu", "device_name": "cpu",
+            "torch": torch.__version__, "threads": None, "dtype": "float32", "warmup": 1, "iters": 1, "repeats": 1,
+            "memory_kind": "peak RSS", "loadavg_start": [0], "loadavg_end": [0], "elapsed_s": 1.0, "batches": [2],
+            "cpu_vendor": "intel", "cpu_linear_auto": "torch"}
+    ratio = {"2": speed.ratios(rows, 2)}
+    return {"meta": meta, "ratios": ratio, "targets": speed.targets(ratio["2"]), "rows": rows}
+
+
+def test_biomedclip_rows_merge_into_an_earlier_run(speed, tmp_path, monkeypatch):
+    """``--only biomedclip --merge-into`` on the tiny BiomedCLIP-shaped preset (in-process, no fork server):
+    its rows build a WordPiece tokenizer, run, and are added to the earlier result, which keeps every row and line."""
+    monkeypatch.setattr(speed, "run_all", lambda cases, settings: [speed._run_isolated(c, settings) for c in cases])
+    earlier = {**dict.fromkeys(("min_s", "first_call_s", "build_s", "resident_after_build_mb"), 0.1),
+               "model": "tgcnet", "mode": "infer", "batch": 2, "size": 224, "variant": "default", "group": "main",
+               "id": "tgcnet/default/infer/b2/224", "median_s": 0.5, "times_s": [0.5], "process_medians_s": [0.5],
+               "images_per_s": 4.0, "peak_mb": 900.0, "memory_kind": "peak RSS", "trainable_params": 10,
+               "threads": 1, "other_cores": 0.0}
+    speed.write_results(_fake_result(speed, [earlier]), tmp_path / "base")
+    old_md = (tmp_path / "base" / "speed.md").read_text()
+    assert speed.main(["--quick", "--preset", "tgcnet-tiny", "--biomedclip-preset", "tgcnet-tiny-biomedclip",
+                       "--only", "biomedclip", "--merge-into", str(tmp_path / "base" / "speed.json"),
+                       "--out", str(tmp_path / "merged"), "--note", "a merged run"]) == 0
+    result = json.loads((tmp_path / "merged" / "speed.json").read_text())
+    assert result["rows"][0] == earlier
+    added = result["rows"][1:]
+    assert [r["model"] for r in added] == list(speed.BIOMEDCLIP_MODELS) + ["tgcnet_biomedclip"]
+    assert all("error" not in r and r["median_s"] > 0 and r["peak_mb"] > 0 for r in added), added
+    text_floor, train = added[1], added[3]
+    assert text_floor["text"]["unique_captions"] == 2 and text_floor["text"]["caption_tokens"] > 10
+    assert train["mode"] == "train" and train["trainable_params"] > 0 and train["text"]["unique_descriptions"] > 0
+    assert train["text"]["caption_tokens"] == text_floor["text"]["caption_tokens"]
+    run = result["meta"]["merged_runs"][-1]
+    assert run["ids"] == [r["id"] for r in added] and run["note"] == "a merged run"
+    md = (tmp_path / "merged" / "speed.md").read_text()
+    assert md.startswith(old_md.rstrip("\n") + "\n")     # only lines added
+    section = md[len(old_md):]
+    assert "## BiomedCLIP-shaped CLIP" in section and "`tgcnet-tiny-biomedclip` as shipped" in section
+    assert "| TGCNet, tgcnet-biomedclip | train | 2 |" in section and "merged into this file" in section
+    assert "inference / (image + text tower floors)" in section and "Note: a merged run" in section
+
+
+def test_wordpiece_vocab_fits_the_tower(speed, tmp_path):
+    """Whole words up to the tower's vocabulary size, every character kept: nothing tokenises to [UNK]."""
+    from transformers import AutoTokenizer
+
+    texts = ["Bilateral pulmonary infection, lower left lung.", "Ground-glass opacity (GGO) in COVID-19."]
+    whole = speed.write_wordpiece_vocab(tmp_path / "whole", texts, size=30522)
+    vocab = (tmp_path / "whole" / "vocab.txt").read_text().split("\n")[:-1]
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and "bilateral" in vocab
+    ids = AutoTokenizer.from_pretrained(whole)(texts)["input_ids"]
+    assert len(ids[0]) == 2 + 8      # [CLS] bilateral pulmonary infection , lower left lung . [SEP]
+    small = speed.write_wordpiece_vocab(tmp_path / "small", texts, size=len(vocab) - 5)
+    assert len((tmp_path / "small" / "vocab.txt").read_text().split("\n")[:-1]) == len(vocab) - 5
+    tok = AutoTokenizer.from_pretrained(small)
+    cut = tok(texts)["input_ids"]
+    assert all(tok.unk_token_id not in row for row in cut) and len(cut[1]) > len(ids[1])
+
+
+def test_only_an_ab_row_still_reports(speed, tmp_path, monkeypatch):
+    """A run of A/B rows only (``--only floor_ab``) has no row with a memory kind: it still writes its report."""
+    medians = {"open_clip": 0.5, "fused": 0.4}
+    row = {"model": "floor_ab", "mode": "infer", "batch": 2, "size": 224, "variant": "default", "group": "ab",
+           "id": "floor_ab/default/infer/b2/224", "ab_median_s": medians, "ab_times_s": {k: [v] for k, v in
+                                                                                           medians.items()},
+           "median_s": 0.5, "images_per_s": 4.0, "peak_mb": None, "threads": 1, "other_cores": 0.0}
+    monkeypatch.setattr(speed, "run_all", lambda cases, settings: [row])
+    assert speed.main(["--quick", "--preset", "tgcnet-tiny", "--only", "floor_ab", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "speed.json").read_text())["meta"]["memory_kind"] == "n/a"
+    assert "frozen ViT forward, batch 2" in (tmp_path / "speed.md").read_text()

@@ -26,10 +26,10 @@ def test_overlong_caption_uses_the_towers_own_context(tmp_path):
     model = create_model("tgcnet-tiny-biomedclip", knowledge=None,
                          clip__tokenizer=write_bert_tokenizer(tmp_path / "tok"))
     assert model.max_caption_tokens == 64 - 2
-    caption = " ".join(["lung"] * 62)
-    assert model.overlong_captions([caption, caption + " lung"]) == [(1, 63)]
+    caption = " ".join(["lung"] * 61) + "."   # canonical form (final period): 62 word pieces
+    assert model.overlong_captions([caption, "lung " + caption]) == [(1, 63)]
     with pytest.raises(ValueError, match="caption 1 has 63 tokens"):
-        model(images(2), [caption, caption + " lung"])
+        model(images(2), [caption, "lung " + caption])
 
 
 def test_hf_descriptions_are_truncated_with_a_warning(tmp_path):

@@ -9,6 +9,7 @@ Weights are read from the files people have: open_clip's hub files
 (``open_clip_model.safetensors``, ``open_clip_pytorch_model.bin``), a plain or DDP state
 dict, a training checkpoint holding ``state_dict``, OpenAI's original TorchScript ``.pt``,
 or an open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b88k"``) found in the cache.
+A tag saying so and OpenAI's own file switch the towers to QuickGELU, which no tensor records.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ HUB_CONFIG_NAME = "open_clip_config.json"
 HUB_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 #: keys OpenAI's TorchScript checkpoints hold besides the weights
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+#: the checkpoint formats read_checkpoint knows, as error messages name them
+_FORMATS = "safetensors, a PyTorch state dict or OpenAI's TorchScript file"
 
 
 @dataclass
@@ -63,11 +66,17 @@ class _Source:
 def load_clip(cfg: ClipConfig) -> ClipTowers:
     """Build the open_clip model named by ``cfg``, load its weights, return towers and tokenizer."""
     source = _resolve(cfg)
+    state, openai = _read_checkpoint(source.weights) if source.weights else (None, False)
+    if openai and not source.model_cfg.get("quick_gelu"):
+        # the activation is not in the weights: OpenAI trained every CLIP with QuickGELU, and
+        # their file builds with it in open_clip's load_openai_model
+        logger.info("%s is OpenAI's TorchScript CLIP: building %s with QuickGELU", source.weights, source.what)
+        source.model_cfg["quick_gelu"] = True
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         model = instantiate(source.model_cfg)
-    if source.weights:
-        load_checkpoint(model, source.weights)
+    if state is not None:
+        _load_state(model, state, source.weights)
     text_cfg = source.model_cfg.get("text_cfg", {})
     context_length = int(text_cfg.get("context_length", 77))
     text = text_tower(model, context_length)
@@ -83,10 +92,11 @@ def load_clip(cfg: ClipConfig) -> ClipTowers:
 
 def _resolve(cfg: ClipConfig) -> _Source:
     name = cfg.model_name
+    own_weights = not cfg.pretrained   # pretrained= replaces the hub's / folder's weights: never fetch those
     if name.startswith("hf-hub:"):
-        source = _hub_source(name[len("hf-hub:"):])
+        source = _hub_source(name[len("hf-hub:"):], own_weights)
     elif name.startswith("local-dir:"):
-        source = _folder_source(Path(name[len("local-dir:"):]))
+        source = _folder_source(Path(name[len("local-dir:"):]), own_weights)
     else:
         source = _Source(model_cfg=_named_model_cfg(cfg), what="this CLIP" if name == "custom" else f"CLIP {name!r}")
     if cfg.pretrained:
@@ -118,17 +128,24 @@ def _hub_file(repo: str, filename: str) -> Optional[str]:
 
 
 def _offline_hint() -> str:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    from huggingface_hub import constants
+
+    # the flag the hub client read at import (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), or one set since
+    offline = getattr(constants, "HF_HUB_OFFLINE", False) or \
+        os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    if offline:
         return "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
     return "the hub could not be reached and it is not in the local Hugging Face cache"
 
 
-def _hub_source(repo: str) -> _Source:
+def _hub_source(repo: str, with_weights: bool = True) -> _Source:
     config_path = _hub_file(repo, HUB_CONFIG_NAME)
     if config_path is None:
         raise ValueError(f"could not load CLIP 'hf-hub:{repo}': {HUB_CONFIG_NAME} unavailable ({_offline_hint()}); "
-                         f"download it once (huggingface-cli download {repo}) or pass clip_model='local-dir:<folder>'")
+                         f"download it once (hf download {repo}) or pass clip_model='local-dir:<folder>'")
     source = _config_file_source(Path(config_path), f"CLIP 'hf-hub:{repo}'")
+    if not with_weights:
+        return source
     weights = next((p for p in (_hub_file(repo, n) for n in HUB_WEIGHT_NAMES) if p), None)
     if weights is None:
         raise ValueError(f"could not load the weights of CLIP 'hf-hub:{repo}': none of {', '.join(HUB_WEIGHT_NAMES)} "
@@ -137,10 +154,12 @@ def _hub_source(repo: str) -> _Source:
     return source
 
 
-def _folder_source(folder: Path) -> _Source:
+def _folder_source(folder: Path, with_weights: bool = True) -> _Source:
     if not folder.is_dir():
         raise FileNotFoundError(f"CLIP folder not found: {folder}")
     source = _config_file_source(folder / HUB_CONFIG_NAME, f"CLIP 'local-dir:{folder}'")
+    if not with_weights:
+        return source
     source.weights = next((str(folder / n) for n in HUB_WEIGHT_NAMES if (folder / n).is_file()), None)
     if source.weights is None:
         raise FileNotFoundError(f"CLIP folder {folder} holds none of {', '.join(HUB_WEIGHT_NAMES)}")
@@ -172,15 +191,29 @@ def _weights_path(pretrained: str, name: str, source: _Source) -> str:
     if tag_cfg.get("quick_gelu"):   # OpenAI's weights were trained with QuickGELU
         source.model_cfg["quick_gelu"] = True
     source.preprocess = {"mean": tag_cfg.get("mean"), "std": tag_cfg.get("std")}
-    repo = (tag_cfg.get("hf_hub") or "").strip("/")
-    filenames = (tag_cfg["hf_hub_filename"],) if tag_cfg.get("hf_hub_filename") else HUB_WEIGHT_NAMES
+    repo, filenames = _tag_hub_files(tag_cfg.get("hf_hub") or "")
     path = next((p for p in (_hub_file(repo, f) for f in filenames) if p), None) if repo else None
     if path is None:
-        where = f"hub repo {repo}" if repo else tag_cfg.get("url", "its URL")
-        raise ValueError(f"CLIP weights {name!r} / {pretrained!r} ({where}, file {' or '.join(filenames)}) are not "
-                         f"available: {_offline_hint()}; download once (huggingface-cli download {repo}) or pass "
-                         "pretrained=/path/to/checkpoint")
+        if not repo:   # a tag with only a URL: tgcnet reads the hub cache, never URLs
+            raise ValueError(f"CLIP weights {name!r} / {pretrained!r} are not on the Hugging Face hub: download "
+                             f"{tag_cfg.get('url') or 'them'} and pass pretrained=/path/to/checkpoint")
+        raise ValueError(f"CLIP weights {name!r} / {pretrained!r} (hub repo {repo}, file {' or '.join(filenames)}) "
+                         f"are not available: {_offline_hint()}; download once (hf download {repo}) "
+                         "or pass pretrained=/path/to/checkpoint")
     return path
+
+
+def _tag_hub_files(hf_hub: str) -> tuple[str, tuple[str, ...]]:
+    """A tag's ``hf_hub`` as open_clip reads it, as a repo id and the files to try in turn:
+    ``org/name/`` means open_clip's default files, ``org/name/file.bin`` that file (its
+    ``.safetensors`` twin first, as open_clip prefers)."""
+    parts = hf_hub.strip("/").split("/")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    if not filename or filename == HUB_WEIGHT_NAMES[1]:
+        return repo, HUB_WEIGHT_NAMES
+    if filename.endswith((".bin", ".pth")):
+        return repo, (filename[:-4] + ".safetensors", filename)
+    return repo, (filename,)
 
 
 # ------------------------------------------------------------------ building
@@ -259,43 +292,84 @@ def _known_hf_configs() -> dict[str, dict]:
 
 def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     """The state dict in a checkpoint file of any format open_clip users have (see the module)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
-    try:
-        if _is_safetensors(path):
-            from safetensors.torch import load_file
+    return _read_checkpoint(path)[0]
 
-            state = load_file(path)
-        elif _is_torchscript(path):
-            state = dict(torch.jit.load(path, map_location="cpu").state_dict())
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable CLIP checkpoint (safetensors, a PyTorch state dict or "
-                         f"OpenAI's TorchScript file): {type(exc).__name__}: {exc}") from exc
+
+def _read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """The state dict, and whether the file is OpenAI's original TorchScript CLIP: its extra
+    ``input_resolution`` / ``context_length`` / ``vocab_size`` tensors say so (and are dropped)."""
+    state, kind = _load_file(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state:
         raise ValueError(f"{path} is not a CLIP checkpoint: expected a state dict of tensors, got "
-                         f"{type(state).__name__}" + (" (empty)" if isinstance(state, dict) and not state else ""))
+                         f"{type(state).__name__}" + (" (empty)" if isinstance(state, dict) else ""))
+    odd = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise ValueError(f"{path} is not a CLIP checkpoint: expected a state dict of tensors (or a dict holding one "
+                         f"as 'state_dict'), but its entry {odd!r} is a {type(state[odd]).__name__}")
     if all(k.startswith("module.") for k in state):   # saved from DistributedDataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
+    openai = kind == "torchscript" and any(k in state for k in _OPENAI_EXTRA_KEYS)
     for key in _OPENAI_EXTRA_KEYS:
         state.pop(key, None)
-    return state
+    return state, openai
 
 
-def _is_safetensors(path: str) -> bool:
-    if path.endswith(".safetensors"):
-        return True
-    with open(path, "rb") as f:   # 8-byte header length, then a JSON header
+def _load_file(path: str) -> tuple[Any, str]:
+    """What a checkpoint file holds, and its format; one error naming the file when it is none."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
+    kind = _file_format(path)
+    if kind is None:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        what = f"it starts with {head!r}" if head else "the file is empty"
+        raise ValueError(f"{path} is not a readable CLIP checkpoint ({_FORMATS}): {what}, which is none of these")
+    try:
+        if kind == "safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path), kind
+        if kind == "torchscript":
+            return dict(torch.jit.load(path, map_location="cpu").state_dict()), kind
+        return torch.load(path, map_location="cpu", weights_only=True), kind
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable CLIP checkpoint ({_FORMATS}): it looks like a {kind} file but "
+                         f"cannot be read: {_read_error(exc)}") from exc
+
+
+def _file_format(path: str) -> Optional[str]:
+    """The format by the file's first bytes ("safetensors", "torchscript", "pytorch"), None for
+    anything else: an empty file or an HTML error page is then named as such, not by the error
+    an unpickler happens to hit in it (``pop from empty list``)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return None
+    with open(path, "rb") as f:   # safetensors: 8-byte header length, then a JSON header
         head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
+    if path.endswith(".safetensors") or (
+            len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8):
+        return "safetensors"
+    if zipfile.is_zipfile(path):   # torch.save since PyTorch 1.6, and TorchScript
+        return "torchscript" if _is_torchscript(path) else "pytorch"
+    return "pytorch" if head[:1] == b"\x80" else None   # a pickle: torch.save before 1.6
+
+
+def _read_error(exc: Exception) -> str:
+    """The line of a read error that says what is wrong (torch's weights-only refusal is a page)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = " ".join(text.split("WeightsUnpickler error:", 1)[1].split()).split(". ")[0]
+        if "Unsupported global" in text:   # a pickle of Python objects besides tensors
+            text += ("; tgcnet reads tensors only (torch.load(weights_only=True)): save the state dict alone, "
+                     "e.g. torch.save(checkpoint['state_dict'], path)")
+        return f"weights-only unpickling: {text}"
+    return f"{type(exc).__name__}: {' '.join(text.split())[:300]}"
 
 
 def _is_torchscript(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
     with zipfile.ZipFile(path) as archive:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
 
@@ -306,7 +380,12 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     A checkpoint of another architecture is one error naming the file and the first
     tensor that does not fit, rather than a list of hundreds of keys.
     """
-    state = convert_state_dict(model, read_checkpoint(path))
+    _load_state(model, read_checkpoint(path), path)
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """:func:`load_checkpoint` of a state already read from ``path``."""
+    state = convert_state_dict(model, state)
     if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
         state = convert_to_custom_text_state_dict(state)
     expected = model.state_dict()
@@ -315,8 +394,11 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
             state[key] = state[key].reshape(expected[key].shape)
     if "logit_bias" not in state and "logit_bias" in expected:
         state["logit_bias"] = torch.zeros_like(expected["logit_bias"])
-    for key in [k for k in state if k.endswith("embeddings.position_ids") and k not in expected]:
-        del state[key]   # a buffer transformers stopped saving
+    derived = {name for name, _ in model.named_buffers()} - set(expected)
+    for key in [k for k in state if k in derived or (k.endswith("embeddings.position_ids") and k not in expected)]:
+        # buffers the model makes itself: TorchScript saves non-persistent ones too (open_clip's
+        # attn_mask), older transformers saved position_ids, which newer ones no longer have
+        del state[key]
     try:
         resize_pos_embed(state, model)
         resize_text_pos_embed(state, model)

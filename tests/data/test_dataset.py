@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tgcnet.data import DataError, SegmentationDataset, Triple, build_transforms, collate, read_split, sample_root
-from tgcnet.data.dataset import binarize_mask
+from tgcnet.data.dataset import binarize_mask, load_image, load_mask
 
 
 def _triple(tmp_path, name, image: np.ndarray, mask: np.ndarray, caption="left lung.") -> Triple:
@@ -126,3 +127,91 @@ def test_plain_callable_transform_without_rng(tmp_path):
     ds = SegmentationDataset([t], transform=lambda im, m, c: (im[:2, :2], m[:2, :2], c.upper()))
     item = ds[0]
     assert item["image"].shape == (3, 2, 2) and item["caption"] == "X" and item["mask"].sum() == 4
+
+
+# --------------------------------------------------------------------------- bit depth and unreadable files
+
+def _save(path, array: np.ndarray):
+    """uint16 HxW arrays become 16-bit grayscale PNGs (mode I;16), uint8 ones 8-bit PNGs."""
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.mark.parametrize("peak, bits", [(4080, 12), (65535, 16), (1000, 10), (1023, 10), (1024, 12), (16000, 14),
+                                        (200, 10)])
+def test_16bit_grayscale_is_scaled_by_the_smallest_bit_depth_that_holds_its_maximum(tmp_path, peak, bits):
+    arr = np.linspace(0, peak, 16).round().astype(np.uint16).reshape(4, 4)
+    image = load_image(_save(tmp_path / "x.png", arr))
+    assert image.dtype == np.uint8 and image.shape == (4, 4)
+    np.testing.assert_array_equal(image, np.round(arr * (255 / (2**bits - 1))).astype(np.uint8))
+
+
+@pytest.mark.parametrize("array, expected", [
+    (np.array([[0, 4080]], np.uint16), 4080 / 4095),  # 12-bit X-ray export: not 4080 / 65535 = 0.062
+    (np.array([[0, 65535]], np.uint16), 1.0),
+    (np.array([[0, 200]], np.uint8), 200 / 255),  # 8-bit: unchanged
+], ids=["12bit", "16bit", "8bit"])
+def test_item_image_values_follow_the_stored_bit_depth(tmp_path, array, expected):
+    t = _triple(tmp_path, "x", array, np.zeros(array.shape, np.uint8))
+    image = SegmentationDataset([t])[0]["image"]
+    assert image.max().item() == pytest.approx(expected, abs=0.5 / 255)
+    assert image.min().item() == 0.0
+
+
+def test_16bit_colour_png_keeps_its_depth_and_channel_order(tmp_path):
+    import cv2
+
+    rgb = np.zeros((2, 2, 3), np.uint16)
+    rgb[..., 0], rgb[..., 1] = 4080, 2040  # Pillow alone keeps the high byte: 15 and 7
+    path = tmp_path / "rgb16.png"
+    assert cv2.imwrite(str(path), rgb[..., ::-1].copy())
+    image = load_image(path)
+    assert image.dtype == np.uint8 and image.shape == (2, 2, 3)
+    assert image[0, 0].tolist() == [254, 127, 0]
+    rgb[0, 0] = 0  # as a mask: 0 and 4080 (12 bits) -> foreground above 2047
+    assert cv2.imwrite(str(path), rgb[..., ::-1].copy())
+    mask, binary = load_mask(path)
+    assert mask.tolist() == [[0, 1], [1, 1]] and binary
+
+
+@pytest.mark.parametrize("top", [255, 1000, 4095, 65535])
+def test_16bit_masks_are_binarised_at_half_their_bit_depth(tmp_path, top):
+    mask = np.zeros((4, 4), np.uint16)
+    mask[:, :2] = top
+    m, binary = load_mask(_save(tmp_path / "m.png", mask))
+    assert binary and m.dtype == np.uint8
+    np.testing.assert_array_equal(m, (mask > 0).astype(np.uint8))
+
+
+def test_binarize_rule_above_8_bits():
+    m, binary = binarize_mask(np.array([[0, 2047, 2048, 4095]], np.uint16))  # 12 bits: > 2047
+    assert m.tolist() == [[0, 0, 1, 1]] and not binary
+    m, _ = binarize_mask(np.array([[0, 32767, 32768, 65535]], np.uint16))  # 16 bits: > 32767
+    assert m.tolist() == [[0, 0, 1, 1]]
+
+
+def test_float_and_out_of_range_images_are_data_errors_naming_the_file(tmp_path):
+    floats = tmp_path / "float.tif"
+    Image.fromarray(np.full((4, 4), 100.0, np.float32)).save(floats)
+    with pytest.raises(DataError, match=rf"{re.escape(str(floats))}.*floating-point.*8- or 16-bit"):
+        load_image(floats)
+    wide = tmp_path / "wide.tif"
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(wide)
+    with pytest.raises(DataError, match=rf"{re.escape(str(wide))}.*70000.*0\.\.65535"):
+        load_image(wide)
+
+
+def test_unreadable_files_at_load_are_data_errors_naming_the_file(tmp_path):
+    """read_split checks files, but they can change before training reads them."""
+    t = _triple(tmp_path, "c", np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8))
+    t.image_path.write_bytes(b"not an image")
+    with pytest.raises(DataError, match=rf"cannot read image {re.escape(str(t.image_path))}"):
+        SegmentationDataset([t])[0]
+    jpg = tmp_path / "c.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(jpg)
+    jpg.write_bytes(jpg.read_bytes()[:-200])  # truncated: Pillow says "image file is truncated", no name
+    with pytest.raises(DataError, match=rf"cannot read image {re.escape(str(jpg))}.*truncated"):
+        SegmentationDataset([Triple("c", jpg, t.mask_path, "x")])[0]
+    t.mask_path.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"cannot read mask {re.escape(str(t.mask_path))}"):
+        load_mask(t.mask_path)

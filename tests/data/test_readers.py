@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -183,7 +186,6 @@ def test_all_bad_is_an_error_even_when_skipping(tmp_path, png):
 
 def test_sgseg_split_missing_from_annotation(tmp_path, fake_trees):
     fake_trees["sgseg"](tmp_path)
-    import json
     path = tmp_path / "prompts" / "annotation.json"
     data = json.loads(path.read_text())
     del data["test"]
@@ -204,3 +206,111 @@ def test_real_qata_mini_reads_cleanly(qata_mini_root):
         with Image.open(triples[0].image_path) as im:
             assert im.size == (224, 224) and im.mode == "L"
     assert sizes == {"train": 600, "valid": 150, "test": 300}
+
+
+# --------------------------------------------------------------------------- unreadable annotation files
+
+def test_empty_prompts_csv_is_a_data_error_naming_it(tmp_path, png, mask_png):
+    png(tmp_path / "train" / "images" / "a.png")
+    mask_png(tmp_path / "train" / "masks" / "mask_a.png")
+    table = tmp_path / "train" / "prompts.csv"
+    table.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"{re.escape(str(table))}: empty.*columns Image and Description") as err:
+        read_split(tmp_path, "train")
+    assert err.value.problems and err.value.problems[0][0] == table
+
+
+def test_corrupt_lvit_xlsx_is_a_data_error_naming_it(tmp_path, fake_trees):
+    fake_trees["lvit"](tmp_path)
+    table = tmp_path / "Train_Folder" / "Train_text.xlsx"
+    for junk in (bytes(range(256)) * 4, b"PK\x03\x04" + bytes(range(256)) * 4):  # the second: BadZipFile
+        table.write_bytes(junk)
+        with pytest.raises(DataError, match=rf"{re.escape(str(table))}: not a readable Excel workbook") as err:
+            read_split(tmp_path, "train")
+        assert err.value.problems[0][0] == table
+    table.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"{re.escape(str(table))}.*empty"):
+        read_split(tmp_path, "train")
+
+
+def test_empty_sgseg_annotation_is_a_data_error_naming_it(tmp_path, fake_trees):
+    fake_trees["sgseg"](tmp_path)
+    table = tmp_path / "prompts" / "annotation.json"
+    table.write_text("")
+    with pytest.raises(DataError, match=rf"{re.escape(str(table))}: not valid JSON"):
+        read_split(tmp_path, "train")
+
+
+# --------------------------------------------------------------------------- masks, missing splits, bad files
+
+def test_simple_finds_the_mask_whatever_its_extension(tmp_path, png, mask_png):
+    split = tmp_path / "train"
+    png(split / "images" / "x.jpg")
+    mask_png(split / "masks" / "mask_x.png")
+    png(split / "images" / "y.png")
+    mask_png(split / "masks" / "mask_y.png")
+    pd.DataFrame({"Image": ["x.jpg", "y.png"], "Description": ["a", "b"]}).to_csv(split / "prompts.csv", index=False)
+    x, y = read_split(tmp_path, "train")
+    assert x.image_path == split / "images" / "x.jpg" and x.mask_path == split / "masks" / "mask_x.png"
+    assert y.mask_path == split / "masks" / "mask_y.png"
+
+
+def _drop_split(root: Path, layout: str, split: str) -> None:
+    """Remove one split of a fake tree: its folder, or its entry in SGSeg's annotation.json."""
+    if layout == "sgseg":
+        path = root / "prompts" / "annotation.json"
+        data = json.loads(path.read_text())
+        del data[split]
+        path.write_text(json.dumps(data))
+    else:
+        folder = split if layout == "simple" else {"valid": "Val", "test": "Test"}[split] + "_Folder"
+        shutil.rmtree(root / folder)
+
+
+@pytest.mark.parametrize("layout", ["simple", "lvit", "sgseg"])
+def test_missing_validation_split_says_how_to_train_without_one(tmp_path, fake_trees, layout):
+    fake_trees[layout](tmp_path)
+    _drop_split(tmp_path, layout, "valid")
+    for split in ("valid", "val"):
+        with pytest.raises((FileNotFoundError, DataError)) as err:
+            read_split(tmp_path, split)
+        msg = str(err.value)
+        assert "--val-split none" in msg and "val_split=None" in msg and str(tmp_path) in msg, msg
+    _drop_split(tmp_path, layout, "test")
+    with pytest.raises((FileNotFoundError, DataError)) as err:
+        read_split(tmp_path, "test")
+    assert "--val-split" not in str(err.value)  # only the validation split can be turned off
+
+
+@pytest.mark.parametrize("problem, words", [
+    ("corrupt_image", "cannot read image"), ("corrupt_mask", "cannot read mask"),
+    ("truncated_jpeg", "cannot read image"), ("missing_image", "image not found"),
+    ("missing_mask", "mask not found"), ("mask_size", "size mismatch: image 8x8 but mask 16x8"),
+])
+def test_one_bad_file_is_one_data_error_naming_it(tmp_path, png, mask_png, problem, words):
+    split = tmp_path / "train"
+    png(split / "images" / "good.png")
+    mask_png(split / "masks" / "mask_good.png")
+    name = "bad.jpg" if problem == "truncated_jpeg" else "bad.png"
+    image, mask = split / "images" / name, split / "masks" / f"mask_{name}"
+    png(image, size=(64, 64) if problem == "truncated_jpeg" else (8, 8))
+    mask_png(mask, size=(16, 8) if problem == "mask_size" else (64, 64) if problem == "truncated_jpeg" else (8, 8))
+    if problem == "corrupt_image":
+        image.write_bytes(b"not an image")
+    elif problem == "corrupt_mask":
+        mask.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    elif problem == "truncated_jpeg":
+        image.write_bytes(image.read_bytes()[:-200])
+    elif problem == "missing_image":
+        image.unlink()
+    elif problem == "missing_mask":
+        mask.unlink()
+    pd.DataFrame({"Image": ["good.png", name], "Description": ["a", "b"]}).to_csv(split / "prompts.csv", index=False)
+    with pytest.raises(DataError) as err:
+        read_split(tmp_path, "train")
+    assert "1 bad of 2 entries" in str(err.value)
+    assert [p for p, _ in err.value.problems] == [image]
+    reason = err.value.problems[0][1]
+    assert words in reason
+    if problem in ("corrupt_mask", "missing_mask", "mask_size"):
+        assert str(mask) in reason

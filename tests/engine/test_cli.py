@@ -79,6 +79,18 @@ def test_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch)
     assert message in err and "Traceback" not in err and err.startswith(f"tgcnet {argv[0]}: error:")
 
 
+def test_failed_first_run_then_fixed_command_runs_without_resume(tmp_path, capsys):
+    """A first run refused for a bad option writes nothing, so the corrected command just runs."""
+    run = str(tmp_path / "run")
+    args = ["train", "--data", SAMPLE, "--out", run, "--max-steps", "1", "--val-split", "none", *TINY]
+    assert main([*args, "--image-size", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "image_size 100" in err and "patch size 16" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+    assert main([*args, "--image-size", "64"]) == 0
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["image_size"] == 64
+
+
 def test_demo_runs_end_to_end(tmp_path):
     result = run_demo(tmp_path / "demo", minutes=0.05, image_size=64, epochs=1, device="cpu", progress=False)
     m = result["metrics"]

@@ -95,3 +95,104 @@ def test_checkpoint_interrupted_mid_swap_is_found(tmp_path):
     assert path.name == "last.old" and state["global_step"] == 5 and "optimizer" in optim
     with pytest.raises(FileNotFoundError, match="no resumable checkpoint"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+# --------------------------------------------------------------------------- damaged checkpoints
+# In-process (tgcnet.cli.main) and without --deterministic, which would leak into other tests.
+QUICK_ARGS = ["--image-size", "64", "--batch-size", "8", "--epochs", "2", "--knowledge", "none", "--max-steps", "1",
+              "--warmup-steps", "1", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory) -> Path:
+    """A run stopped after one step: last/ (step 1) and best/ (its validated model)."""
+    from tgcnet.cli import main
+
+    run = tmp_path_factory.mktemp("one_step") / "run"
+    assert main(["train", "--data", str(sample_root()), "--out", str(run), *QUICK_ARGS]) == 0
+    assert (run / "last" / "trainer_state.json").is_file() and (run / "best" / "model.safetensors").is_file()
+    return run
+
+
+@pytest.fixture
+def run_copy(one_step_run, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(one_step_run, tmp_path / "run"))
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+DAMAGES = {
+    "state truncated": ("trainer_state.json", _truncate),
+    "state not a dict": ("trainer_state.json", lambda p: p.write_text("[]")),
+    "state missing": ("trainer_state.json", Path.unlink),
+    "weights truncated": ("model.safetensors", _truncate),
+    "weights missing": ("model.safetensors", Path.unlink),
+    "optimizer truncated": ("optim.pt", _truncate),
+}
+
+
+def _resume_error(run: Path, capsys) -> str:
+    from tgcnet.cli import main
+
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("tgcnet train: error:"), err
+    return err
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_checkpoint_names_the_file_and_points_to_best(run_copy, damage, capsys):
+    name, spoil = DAMAGES[damage]
+    spoil(run_copy / "last" / name)
+    err = _resume_error(run_copy, capsys)
+    assert str(run_copy / "last" / name) in err and "damaged" in err
+    # the best model is the earlier state that survives: start a new run from it
+    assert f"--init-from {run_copy / 'best'}" in err and "--out" in err
+    assert (run_copy / "last" / "optim.pt").exists() or name == "optim.pt"  # nothing was deleted
+
+
+def test_damaged_checkpoint_without_best_says_start_afresh(run_copy, capsys):
+    import shutil
+
+    shutil.rmtree(run_copy / "best")
+    _truncate(run_copy / "last" / "trainer_state.json")
+    err = _resume_error(run_copy, capsys)
+    assert "no earlier state" in err and "start afresh" in err and "--out" in err and "--init-from" not in err
+
+
+def test_damaged_checkpoint_points_to_an_intact_previous_one(run_copy, capsys):
+    """A swap cut short can leave last.old/ beside last/: when last/ is damaged, say to use it."""
+    import shutil
+
+    shutil.copytree(run_copy / "last", run_copy / "last.old")
+    _truncate(run_copy / "last" / "trainer_state.json")
+    err = _resume_error(run_copy, capsys)
+    assert f"{run_copy / 'last.old'} is intact (step 1" in err and "move" in err
+    shutil.move(run_copy / "last", run_copy / "last.damaged")  # what the message says to do
+    from tgcnet.cli import main
+
+    assert main(["train", "--resume", str(run_copy)]) == 0
+
+
+def test_damaged_train_config_is_named(run_copy, capsys):
+    _truncate(run_copy / "train_config.json")
+    err = _resume_error(run_copy, capsys)
+    assert str(run_copy / "train_config.json") in err and "damaged" in err and "--out" in err
+
+
+def test_resume_of_a_run_without_checkpoint_says_to_start_afresh(tmp_path, capsys):
+    """A run that stopped before its first checkpoint has nothing to resume: say so before building anything."""
+    from tgcnet.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"train": {"data": str(sample_root()), "out": str(run)}}))
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no checkpoint" in err and "without --resume" in err and "Traceback" not in err

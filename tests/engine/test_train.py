@@ -180,3 +180,38 @@ def test_skip_bad_drops_over_long_captions(tmp_path):
     names = [t.name for t in trainer.train_set.triples]
     assert len(names) == 31 and name not in names
     assert trainer.batches_per_epoch == 4  # the step plan counts the kept triples (31 / 8)
+
+
+def test_image_size_not_a_multiple_of_the_patch_fails_before_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"image_size 100 is not a multiple of the patch size 16 .*96 or 112"):
+        Trainer(config(tmp_path, image_size=100), torch.device("cpu"), DistInfo())
+    with pytest.raises(ValueError, match="image_size 100"):
+        train(config(tmp_path, image_size=100))
+    assert not (tmp_path / "run").exists()
+
+
+def test_fp16_on_cpu_fails_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        train(config(tmp_path, amp="fp16", max_steps=1, val_split=None))
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_directory_without_checkpoint_is_fresh(tmp_path):
+    """Leftovers of a run that never reached its first checkpoint are replaced, not resumed or refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text(json.dumps({"train": {"image_size": 100}}))
+    (run / "log.jsonl").write_text(json.dumps({"epoch": 0, "step": 99}) + "\n")
+    train(config(tmp_path, max_steps=1, val_split=None))
+    assert json.loads((run / "train_config.json").read_text())["train"]["image_size"] == 64
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1]
+
+
+def test_run_directory_with_only_a_best_model_is_not_overwritten(tmp_path):
+    train(config(tmp_path, max_steps=1, val_split=None))
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "last")
+    with pytest.raises(ValueError, match=r"already holds a training run.*best"):
+        train(config(tmp_path, max_steps=1, val_split=None))

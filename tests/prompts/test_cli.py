@@ -173,3 +173,26 @@ def test_killed_run_loses_nothing_and_resumes(fake_chat, api_key, tmp_path):
     assert sorted(fake_chat.labels()) == ["middle left lung", "one area"]
     final = json.loads(out.read_text())["entries"]
     assert len(final) == 4 and {k: final[k] for k in saved} == saved
+
+
+@pytest.mark.parametrize("entry", ["prompts", "tgcnet"])
+def test_generate_unreachable_endpoint_exits_2_with_one_line(api_key, tmp_path, capsys, entry):
+    """Nothing listens on the port: one line naming host and port, exit 2, no retries, no traceback."""
+    import socket
+
+    from tgcnet.cli import main as tgcnet_main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caps = tmp_path / "caps.txt"
+    caps.write_text(CAPS[1])
+    argv = ["prompts", "generate", "--captions", str(caps), "--model", "m", "--base-url",
+            f"http://127.0.0.1:{port}/v1", "--api-key-env", "TGCNET_TEST_KEY", "--out", str(tmp_path / "c.json")]
+    t0 = time.monotonic()
+    assert (main if entry == "prompts" else tgcnet_main)(argv) == 2
+    assert time.monotonic() - t0 < 10.0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert f"host 127.0.0.1, port {port}" in err and "rerunning will not help until the endpoint is reachable" in err
+    assert "retry" not in err and not (tmp_path / "c.json").exists()

@@ -181,6 +181,73 @@ def test_api_key_never_appears_in_output_logs_files_or_errors(fake_chat, api_key
     assert api_key[len("sk-tgcnet-test-"):] not in text
 
 
+# --------------------------------------------------------------------------- unreachable endpoint
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_endpoint_fails_at_once_naming_host_and_port(api_key, tmp_path):
+    """Connection refused is not retried: every concept would fail the same way, and backoff only adds minutes."""
+    from tgcnet.prompts.generate import EndpointUnreachableError
+
+    port = free_port()
+    t0 = time.monotonic()
+    with pytest.raises(EndpointUnreachableError) as info:
+        generate_cache(CONCEPTS, "m", tmp_path / "c.json", base_url=f"http://127.0.0.1:{port}/v1",
+                       api_key_env="TGCNET_TEST_KEY", max_retries=5, backoff_base=1.0)
+    assert time.monotonic() - t0 < 5.0  # the old retry loop spent about a minute here
+    msg = str(info.value)
+    assert "\n" not in msg and f"http://127.0.0.1:{port}" in msg and f"host 127.0.0.1, port {port}" in msg
+    assert "rerunning will not help until the endpoint is reachable" in msg
+    assert "0 generated" in msg and "4 still missing" in msg
+    assert isinstance(info.value, GenerationError) and not (tmp_path / "c.json").exists()
+
+
+def test_default_port_is_named(api_key, tmp_path, monkeypatch):
+    from tgcnet.prompts.generate import EndpointUnreachableError
+
+    with pytest.raises(EndpointUnreachableError, match="host no-such-host.invalid, port 443"):
+        generate_cache(CONCEPTS[:1], "m", tmp_path / "c.json", base_url="https://no-such-host.invalid/v1",
+                       api_key_env="TGCNET_TEST_KEY", max_retries=5)
+
+
+def test_dropped_connection_is_still_retried(api_key, tmp_path):
+    """A server that accepts and hangs up was reached: that is a transient fault, retried with backoff."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    accepted = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with pytest.raises(GenerationError, match="gave up after 3 attempts.*connection error") as info:
+            generate_cache(CONCEPTS[:1], "m", tmp_path / "c.json",
+                           base_url=f"http://127.0.0.1:{server.getsockname()[1]}/v1", **{**FAST, "max_retries": 2})
+    finally:
+        server.close()
+    from tgcnet.prompts.generate import EndpointUnreachableError
+
+    assert not isinstance(info.value, EndpointUnreachableError) and len(accepted) == 3
+
+
 # --------------------------------------------------------------------------- units
 
 def test_backoff_grows_caps_and_jitters():

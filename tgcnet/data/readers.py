@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 # GuideDecoder / LanGuideMedSeg keep the last 20% of train.csv as validation.
 GUIDEDECODER_TRAIN_FRACTION = 0.8
 MAX_LISTED = 20  # problems spelled out in an error message; the rest are counted
+# Training reads the 'valid' split by default (tgcnet.engine.train.TrainConfig.val_split).
+NO_VALID_ADVICE = "to train without validation, pass --val-split none (val_split=None in Python)"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,15 @@ def _canonical_split(split: str) -> str:
     return s
 
 
+def _split_missing(split: str, message: str) -> str:
+    """``message`` saying that a split is not there, with the way out when it is the validation split.
+
+    Training asks for 'valid' by default and many releases ship only train and test: the
+    user needs to know validation can be turned off, not only which file is missing.
+    """
+    return f"{message}; {NO_VALID_ADVICE}" if split == "valid" else message
+
+
 # --------------------------------------------------------------------------- detection
 
 def _first_existing(*paths: Path) -> Path | None:
@@ -121,14 +133,39 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
+def _table_error(path: Path, reason: str) -> DataError:
+    return DataError(f"{path}: {reason}; it must hold a header row with columns Image and Description, then one "
+                     "row per image (re-export it, or restore it from the original data set)", [(path, reason)])
+
+
+def _load_table(path: Path) -> pd.DataFrame:
+    """The annotation file as strings; a file pandas cannot parse is a DataError naming it.
+
+    pandas' own messages ("No columns to parse from file", BadZipFile) name neither the
+    file nor the fix.
+    """
+    excel = path.suffix.lower() in (".xlsx", ".xls")
+    if path.stat().st_size == 0:
+        raise _table_error(path, "empty file (0 bytes)")
+    try:
+        if excel:
+            return pd.read_excel(path, dtype=str)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise _table_error(path, "no header row (the file holds only blank lines)") from None
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError, pd.errors.ParserError) as exc:
+        kind = "Excel workbook" if excel else "CSV file"
+        # pandas' advice for content it cannot place ("specify an engine") does not apply to a damaged file
+        detail = ("its content is in no Excel format" if "format cannot be determined" in str(exc)
+                  else f"{type(exc).__name__}: {exc}")
+        raise _table_error(path, f"not a readable {kind} ({detail})") from exc
+
+
 def _read_table(path: Path) -> list[tuple[str, str | None]]:
     """(Image, Description) pairs of a CSV or Excel annotation file, in file order."""
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} not found")
-    if path.suffix.lower() in (".xlsx", ".xls"):
-        df = pd.read_excel(path, dtype=str)
-    else:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = _load_table(path)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in ("Image", "Description") if c not in df.columns]
     if missing:
@@ -147,22 +184,32 @@ def _with_orphans(rows: list[_Row], image_dir: Path, source: Path) -> list[_Row]
     return rows + _orphans(image_dir, {r.image_path.name for r in rows}, source)
 
 
+def _find_mask(folder: Path, mask_name: str) -> Path:
+    """``folder / mask_name``, or the same stem with another suffix (a .jpg image, its mask in .png).
+
+    Masks are saved losslessly while images are often JPEG, so the image's suffix is a
+    poor guess for the mask's. A mask found under no suffix stays the exact name, so the
+    error reports the name that was expected.
+    """
+    exact = folder / mask_name
+    if exact.exists():
+        return exact
+    stem = Path(mask_name).stem
+    return _first_existing(*(folder / f"{stem}{s}" for s in IMAGE_SUFFIXES)) or exact
+
+
 def _simple(root: Path, split: str) -> list[_Row]:
     folder = root / split
     if split == "valid" and not folder.is_dir() and (root / "val").is_dir():
         folder = root / "val"
     table = folder / "prompts.csv"
-    rows = [_Row(n, folder / "images" / n, folder / "masks" / f"mask_{n}", c) for n, c in _read_table(table)]
+    if not table.is_file():
+        also = f" (nor {root / 'val' / 'prompts.csv'})" if split == "valid" else ""
+        raise FileNotFoundError(_split_missing(
+            split, f"simple data set {root} has no {split!r} split: {table} not found{also}"))
+    rows = [_Row(n, folder / "images" / n, _find_mask(folder / "masks", f"mask_{n}"), c)
+            for n, c in _read_table(table)]
     return _with_orphans(rows, folder / "images", table)
-
-
-def _find_mask(folder: Path, image_name: str) -> Path:
-    """Mask named like the image; fall back to the same stem with another suffix (.jpg image, .png mask)."""
-    exact = folder / image_name
-    if exact.exists():
-        return exact
-    stem = Path(image_name).stem
-    return _first_existing(*(folder / f"{stem}{s}" for s in IMAGE_SUFFIXES)) or exact
 
 
 def _lvit(root: Path, split: str) -> list[_Row]:
@@ -171,8 +218,9 @@ def _lvit(root: Path, split: str) -> list[_Row]:
     # LViT's code reads Train_Folder/Train_text.xlsx; some copies keep the xlsx beside the folders.
     table = _first_existing(folder / f"{prefix}_text.xlsx", root / f"{prefix}_text.xlsx")
     if table is None:
-        raise FileNotFoundError(f"LViT annotation not found: looked for {folder / f'{prefix}_text.xlsx'} "
-                                f"and {root / f'{prefix}_text.xlsx'}")
+        raise FileNotFoundError(_split_missing(
+            split, f"LViT data set {root} has no {split!r} split: looked for {folder / f'{prefix}_text.xlsx'} "
+                   f"and {root / f'{prefix}_text.xlsx'}"))
     rows = [_Row(n, folder / "img" / n, _find_mask(folder / "labelcol", n), c) for n, c in _read_table(table)]
     return _with_orphans(rows, folder / "img", table)
 
@@ -200,15 +248,30 @@ def _guidedecoder(root: Path, split: str) -> list[_Row]:
     return rows + _orphans(folder / "Images", named, table)
 
 
+def _load_json(path: Path) -> dict:
+    """SGSeg's annotation.json: an object of split name -> list of entries, or a DataError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        reason = f"not valid JSON ({type(exc).__name__}: {exc})"
+        raise DataError(f"{path}: {reason}; re-export it, or restore it from the original data set",
+                        [(path, reason)]) from exc
+    if not isinstance(data, dict):
+        reason = f"holds a JSON {type(data).__name__}, not an object of split name -> entries"
+        raise DataError(f"{path}: {reason}", [(path, reason)])
+    return data
+
+
 def _sgseg(root: Path, split: str) -> list[_Row]:
     table = root / "prompts" / "annotation.json"
     if not table.is_file():
         raise FileNotFoundError(f"SGSeg annotation file {table} not found")
-    with open(table, encoding="utf-8") as f:
-        data = json.load(f)
+    data = _load_json(table)
     key = split if split in data else ("val" if split == "valid" and "val" in data else None)
     if key is None:
-        raise DataError(f"{table}: no {split!r} entry; found keys {sorted(data)}", [(table, f"no {split!r} entry")])
+        raise DataError(_split_missing(split, f"{table}: no {split!r} entry; found keys {sorted(data)}"),
+                        [(table, f"no {split!r} entry")])
     folder = root / "images" / split
     if not folder.is_dir() and split == "valid" and (root / "images" / "val").is_dir():
         folder = root / "images" / "val"
@@ -235,7 +298,9 @@ def _probe(path: Path, what: str, listed: bool) -> tuple[tuple[int, int] | None,
     """Size of an image file, or the reason it cannot be used.
 
     Reads the header and verifies the file's structure (PNG chunk CRCs, truncation)
-    without decoding pixels, so checking a whole split stays cheap. ``listed``: the
+    without decoding pixels, so checking a whole split stays cheap. Pillow's verify does
+    not look at JPEG data, so a JPEG without its end marker is decoded to tell a truncated
+    file (which would fail mid-training) from one with trailing bytes. ``listed``: the
     error line already starts with this path, so do not repeat it.
     """
     where = "" if listed else f" ({path})"
@@ -243,12 +308,27 @@ def _probe(path: Path, what: str, listed: bool) -> tuple[tuple[int, int] | None,
         return None, f"{what} not found{where}"
     try:
         with Image.open(path) as im:
-            size = im.size
+            size, is_jpeg = im.size, im.format == "JPEG"
             im.verify()
+        if is_jpeg and not _ends_with_jpeg_marker(path):
+            with Image.open(path) as im:
+                im.load()
     except Exception as exc:  # PIL raises many types for broken files
-        detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip()
-        return None, f"cannot read {what}{where}: {type(exc).__name__}" + (f": {detail}" if detail else "")
+        return None, f"cannot read {what}{where}: {describe_error(exc, path)}"
     return size, None
+
+
+def describe_error(exc: Exception, path: Path) -> str:
+    """'Type: message' of an exception about ``path``, without the path: the caller's message names it once."""
+    detail = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip()
+    return f"{type(exc).__name__}" + (f": {detail}" if detail else "")
+
+
+def _ends_with_jpeg_marker(path: Path) -> bool:
+    """Whether the file ends with JPEG's end-of-image marker (FF D9), as a complete JPEG does."""
+    with open(path, "rb") as f:
+        f.seek(max(path.stat().st_size - 2, 0))
+        return f.read() == b"\xff\xd9"
 
 
 def _problems(row: _Row) -> list[str]:

@@ -14,6 +14,11 @@ Layout of ``last/``::
 
 ``optim.pt`` holds only tensors, numbers and containers, and is read back with
 ``torch.load(weights_only=True)``: no arbitrary pickle is ever loaded.
+
+A checkpoint that is there but cannot be read (a file cut short by a full disk, edited,
+or deleted) raises :class:`CheckpointError`, which names the file and says which earlier
+state of the run survives (:func:`recovery_hint`): an intact ``last.old/``, the model in
+``best/``, or nothing, in which case the run must start afresh.
 """
 from __future__ import annotations
 
@@ -30,13 +35,25 @@ import torch
 
 from tgcnet.adapters import save_json_atomic
 
-__all__ = ["LAST", "TRAINER_STATE", "OPTIM_STATE", "capture_rng", "restore_rng", "save_checkpoint",
-           "find_checkpoint", "load_checkpoint"]
+__all__ = ["LAST", "TRAINER_STATE", "OPTIM_STATE", "WEIGHTS", "CheckpointError", "capture_rng", "restore_rng",
+           "save_checkpoint", "find_checkpoint", "load_checkpoint", "load_weights", "recovery_hint"]
 
 LAST = "last"
+BEST = "best"
 TRAINER_STATE = "trainer_state.json"
 OPTIM_STATE = "optim.pt"
+WEIGHTS = "model.safetensors"  # tgcnet.model.WEIGHTS_NAME, as save_pretrained writes it
 STATE_VERSION = 1
+_STATE_KEYS = ("epoch", "global_step", "rng")
+_OPTIM_KEYS = ("optimizer", "scheduler", "scaler", "torch_rng", "cuda_rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is there but unusable; the message names the file and what survives.
+
+    A ValueError, so the CLI reports it as one line with exit code 2: the fix (use an
+    earlier state, or start afresh) is the user's to make.
+    """
 
 
 def capture_rng() -> dict[str, Any]:
@@ -135,24 +152,127 @@ def find_checkpoint(run_dir: str | Path) -> Optional[Path]:
 
 def load_checkpoint(run_dir: str | Path, rank: int = 0) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """(checkpoint dir, trainer state with this rank's RNG, optimizer/scheduler/scaler states)."""
+    run_dir = Path(run_dir)
     ckpt = find_checkpoint(run_dir)
     if ckpt is None:
-        raise FileNotFoundError(f"no resumable checkpoint in {run_dir}: expected {Path(run_dir) / LAST}/"
-                                f"{TRAINER_STATE} and {OPTIM_STATE} (was it written by `tgcnet train`?)")
-    with open(ckpt / TRAINER_STATE, encoding="utf-8") as f:
-        state = json.load(f)
-    if state.get("version", 0) > STATE_VERSION:
-        raise ValueError(f"{ckpt / TRAINER_STATE} has version {state['version']}, newer than this tgcnet "
-                         f"understands ({STATE_VERSION})")
-    try:
-        optim = torch.load(ckpt / OPTIM_STATE, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{ckpt / OPTIM_STATE} is not a readable training state: {exc}") from exc
+        _raise_missing(run_dir)
+    state = _read_state(ckpt, run_dir)
+    optim = _read_optim(ckpt, run_dir)
     host = state.pop("rng")
     world = len(host)
+    if len(optim["torch_rng"]) != world or len(optim["cuda_rng"]) != world:
+        raise _damaged(run_dir, ckpt, ckpt / OPTIM_STATE, f"holds RNG states of {len(optim['torch_rng'])} "
+                       f"process(es) where {TRAINER_STATE} has {world}")
     if rank >= world:
         raise ValueError(f"{ckpt} was written by {world} process(es); cannot resume rank {rank} from it "
                          "(resume with the same number of processes)")
     state["rng"] = {**host[rank], "torch": optim["torch_rng"][rank], "cuda": optim["cuda_rng"][rank]}
     state["rng_world_size"] = world
     return ckpt, state, optim
+
+
+def load_weights(ckpt: str | Path, run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The trainable weights of checkpoint ``ckpt``; a missing or cut file is a CheckpointError."""
+    from safetensors.torch import load_file
+
+    path = Path(ckpt) / WEIGHTS
+    if not path.is_file():
+        raise _damaged(run_dir, ckpt, path, "is missing")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise _damaged(run_dir, ckpt, path, f"is not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def _raise_missing(run_dir: Path) -> None:
+    """No complete checkpoint: a damaged ``last/`` (a file gone) or none ever written."""
+    last = run_dir / LAST
+    if last.is_dir():
+        gone = next(name for name in (TRAINER_STATE, OPTIM_STATE) if not (last / name).is_file())
+        raise _damaged(run_dir, last, last / gone, "is missing")
+    raise FileNotFoundError(f"no resumable checkpoint in {run_dir}: expected {last}/"
+                            f"{TRAINER_STATE} and {OPTIM_STATE} (was it written by `tgcnet train`?)")
+
+
+def _read_state(ckpt: Path, run_dir: Path) -> dict[str, Any]:
+    path = ckpt / TRAINER_STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise _damaged(run_dir, ckpt, path, f"is not valid JSON (cut short or overwritten: {exc.msg} at line "
+                       f"{exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _damaged(run_dir, ckpt, path, f"cannot be read ({_first_line(exc)})") from None
+    if not (isinstance(state, dict) and all(k in state for k in _STATE_KEYS) and isinstance(state["rng"], list)
+            and state["rng"]):
+        raise _damaged(run_dir, ckpt, path, f"does not hold a trainer state (expected a JSON object with "
+                       f"{', '.join(_STATE_KEYS)})")
+    if state.get("version", 0) > STATE_VERSION:
+        raise ValueError(f"{path} has version {state['version']}, newer than this tgcnet "
+                         f"understands ({STATE_VERSION}); update tgcnet to resume it")
+    return state
+
+
+def _read_optim(ckpt: Path, run_dir: Path) -> dict[str, Any]:
+    path = ckpt / OPTIM_STATE
+    try:
+        optim = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise _damaged(run_dir, ckpt, path, f"is not a readable training state ({_first_line(exc)})") from None
+    if not isinstance(optim, dict) or not all(k in optim for k in _OPTIM_KEYS):
+        raise _damaged(run_dir, ckpt, path, f"does not hold a training state (expected {', '.join(_OPTIM_KEYS)})")
+    return optim
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """Enough of a library's error to recognise it, on one line (torch's run to paragraphs)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _damaged(run_dir: str | Path, ckpt: str | Path, path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"{path} {problem}: the checkpoint {ckpt} is damaged and cannot be resumed; "
+                           f"{recovery_hint(run_dir, damaged=Path(ckpt))}")
+
+
+def recovery_hint(run_dir: str | Path, damaged: Optional[Path] = None) -> str:
+    """What earlier state of a run survives, as advice: another intact checkpoint, else the
+    best model (a new run can start from it), else nothing (start afresh).
+
+    ``damaged`` is the checkpoint that failed; None when the run's settings did, in which
+    case no checkpoint of the run can be resumed and only best/ is offered.
+    """
+    run_dir = Path(run_dir)
+    if damaged is not None:
+        for other in (run_dir / LAST, run_dir / (LAST + ".old")):
+            step = _intact_step(other) if other != damaged else None
+            if step is not None:
+                return (f"{other} is intact (step {step}): move {damaged} aside (e.g. to {damaged}.damaged) "
+                        f"and rerun with --resume {run_dir} to continue from it")
+    best = run_dir / BEST
+    if (best / WEIGHTS).is_file():
+        return (f"the best model so far is intact in {best}{_best_info(best)}: start a new run from it with "
+                f"--init-from {best} --out NEW_DIR (a new schedule, not an exact continuation)")
+    return f"no earlier state of this run is kept: start afresh with --out NEW_DIR (or delete {run_dir})"
+
+
+def _intact_step(ckpt: Path) -> Optional[int]:
+    """The global step of a checkpoint whose files are all there and whose state parses, else None."""
+    if not all((ckpt / name).is_file() for name in (TRAINER_STATE, OPTIM_STATE, WEIGHTS)):
+        return None
+    try:
+        state = json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
+        return int(state["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _best_info(best: Path) -> str:
+    """' (epoch 3, validation Dice 0.6123)' from best/inference.json, or '' when it says nothing."""
+    try:
+        info = json.loads((best / "inference.json").read_text(encoding="utf-8"))
+        dice = info.get("val_dice")
+        score = "" if dice is None else f", validation Dice {float(dice):.4f}"
+        return f" (epoch {int(info['epoch']) + 1}{score})"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""

@@ -5,7 +5,6 @@ Also the torchrun entry: ``torchrun --nproc_per_node=K -m tgcnet.cli train ...``
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -89,7 +88,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def train_config_from_args(args: argparse.Namespace):
     """TrainConfig from parsed args; with --resume, the saved config updated by the options given."""
-    from .train import TRAIN_CONFIG_NAME, TrainConfig, parse_overrides
+    from .train import TrainConfig, parse_overrides, read_saved_config
 
     given: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     if "model_overrides" in given:
@@ -99,11 +98,7 @@ def train_config_from_args(args: argparse.Namespace):
     if given.get("clip_grad") == 0:
         given["clip_grad"] = None
     if "resume" in given:
-        saved_path = Path(given["resume"]) / TRAIN_CONFIG_NAME
-        if not saved_path.is_file():
-            raise FileNotFoundError(f"cannot resume: {saved_path} not found (is {given['resume']} a tgcnet run?)")
-        with open(saved_path, encoding="utf-8") as f:
-            base = json.load(f)["train"]
+        base = read_saved_config(given["resume"])
         base.update(given)
         base["out"] = given["resume"]
         return TrainConfig.from_dict(base)

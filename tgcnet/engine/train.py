@@ -13,6 +13,12 @@ Run directory::
     RUN_DIR/log.jsonl           one JSON object per validated epoch
     RUN_DIR/best/               save_pretrained of the best model by validation Dice
     RUN_DIR/last/               resumable checkpoint (see tgcnet.engine.checkpoint)
+
+Everything a run can be refused for (settings, data, model build, image size against the
+patch size, amp on the device) is checked before anything is written there. A directory
+with no checkpoint and no best/ holds no run: a new run replaces its train_config.json and
+log.jsonl (left by a start that failed before its first checkpoint) instead of asking for
+--resume.
 """
 from __future__ import annotations
 
@@ -46,7 +52,8 @@ from .evaluate import (INFERENCE_NAME, autocast_context, check_caption_lengths, 
                        override_captions, run_inference, summarize)
 from .feature_cache import CACHE_DTYPES, FeatureCache, bytes_per_image
 
-__all__ = ["TrainConfig", "train", "lr_factor", "parse_overrides", "TRAIN_CONFIG_NAME", "LOG_NAME"]
+__all__ = ["TrainConfig", "train", "lr_factor", "parse_overrides", "read_saved_config", "TRAIN_CONFIG_NAME",
+           "LOG_NAME"]
 
 TRAIN_CONFIG_NAME = "train_config.json"
 LOG_NAME = "log.jsonl"
@@ -252,20 +259,62 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def read_saved_config(run: str | Path) -> dict[str, Any]:
+    """The ``train`` settings saved in ``RUN/train_config.json``, which a resume starts from.
+
+    A damaged file names itself and says what of the run survives, instead of a bare
+    JSON error: without its settings the run cannot be resumed.
+    """
+    run = Path(run)
+    path = run / TRAIN_CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} not found (is {run} a tgcnet run directory?)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        problem = f"is not valid JSON (cut short or overwritten: {exc.msg} at line {exc.lineno})"
+    except UnicodeDecodeError:
+        problem = "is not UTF-8 text (overwritten?)"
+    else:
+        if isinstance(saved, dict) and isinstance(saved.get("train"), dict):
+            return saved["train"]
+        problem = 'does not hold training settings (expected a JSON object with a "train" object)'
+    raise ValueError(f"{path} {problem}: the run's settings are damaged, so {run} cannot be resumed; "
+                     f"{ckpt.recovery_hint(run)}")
+
+
+def _check_fresh(out: Path) -> None:
+    """Refuse a directory holding a run's checkpoint or model; leftovers of a run that never
+    saved one (train_config.json, log.jsonl of a failed start) are no run, and are replaced."""
+    if ckpt.find_checkpoint(out) is not None or (out / ckpt.LAST).exists() or (out / f"{ckpt.LAST}.old").exists():
+        raise ValueError(f"{out} already holds a training run; pass --resume {out} to continue it, "
+                         "or choose another --out")
+    best = out / ckpt.BEST
+    if best.exists():
+        raise ValueError(f"{out} already holds a training run: a model in {best}, but no checkpoint to resume; "
+                         f"choose another --out (--init-from {best} starts from that model), or delete {out}")
+
+
+def _check_resumable(run: Path) -> None:
+    """Fail before building anything when there is no checkpoint at all (a damaged one is
+    reported, with what survives, by checkpoint.load_checkpoint)."""
+    if ckpt.find_checkpoint(run) is not None or (run / ckpt.LAST).exists():
+        return
+    if (run / ckpt.BEST).exists():
+        raise FileNotFoundError(f"cannot resume {run}: it holds no checkpoint, only a model in {run / ckpt.BEST}; "
+                                f"start a new run from it with --init-from {run / ckpt.BEST} --out NEW_DIR")
+    raise FileNotFoundError(f"cannot resume {run}: it holds no checkpoint (the run stopped before saving its "
+                            f"first); start it afresh: the same command without --resume, with --out {run}")
+
+
 def _resolve_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
     """The effective config and, when resuming, the saved one it was checked against."""
     if config.resume is None:
-        out = Path(config.out)
-        if (out / ckpt.LAST).exists() or (out / TRAIN_CONFIG_NAME).exists():
-            raise ValueError(f"{out} already holds a training run; pass --resume {out} to continue it, "
-                             "or choose another --out")
+        _check_fresh(Path(config.out))
         return config, None
     run = Path(config.resume)
-    saved_path = run / TRAIN_CONFIG_NAME
-    if not saved_path.is_file():
-        raise FileNotFoundError(f"cannot resume: {saved_path} not found (is {run} a tgcnet run directory?)")
-    with open(saved_path, encoding="utf-8") as f:
-        saved = json.load(f)["train"]
+    saved = read_saved_config(run)
+    _check_resumable(run)
     changed = [f"{k}: saved {saved.get(k)!r}, now {getattr(config, k)!r}"
                for k in _RESUME_FIXED if k in saved and saved[k] != getattr(config, k)]
     if changed:
@@ -284,8 +333,10 @@ class Trainer:
         _seed_everything(config.seed)  # identical trainable init on every rank
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        autocast_context(device, config.amp)  # refuses fp16 on the CPU now, not at the first batch
         self._read_data()
         self._build_model()
+        self._check_image_size()
         self._build_data()  # after the model: captions are checked against its text context
         self.feature_cache = self._build_feature_cache()
         _seed_everything(config.seed + 1000 * dist_info.rank)
@@ -345,6 +396,16 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DDP(self.model, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
 
+    def _check_image_size(self) -> None:
+        """Here, not at the first forward: everything a run is refused for must fail before
+        the run directory is written, so the corrected command starts cleanly."""
+        size, patch = self.cfg.image_size, self.model.patch_size
+        if size % patch:
+            lower = size // patch * patch
+            sizes = " or ".join(str(s) for s in (lower, lower + patch) if s > 0)
+            raise ValueError(f"image_size {size} is not a multiple of the patch size {patch} of preset "
+                             f"{self.cfg.preset!r}; use --image-size {sizes}")
+
     def _build_feature_cache(self) -> Optional[FeatureCache]:
         cfg = self.cfg
         if not cfg.cache_image_features:
@@ -386,11 +447,8 @@ class Trainer:
         if state["rng_world_size"] != self.dist.world_size:
             raise ValueError(f"{path} was written by {state['rng_world_size']} process(es) but this run has "
                              f"{self.dist.world_size}; resume with the same number of processes")
-        from tgcnet.adapters import load_safetensors
-        from tgcnet.model import WEIGHTS_NAME
-
-        self.model.load_trainable_state_dict(
-            {k: v.to(self.device) for k, v in load_safetensors(path / WEIGHTS_NAME).items()}, source=str(path))
+        weights = ckpt.load_weights(path, self.run_dir)
+        self.model.load_trainable_state_dict({k: v.to(self.device) for k, v in weights.items()}, source=str(path))
         self.optimizer.load_state_dict(optim["optimizer"])
         self.scheduler.load_state_dict(optim["scheduler"])
         if optim["scaler"] is not None:
@@ -407,6 +465,17 @@ class Trainer:
     @property
     def is_main(self) -> bool:
         return self.dist.is_main
+
+    def _start_fresh(self) -> None:
+        """Replace what a start that never reached a checkpoint left (see _check_fresh)."""
+        if not self.is_main:
+            return
+        stale = [p for p in (self.run_dir / TRAIN_CONFIG_NAME, self.run_dir / LOG_NAME) if p.exists()]
+        if stale:
+            print(f"note: {self.run_dir} holds no checkpoint; replacing {', '.join(p.name for p in stale)} of an "
+                  "earlier start", file=sys.stderr, flush=True)
+            (self.run_dir / LOG_NAME).unlink(missing_ok=True)
+        self._write_config()
 
     def _write_config(self) -> None:
         if self.is_main:
@@ -599,7 +668,7 @@ class Trainer:
         if cfg.resume is not None:
             self.resume()
         else:
-            self._write_config()
+            self._start_fresh()
         if self.feature_cache is not None and self.is_main and cfg.progress:
             print(self._describe_feature_cache(), flush=True)
         self.clock.sync()
