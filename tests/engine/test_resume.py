@@ -17,9 +17,11 @@ from tgcnet.data import sample_root
 from tgcnet.engine.checkpoint import find_checkpoint
 
 # 32 train images / batch 8 = 4 steps per epoch; 2 epochs; a checkpoint after every step.
-TRAIN_ARGS = ["--image-size", "64", "--batch-size", "8", "--epochs", "2", "--knowledge", "none",
-              "--checkpoint-every", "1", "--warmup-steps", "2", "--lr", "3e-3", "--device", "cpu",
-              "--no-progress", "--deterministic"]
+RUN_ARGS = ["--image-size", "64", "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "1",
+            "--warmup-steps", "2", "--lr", "3e-3", "--device", "cpu", "--no-progress"]
+TRAIN_ARGS = [*RUN_ARGS, "--knowledge", "none", "--deterministic"]
+# What a user gets without asking: the knowledge bank on and no --deterministic.
+DEFAULT_ARGS = RUN_ARGS
 
 
 def _env() -> dict[str, str]:
@@ -40,13 +42,14 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("args", [DEFAULT_ARGS, TRAIN_ARGS], ids=["defaults", "no-knowledge-deterministic"])
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, args):
     data = str(sample_root())
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_cmd("--data", data, "--out", str(full), *TRAIN_ARGS), env=_env(), check=True,
+    subprocess.run(_cmd("--data", data, "--out", str(full), *args), env=_env(), check=True,
                    capture_output=True, timeout=300)
 
-    proc = subprocess.Popen(_cmd("--data", data, "--out", str(killed), *TRAIN_ARGS), env=_env(),
+    proc = subprocess.Popen(_cmd("--data", data, "--out", str(killed), *args), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
