@@ -93,6 +93,11 @@ def test_predict_bad_inputs_name_the_file(run_dir, tmp_path):
     corrupt.write_bytes(b"not a png at all")
     with pytest.raises(ValueError, match="corrupt.png"):
         predict(run_dir, tmp_path, image=corrupt, text="left lung.")
+    floating = tmp_path / "floating.tif"
+    Image.fromarray(np.zeros((32, 32), np.float32)).save(floating)
+    with pytest.raises(ValueError, match="floating-point") as err:
+        predict(run_dir, tmp_path, image=floating, text="left lung.")
+    assert str(err.value).count("floating.tif") == 1, str(err.value)
     with pytest.raises(ValueError, match="empty text"):
         predict(run_dir, tmp_path, image=image, text="   ")
     small = tmp_path / "small_mask.png"

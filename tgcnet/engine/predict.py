@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from tgcnet.data import build_transforms
 from tgcnet.data.dataset import load_image, load_mask
-from tgcnet.data.readers import format_problems, normalize_caption
+from tgcnet.data.readers import DataError, format_problems, normalize_caption
 
 from .evaluate import DEFAULT_IMAGE_SIZE, autocast_context, load_inference_model
 from .metrics import dice_iou
@@ -42,6 +42,8 @@ def _read_image(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         return load_image(path)
+    except DataError:   # already names the file and what is wrong with it
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from exc
 
@@ -51,6 +53,8 @@ def _read_mask(path: Path, shape: tuple[int, int], image: Path) -> np.ndarray:
         raise FileNotFoundError(f"ground-truth mask not found: {path}")
     try:
         mask, _ = load_mask(path)
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ValueError(f"cannot read ground-truth mask {path}: {exc}") from exc
     if mask.shape != shape:
