@@ -1,4 +1,4 @@
-"""Apply, inspect, merge, save and load peft LoRA adapters on an open_clip tower.
+"""Apply, inspect and merge peft LoRA adapters on an open_clip tower (saving: :mod:`.peft_format`).
 
 peft's ``inject_adapter_in_model`` is used rather than ``get_peft_model`` so the tower
 keeps its own class and attributes (``token_embedding``, ``attn_mask``...) that the
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import asdict
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -20,10 +18,6 @@ from torch import nn
 
 from .attention import project_attention
 from .config import LoraAdapterConfig
-from .io import load_json, load_safetensors, save_json_atomic, save_safetensors_atomic
-
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def matching_modules(tower: nn.Module, config: LoraAdapterConfig) -> list[str]:
@@ -106,23 +100,3 @@ def merge_lora(module: nn.Module) -> None:
     """Fold every adapter into its base weight (faster inference; no longer trainable)."""
     for layer in lora_layers(module).values():
         layer.merge()
-
-
-def save_adapter(module: nn.Module, config: LoraAdapterConfig, directory: str | Path) -> Path:
-    """peft-style: ``adapter_config.json`` + ``adapter_model.safetensors``, atomically."""
-    directory = Path(directory)
-    save_safetensors_atomic(lora_state_dict(module), directory / ADAPTER_WEIGHTS_NAME,
-                            metadata={"format": "pt"})
-    save_json_atomic({"peft_type": "LORA", **asdict(config)}, directory / ADAPTER_CONFIG_NAME)
-    return directory
-
-
-def load_adapter(module: nn.Module, directory: str | Path) -> LoraAdapterConfig:
-    """Inject and load an adapter saved by :func:`save_adapter` into a bare tower."""
-    directory = Path(directory)
-    data = load_json(directory / ADAPTER_CONFIG_NAME, "adapter config")
-    data.pop("peft_type", None)
-    config = LoraAdapterConfig(**data)
-    apply_lora(module, config)
-    load_lora_state_dict(module, load_safetensors(directory / ADAPTER_WEIGHTS_NAME))
-    return config

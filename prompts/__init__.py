@@ -1,7 +1,8 @@
 """tgcnet.prompts: medical concept knowledge for DATE (the "D" of the text encoder).
 
-Captions name concepts (`extract_concepts`); a `KnowledgeBank` maps them to short medical
-descriptions that the text tower encodes next to the caption. Descriptions come from a
+Captions name concepts (`extract_concepts`; locations through `parse_location`, the one
+location grammar, which the guidance masks read too); a `KnowledgeBank` maps them to short
+medical descriptions that the text tower encodes next to the caption. Descriptions come from a
 versioned JSON cache, generated once through an OpenAI-compatible endpoint
 (`generate_cache`, ``tgcnet prompts generate``), or from the hand-written default bank
 shipped here (`load_default_bank`). Nothing in this package imports the model.
@@ -18,6 +19,7 @@ from .cache import (
 )
 from .concepts import LOCATION_KINDS, all_concepts, concept_kind, extract_concepts
 from .generate import GenerationError, GenerationReport, MalformedReplyError, generate_cache
+from .locations import LocationPart, LocationSpec, parse_location
 from .prompt_templates import PromptTemplates, load_templates
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "KnowledgeBank",
     "KnowledgeCache",
     "LOCATION_KINDS",
+    "LocationPart",
+    "LocationSpec",
     "MalformedReplyError",
     "PromptTemplates",
     "Provenance",
@@ -39,5 +43,6 @@ __all__ = [
     "load_cache",
     "load_default_bank",
     "load_templates",
+    "parse_location",
     "save_cache",
 ]

@@ -19,21 +19,21 @@ File format (schema version 1)::
       }
     }
 
-Files are written atomically (temporary file in the same directory, then os.replace), so a
+Files are written atomically (tgcnet.io.save_json_atomic: a temporary file, then a rename), so a
 reader or a killed writer never sees half a file. Entries are sorted by key for stable diffs.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from tgcnet.io import save_json_atomic
+
 __all__ = ["SCHEMA_VERSION", "FORMAT", "CacheError", "Provenance", "CacheEntry", "KnowledgeCache",
-           "load_cache", "save_cache", "atomic_write_text", "utc_now"]
+           "load_cache", "save_cache", "utc_now"]
 
 SCHEMA_VERSION = 1
 FORMAT = "tgcnet.knowledge-cache"
@@ -213,26 +213,6 @@ def load_cache(path: str | Path) -> KnowledgeCache:
 
 # --------------------------------------------------------------------------- writing
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same directory + os.replace: all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp creates 0o600; keep an existing file's mode, else the usual 0o644 (probing the
-    # umask would mean changing it, which races with other threads).
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_cache(cache: KnowledgeCache, path: str | Path) -> None:
     """Atomically write `cache` as JSON (sorted keys, UTF-8, one entry per block)."""
-    atomic_write_text(path, json.dumps(cache.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    save_json_atomic(cache.to_dict(), path)

@@ -1,14 +1,16 @@
 """Harvest captions from a file or a data directory, for `prompts generate --captions`.
 
 Deliberately independent of tgcnet.data (prompts must not import the model side): it only
-needs the caption strings, so a glob over the known layouts is enough.
+needs the caption strings, so a glob over the known layouts is enough. Tables are read by
+:func:`tgcnet.io.read_table`, the reader of every Image/Description table.
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Iterator
+
+from tgcnet.io import read_table
 
 __all__ = ["read_captions", "DATA_DIR_PATTERNS"]
 
@@ -17,33 +19,11 @@ DATA_DIR_PATTERNS: tuple[str, ...] = ("**/prompts.csv", "**/*_text.xlsx", "**/an
 _COLUMNS = ("description", "caption", "text", "prompt")
 
 
-def _pick_column(header: list[str], path: Path) -> int:
-    lowered = [h.strip().lower() for h in header]
-    for name in _COLUMNS:
-        if name in lowered:
-            return lowered.index(name)
-    raise ValueError(f"{path}: no caption column; expected one of {list(_COLUMNS)} (case-insensitive), "
-                     f"found {header}")
-
-
-def _from_csv(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
+def _from_table(path: Path) -> list[str]:
+    """The caption column of a CSV or Excel table; an empty file holds no captions."""
+    if path.stat().st_size == 0:
         return []
-    col = _pick_column(rows[0], path)
-    return [r[col] for r in rows[1:] if len(r) > col]
-
-
-def _from_xlsx(path: Path) -> list[str]:
-    from openpyxl import load_workbook
-
-    sheet = load_workbook(path, read_only=True, data_only=True).active
-    rows = [["" if c is None else str(c) for c in row] for row in sheet.iter_rows(values_only=True)]
-    if not rows:
-        return []
-    col = _pick_column(rows[0], path)
-    return [r[col] for r in rows[1:] if len(r) > col]
+    return read_table(path, expected=f"a caption column ({', '.join(_COLUMNS)})").first_column(_COLUMNS, "caption")
 
 
 def _strings_under(node: Any, keys: frozenset[str]) -> Iterator[str]:
@@ -72,7 +52,7 @@ def _from_text(path: Path) -> list[str]:
 
 def _read_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
-    reader = {".csv": _from_csv, ".xlsx": _from_xlsx, ".json": _from_json}.get(suffix, _from_text)
+    reader = {".csv": _from_table, ".xlsx": _from_table, ".xls": _from_table, ".json": _from_json}.get(suffix, _from_text)
     return reader(path)
 
 

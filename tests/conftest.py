@@ -39,3 +39,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """Counts calls that really went through oneDNN (a silent fallback must not pass as speed)."""
+    from tgcnet import kernels
+
+    calls = []
+    real = kernels._onednn_linear
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+    monkeypatch.setattr(kernels, "_onednn_linear", counted)
+    return calls

@@ -1,6 +1,7 @@
 """Small shared builders for the tests (tiny models only, so the suite runs on a CPU)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 CAPTIONS = [
@@ -65,3 +66,13 @@ def write_bert_tokenizer(folder) -> str:
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}), encoding="utf-8")
     return str(folder)
+
+
+def _onednn_available() -> bool:
+    from tgcnet.kernels import onednn_linear_available
+
+    return onednn_linear_available()
+
+
+#: tests of the oneDNN linear path, which some PyTorch builds lack
+needs_onednn = pytest.mark.skipif(not _onednn_available(), reason="this PyTorch build has no oneDNN linear")

@@ -1,7 +1,7 @@
 """Captions as users have them (LViT's verbatim QaTa text) in the one canonical form."""
 import pytest
 
-from tgcnet.captions import normalize_caption
+from tgcnet.captions import normalize_caption, tidy_text
 
 
 @pytest.mark.parametrize("noisy, canonical", [
@@ -38,3 +38,9 @@ def test_embedded_sample_captions_are_already_canonical():
     for split in ("train", "valid", "test"):
         for triple in read_split(sample_root(), split):
             assert normalize_caption(triple.caption) == triple.caption
+
+
+def test_tidy_text_collapses_whitespace_and_keeps_words_and_case():
+    assert tidy_text("  Upper  left\tlung. ") == "Upper left lung."
+    assert tidy_text(float("nan")) == ""
+    assert tidy_text(None) == ""

@@ -318,3 +318,22 @@ def test_default_zone_edges_beat_image_thirds_on_real_data(qata: dict) -> None:
     default, thirds = macro_coverage(DEFAULT_ZONE_EDGES), macro_coverage((1 / 3, 2 / 3))
     print(f"\nzone coverage (macro over zone labels): default {default:.3f}, thirds {thirds:.3f}")
     assert default >= 0.70 and default > thirds + 0.02
+
+
+@pytest.mark.parametrize("caption, swapped", [
+    ("Lower Left lung and upper RIGHT lung.", "Lower Right lung and upper LEFT lung."),
+    ("upper lower rigth lung", "upper lower left lung"),
+    ("LOWERLEFT LUNG", "LOWER RIGHT LUNG"),
+    ("lef lung, bright spot", "right lung, bright spot"),
+])
+def test_swap_left_right_swaps_what_the_parser_reads_as_a_side(caption: str, swapped: str) -> None:
+    assert swap_left_right(caption) == swapped
+
+
+def test_swapped_captions_parse_to_the_mirrored_sides(qata: dict) -> None:
+    mirror = {"left": "right", "right": "left", "both": "both"}
+    captions = {c for rows in qata.values() for c, _ in rows}
+    noisy = {c.upper().replace("RIGHT", "RIGTH").replace("LOWER LEFT", "LOWERLEFT") for c in captions}
+    for caption in captions | noisy:
+        parts = {(mirror[p.side], p.zones) for p in parse_location(caption).parts}
+        assert {(p.side, p.zones) for p in parse_location(swap_left_right(caption)).parts} == parts, caption

@@ -6,24 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tgcnet import create_model
+from helpers import needs_onednn
 from tgcnet import kernels
-from tgcnet.kernels import OneDNNLinear, onednn_linear_available, use_onednn_linears
-
-needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="this PyTorch build has no oneDNN linear")
-
-
-@pytest.fixture
-def onednn_calls(monkeypatch):
-    """Counts calls that really went through oneDNN (a silent fallback must not pass as speed)."""
-    calls = []
-    real = kernels._onednn_linear
-
-    def counted(*args):
-        calls.append(args[0].shape)
-        return real(*args)
-    monkeypatch.setattr(kernels, "_onednn_linear", counted)
-    return calls
+from tgcnet.kernels import OneDNNLinear, onednn_linear_available, use_onednn_linears, use_torch_linears
 
 
 def frozen_layer(bias: bool = True, seed: int = 0) -> OneDNNLinear:
@@ -102,34 +87,6 @@ def test_swap_shares_parameters_and_keeps_state_dict():
     assert use_onednn_linears(block) == 0          # idempotent
 
 
-@needs_onednn
-def test_model_outputs_and_lora_gradients_match_the_torch_path(onednn_calls):
-    """The whole model: same logits, same LoRA gradients with oneDNN and with F.linear."""
-    fast = create_model("tgcnet-tiny", knowledge=None, clip__cpu_linear="onednn")
-    plain = create_model("tgcnet-tiny", knowledge=None, clip__cpu_linear="torch")
-    assert fast.sse.clip_visual.onednn_linear and not plain.sse.clip_visual.onednn_linear
-    plain.load_state_dict(fast.state_dict())
-    images = torch.rand(2, 3, 64, 64)
-    captions = ["left lung opacity", "two infected areas, lower right lung"]
-    fast.eval(), plain.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(fast(images, captions), plain(images, captions), atol=1e-4, rtol=1e-4)
-    assert onednn_calls
-    fast.train(), plain.train()
-    for model in (fast, plain):
-        model(images, captions).sum().backward()
-    grads = {n: p.grad for n, p in fast.named_parameters() if "lora_" in n}
-    assert grads and all(g is not None for g in grads.values())
-    for name, param in plain.named_parameters():
-        if name in grads:
-            torch.testing.assert_close(grads[name], param.grad, atol=1e-4, rtol=1e-3)
-
-
-def test_unknown_cpu_linear_is_refused():
-    with pytest.raises(ValueError, match="clip.cpu_linear"):
-        create_model("tgcnet-tiny", knowledge=None, clip__cpu_linear="mkl")
-
-
 @pytest.mark.parametrize("vendor, auto", [("amd", True), ("intel", False), ("other", False)])
 def test_auto_picks_onednn_on_amd_only(monkeypatch, vendor, auto):
     monkeypatch.setattr(kernels, "cpu_vendor", lambda: vendor)
@@ -137,11 +94,17 @@ def test_auto_picks_onednn_on_amd_only(monkeypatch, vendor, auto):
     assert kernels.resolve_cpu_linear("onednn") is True and kernels.resolve_cpu_linear("torch") is False
 
 
-def test_model_follows_the_resolved_choice(monkeypatch):
-    monkeypatch.setattr(kernels, "cpu_vendor", lambda: "intel")
-    model = create_model("tgcnet-tiny", knowledge=None)
-    assert model.config.clip.cpu_linear == "auto" and not model.sse.clip_visual.onednn_linear
-    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
+def test_torch_linears_undo_the_swap_sharing_parameters():
+    block = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+    weight = block[2].weight
+    use_onednn_linears(block)
+    assert use_torch_linears(block) == 2 and use_torch_linears(block) == 0
+    assert type(block[2]) is nn.Linear and block[2].weight is weight
+
+
+def test_unknown_choice_is_refused_by_the_resolver():
+    with pytest.raises(ValueError, match="one of 'auto', 'onednn', 'torch', got 'mkl'"):
+        kernels.resolve_cpu_linear("mkl")
 
 
 def test_cpu_vendor_reads_this_machine():

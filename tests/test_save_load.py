@@ -22,7 +22,10 @@ def trained_tiny():
 def test_round_trip_bit_identical(tmp_path):
     model = trained_tiny()
     model.save_pretrained(tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors",
+                                                                     "text_adapter"]
+    assert sorted(p.name for p in (tmp_path / "out" / "text_adapter").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors"]
     again = TGCNet.from_pretrained(tmp_path / "out", knowledge=StaticKnowledge()).eval()
     x = images(2)
     with torch.no_grad():
@@ -156,3 +159,36 @@ def test_reloading_without_the_knowledge_it_was_trained_with_says_how(tmp_path):
     trained_tiny().save_pretrained(tmp_path / "out")
     with pytest.raises(ValueError, match="trained with knowledge descriptions.*knowledge='default'"):
         TGCNet.from_pretrained(tmp_path / "out", knowledge=None)
+
+
+@pytest.mark.parametrize("choice", ["onednn", "torch", "auto"])
+def test_config_recording_a_cpu_kernel_still_loads(tmp_path, choice):
+    """A config.json that records how its machine ran the linear layers loads without it: the
+    kernel is chosen again where the model runs, and the reloaded model starts on F.linear."""
+    from tgcnet.kernels import OneDNNLinear
+
+    model = trained_tiny()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "cpu_linear" not in config["config"]["clip"]
+    config["config"]["clip"]["cpu_linear"] = choice
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    again = TGCNet.from_pretrained(tmp_path, knowledge=StaticKnowledge()).eval()
+    assert not hasattr(again.config.clip, "cpu_linear")
+    assert not any(isinstance(m, OneDNNLinear) for m in again.modules())
+    x = images(2)
+    with torch.no_grad():
+        assert torch.equal(model(x, CAPTIONS[:2]), again(x, CAPTIONS[:2]))
+
+
+def test_text_adapter_is_peft_loadable_onto_a_fresh_tower(tmp_path):
+    """The peft-format copy holds the same LoRA weights the model trained."""
+    from tgcnet.adapters import load_adapter, lora_state_dict
+
+    model = trained_tiny()
+    model.save_pretrained(tmp_path / "out")
+    fresh = create_model("tgcnet-tiny", knowledge=None)
+    load_adapter(fresh.date.text_tower, tmp_path / "out" / "text_adapter")
+    trained, loaded = lora_state_dict(model.date.text_tower), lora_state_dict(fresh.date.text_tower)
+    assert trained.keys() == loaded.keys() and trained
+    assert all(torch.equal(trained[k], loaded[k]) for k in trained)

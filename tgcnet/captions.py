@@ -1,4 +1,10 @@
-"""The one form a caption takes before the text tower and the location-word parser read it.
+"""The two forms of caption text: a tidied data-file cell, and the canonical caption the model reads.
+
+* :func:`tidy_text` is what a data reader does to a cell of an annotation table: strip and
+  collapse whitespace, keep words and case (rewriting words while reading a data set would
+  be guessing; a NaN or empty cell is ``""`` so it is reported as missing).
+* :func:`normalize_caption` is the one form a caption takes before the text tower and the
+  location-word parser read it (the model applies it itself, see below).
 
 Users train and test with the captions their data set ships. LViT's QaTa-COV19 text (which
 GuideDecoder-layout copies carry verbatim) is noisier than the cleaned captions most models
@@ -8,8 +14,9 @@ never saw and the guidance parser location words in another form, so the caption
 one canonical form first, for both:
 
 - Unicode compatibility form, lower case, single spaces, no space before ``, . ; :`` and one after;
-- typos of the location, count and finding vocabulary corrected word by word (the same
-  word fixer the knowledge-concept extraction uses: "midlle" -> "middle", "rigth" -> "right",
+- typos of the location, count and finding vocabulary corrected word by word (the word
+  fixer that the location parser and the knowledge-concept extraction also use,
+  :func:`tgcnet.prompts.words.fix_word`: "midlle" -> "middle", "rigth" -> "right",
   "lowerleft" -> "lower left"; real words one edit from a target, such as "eight", are kept);
 - "all / whole / entire <side> lung" -> "upper middle lower <side> lung" (what the cleaned
   captions say), "infection area(s)" -> "infected area(s)";
@@ -22,7 +29,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from tgcnet.prompts.concepts import fix_word
+from tgcnet.prompts.words import fix_word
+
+__all__ = ["normalize_caption", "tidy_text"]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
 _PHRASES = (
@@ -45,3 +54,10 @@ def normalize_caption(caption: str) -> str:
         text = pattern.sub(replacement, text)
     text = text.rstrip(" ,;:")
     return text if not text or text.endswith((".", "!", "?")) else text + "."
+
+
+def tidy_text(cell: object) -> str:
+    """A data-file cell as text: stripped, whitespace collapsed, words and case kept; None/NaN -> ""."""
+    if cell is None or (isinstance(cell, float) and cell != cell):  # NaN from pandas
+        return ""
+    return " ".join(str(cell).split())

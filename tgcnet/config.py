@@ -18,8 +18,13 @@ from tgcnet.laterality import DEFAULT_LATERALITY, check_laterality
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-#: values of ``ClipConfig.cpu_linear`` (see its docstring)
-CPU_LINEAR_CHOICES = ("auto", "onednn", "torch")
+
+#: choices that belong to the machine a model runs on, not to the model, with where each is
+#: made: a saved config.json may carry them (:func:`drop_run_time_fields`), a preset or an
+#: override may not
+RUN_TIME_FIELDS: dict[tuple[str, ...], str] = {
+    ("clip", "cpu_linear"): "tgcnet.accel.optimize_for_cpu(model, linear=...)",
+}
 
 
 @dataclass
@@ -41,12 +46,6 @@ class ClipConfig:
     from the Hugging Face cache by the name the CLIP's config gives. ``image_mean`` /
     ``image_std`` normalise the [0, 1] input; None takes them from the CLIP's own
     preprocessing config (hub config or pretrained tag), else OpenAI's.
-
-    ``cpu_linear`` says how the frozen towers' linear layers run on a CPU in float32:
-    ``"onednn"`` through oneDNN, ``"torch"`` through ``F.linear`` (MKL), ``"auto"`` picks
-    oneDNN on AMD processors (where MKL runs its AVX2 code: about twice as fast there) and
-    ``F.linear`` elsewhere (on an Intel Xeon MKL was as fast or faster); see ``tgcnet.kernels``.
-    Results agree to float rounding; GPUs, autocast and torch.compile always use ``F.linear``.
     """
 
     model_name: str = "ViT-B-16"
@@ -56,7 +55,6 @@ class ClipConfig:
     tokenizer: Optional[str] = None
     image_mean: Optional[tuple[float, ...]] = OPENAI_CLIP_MEAN
     image_std: Optional[tuple[float, ...]] = OPENAI_CLIP_STD
-    cpu_linear: Literal["auto", "onednn", "torch"] = "auto"
 
 
 @dataclass
@@ -84,16 +82,12 @@ class DATEConfig:
     description's embedding is a pure function of its text, computed once and cached in
     training too; the knowledge-fusion attention still learns how to use them, and LoRA
     still learns from the captions. ``"lora"``: the LoRA-tuned tower, with gradients, as
-    the captions, so every training step re-encodes every description in the batch and
-    backpropagates through them. Why frozen is the default: on tgcnet-vit-b16 at batch 8
-    (CPU) "lora" made a training step 1.6x (AMD EPYC) to 1.9x (Intel Xeon) as long and
-    its peak memory 1.5x as large, and on qata-mini the two gave the same Dice within seed
-    noise (benchmarks/results/speed.md, qata_mini.md). Models saved with "lora" keep it.
+    the captions: every training step re-encodes every description in the batch and
+    backpropagates through them (slower, more memory).
 
     ``caption_cache``: how many distinct captions an eval-mode DATE keeps the encodings of
-    when no gradient is asked for (evaluation, prediction, validation). QaTa repeats a few
-    hundred captions over thousands of images; a cached caption skips the text tower,
-    about 5% of a ViT-B/16 inference batch on a CPU. 0 turns it off.
+    when no gradient is asked for (evaluation, prediction, validation); a cached caption
+    skips the text tower. 0 turns it off.
     """
 
     lora: LoraAdapterConfig = field(default_factory=lambda: LoraAdapterConfig(targets="auto"))
@@ -176,9 +170,6 @@ class TGCNetConfig:
             raise ValueError(f"ssa.guidance must be 'off', 'prior', 'loss' or 'both', got {self.ssa.guidance!r}")
         if self.sse.fusion not in ("gated", "concat"):
             raise ValueError(f"sse.fusion must be 'gated' or 'concat', got {self.sse.fusion!r}")
-        if self.clip.cpu_linear not in CPU_LINEAR_CHOICES:
-            raise ValueError(f"clip.cpu_linear must be one of {', '.join(map(repr, CPU_LINEAR_CHOICES))}, "
-                             f"got {self.clip.cpu_linear!r}")
         if len(self.sse.vit_indices) != len(self.sse.cnn_out_indices):
             raise ValueError(
                 f"sse.vit_indices ({len(self.sse.vit_indices)} entries) must give one ViT block per CNN "
@@ -207,7 +198,10 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"unknown field(s) in {where}: {', '.join(unknown)}; known: {', '.join(known)}")
+        hints = [f"{where}.{name} is not a config field: it is chosen at run time with {RUN_TIME_FIELDS[key]}"
+                 for name in unknown if (key := (*where.split(".")[1:], name)) in RUN_TIME_FIELDS]
+        raise ValueError(f"unknown field(s) in {where}: {', '.join(unknown)}; known: {', '.join(known)}"
+                         + "".join(f"; {h}" for h in hints))
     kwargs = {}
     for name, value in data.items():
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING \
@@ -219,6 +213,19 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def drop_run_time_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a saved config's dict without :data:`RUN_TIME_FIELDS`, so a config.json that
+    records how its machine ran still loads; the choice is made again where the model runs."""
+    data = copy.deepcopy(data)
+    for path in RUN_TIME_FIELDS:
+        node = data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return data
 
 
 # ---------------------------------------------------------------------------- presets

@@ -17,9 +17,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from tgcnet.adapters import apply_lora, lora_disabled, project_attention
+from tgcnet.adapters import apply_lora, lora_disabled
 from tgcnet.config import DATEConfig
-from tgcnet.kernels import use_onednn_linears
 from tgcnet.layers import GatedCrossAttention
 from tgcnet.text_towers import FrozenTextTower, pool_tokens
 from tgcnet.tokenizer import CaptionTokenizer, TokenizerSource
@@ -119,19 +118,12 @@ class KnowledgeFusion(nn.Module):
 
 class DATE(nn.Module):
     def __init__(self, text_tower: FrozenTextTower, tokenizer: TokenizerSource, cfg: DATEConfig,
-                 knowledge: Optional[KnowledgeSource] = None, onednn_linear: bool = True) -> None:
-        """``onednn_linear``: the tower's frozen linear layers (LoRA's base layers included) run
-        through oneDNN on a CPU in float32 (:mod:`tgcnet.kernels`); LoRA itself is unaffected."""
+                 knowledge: Optional[KnowledgeSource] = None) -> None:
         super().__init__()
         if cfg.knowledge_encoder not in KNOWLEDGE_ENCODERS:
             raise ValueError(f"date.knowledge_encoder must be one of {', '.join(KNOWLEDGE_ENCODERS)}, "
                              f"got {cfg.knowledge_encoder!r}")
         self.cfg = cfg
-        if onednn_linear:
-            # after the attention swap (its projections are new nn.Linear layers), before
-            # LoRA wraps them: peft then wraps the oneDNN layers as their base layers
-            project_attention(text_tower)
-            use_onednn_linears(text_tower.transformer)
         self.text_tower = apply_lora(text_tower, cfg.lora)
         self.tokenize = CaptionTokenizer(tokenizer, pad_to_context=text_tower.pads_to_context)
         dim = text_tower.output_dim
@@ -146,6 +138,14 @@ class DATE(nn.Module):
         # keeps a long training run from holding on to memory it no longer reads
         self._caption_cache.clear()
         return super().train(mode)
+
+    def set_cpu_linear(self, onednn: bool) -> None:
+        """The text tower's frozen linear layers through oneDNN or ``F.linear`` on a CPU
+        (:meth:`FrozenTextTower.set_cpu_linear`). Kept encodings are dropped: they were made
+        with the other kernels, and serving them would make the output depend on history."""
+        self.text_tower.set_cpu_linear(onednn)
+        self._caption_cache.clear()
+        self._description_cache.clear()
 
     @property
     def frozen_knowledge(self) -> bool:

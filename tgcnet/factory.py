@@ -24,6 +24,9 @@ def create_model(name: str, pretrained: Optional[str] = None, clip_model: Option
         knowledge: ``"default"`` (the shipped bank), a cache path, any object with
             ``descriptions_for(caption)``, or None to disable knowledge.
         overrides: any config field, e.g. ``sse={"channels": 64}`` or ``date__lora__r=16``.
+
+    The model's frozen towers run ``F.linear``; on a CPU, :func:`tgcnet.accel.optimize_for_cpu`
+    picks this machine's fastest kernel (a fact about the machine, so not a config field).
     """
     config = get_preset(name, **overrides)
     if clip_model is not None:

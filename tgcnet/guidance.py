@@ -34,19 +34,17 @@ Region definitions (all in *displayed image* coordinates, x to the right, y down
   image size (0 = hard edges). Lesions straddle the midline and zone borders, so a prior
   with a few percent of ramp is kinder than a cliff.
 
-The parser is a small state machine over words, written for QaTa/MosMedData+ captions as
-LViT, GuideDecoder and SGSeg ship them (noisy capitals, "midlle", "upper lower right lung",
-"all left lung", double spaces) and for CT report phrasing ("left lower lobe", "lower lobes
-of both lungs", "bilateral lower lobes", "upper and middle lobes of the right lung").
+Captions are parsed by :func:`tgcnet.prompts.locations.parse_location` (re-exported here),
+the same parse the knowledge-concept extraction reads, so a caption's guidance mask and its
+location concepts always agree.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
+
+from tgcnet.prompts.locations import ZONES, LocationPart, LocationSpec, parse_location
 
 from .laterality import DEFAULT_LATERALITY, Laterality, check_laterality, image_half
 
@@ -61,211 +59,8 @@ __all__ = [
     "side_error",
 ]
 
-Side = Literal["left", "right", "both"]
-ZONES: tuple[str, ...] = ("upper", "middle", "lower")
 #: Fractions of the image height where upper/middle and middle/lower meet (see module doc).
 DEFAULT_ZONE_EDGES: tuple[float, float] = (0.35, 0.55)
-
-# Word classes. Typos are the ones found in LViT's QaTa/MosMedData+ text.
-_SIDE_WORDS: dict[str, Side] = {
-    "left": "left", "lefft": "left", "leftt": "left", "lef": "left",
-    "right": "right", "rigth": "right", "rihgt": "right", "righ": "right", "rght": "right",
-    "both": "both", "bilateral": "both", "bilaterally": "both", "bilat": "both",
-}
-_ZONE_WORDS: dict[str, tuple[str, ...]] = {
-    "upper": ("upper",), "uppper": ("upper",), "uper": ("upper",), "top": ("upper",),
-    "superior": ("upper",), "apex": ("upper",), "apices": ("upper",), "apical": ("upper",),
-    "middle": ("middle",), "midlle": ("middle",), "midle": ("middle",), "middel": ("middle",),
-    "mid": ("middle",), "midzone": ("middle",),
-    "lower": ("lower",), "lowwer": ("lower",), "lowe": ("lower",), "loweer": ("lower",),
-    "bottom": ("lower",), "inferior": ("lower",), "base": ("lower",), "bases": ("lower",),
-    "basal": ("lower",), "basilar": ("lower",),
-    "all": ZONES, "entire": ZONES, "whole": ZONES,
-}
-# Words that name a side *and* a zone at once.
-_FIXED_PARTS: dict[str, tuple[Side, tuple[str, ...]]] = {
-    "bibasal": ("both", ("lower",)), "bibasilar": ("both", ("lower",)),
-    "biapical": ("both", ("upper",)),
-    "lingula": ("left", ("middle",)), "lingular": ("left", ("middle",)),
-}
-# Nouns that end a location phrase ("... left lung", "... lower lobe").
-_NOUNS = frozenset({
-    "lung", "lungs", "lobe", "lobes", "lobar", "field", "fields", "zone", "zones", "region", "regions",
-    "segment", "segments", "area", "areas", "part", "parts", "portion", "portions", "side", "sides",
-    "sided", "hemithorax", "lungfield", "lungfields",
-})
-_BOUNDARIES = frozenset({",", ";", ".", ":", "/", "&", "(", ")", "and", "or", "with", "while", "but", "plus"})
-# Words that neither carry location nor break a phrase ("lower lobe OF THE left lung").
-_FILLERS = frozenset({"of", "the", "a", "an", "in", "on", "at", "within"})
-_UNILATERAL = frozenset({"unilateral", "unilaterally", "unilat"})
-_TOKEN = re.compile(r"[a-z]+|[,;.:/&()]")
-
-
-@dataclass(frozen=True)
-class LocationPart:
-    """One location phrase: a side ("both" when none is named) and its zones (empty = all of it)."""
-
-    side: Side
-    zones: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        if self.side not in ("left", "right", "both"):
-            raise ValueError(f"side must be 'left', 'right' or 'both', got {self.side!r}")
-        bad = set(self.zones) - set(ZONES)
-        if bad:
-            raise ValueError(f"zones must be a subset of {ZONES}, got unknown {sorted(bad)}")
-
-
-@dataclass(frozen=True)
-class LocationSpec:
-    """Parsed location of a caption: the union of its parts.
-
-    ``bilateral`` is True / False when the caption says bilateral (or both) / unilateral,
-    None when it says neither. ``everywhere`` is True when no part was found: the mask
-    is all ones and means "no constraint", not "both lungs".
-    """
-
-    parts: tuple[LocationPart, ...]
-    bilateral: bool | None = None
-    caption: str = field(default="", compare=False)
-
-    @property
-    def everywhere(self) -> bool:
-        return not self.parts
-
-    @property
-    def sides(self) -> frozenset[str]:
-        """Lung sides the caption names ("both" expanded), empty when it names none."""
-        out: set[str] = set()
-        for part in self.parts:
-            out.update(("left", "right") if part.side == "both" else (part.side,))
-        return frozenset(out)
-
-    @property
-    def single_side(self) -> Literal["left", "right"] | None:
-        """"left" / "right" when every part lies on that side, else None."""
-        sides = self.sides
-        return next(iter(sides)) if len(sides) == 1 else None  # type: ignore[return-value]
-
-
-class _Pending:
-    """The phrase being read: side and zones seen so far, and how it may still grow."""
-
-    def __init__(self) -> None:
-        self.side: Side | None = None
-        self.zones: set[str] = set()
-        self.side_first = False  # "left lower lobe" (side, then zones) vs "lower left lung"
-        self.noun = False  # a zones-only phrase ended by a noun may still get "of the left lung"
-
-    @property
-    def empty(self) -> bool:
-        return self.side is None and not self.zones
-
-
-class _Parser:
-    def __init__(self) -> None:
-        self.parts: list[LocationPart] = []
-        self.bilateral: bool | None = None
-        self.pending = _Pending()
-
-    def close(self, from_noun: bool = False) -> None:
-        """Emit the pending phrase. A bare "bilateral"/"both" only sets the flag, unless
-        a noun closed it ("both lungs"), so "bilateral infection, lower left lung and lower
-        right lung" does not also claim both whole lungs."""
-        p = self.pending
-        self.pending = _Pending()
-        if p.side == "both":
-            self.bilateral = True
-            if not p.zones and not from_noun:
-                return
-        if p.empty:
-            return
-        self.parts.append(LocationPart(p.side or "both", frozenset(p.zones)))
-
-    def side(self, side: Side) -> None:
-        p = self.pending
-        if p.side is not None:
-            self.close()
-            p = self.pending
-        if p.noun:  # "lower lobes of both lungs": the side completes the waiting phrase
-            p.noun = False
-        p.side = side
-        p.side_first = not p.zones
-
-    def zone(self, zones: tuple[str, ...]) -> None:
-        p = self.pending
-        if p.noun or (p.side is not None and not p.side_first):
-            self.close()  # "upper left lung lower right lung", "lower lobe upper ..."
-            p = self.pending
-        p.zones.update(zones)
-
-    def noun(self) -> None:
-        p = self.pending
-        if p.side is not None:
-            self.close(from_noun=True)
-        elif p.zones:
-            p.noun = True  # wait for "of (the) left lung"
-
-    def boundary(self) -> None:
-        p = self.pending
-        if p.side is not None or p.noun:
-            self.close()
-        # zones only, no noun yet: "upper and lower left lung" -- keep reading
-
-    def other(self) -> None:
-        p = self.pending
-        if p.side is not None or p.noun:
-            self.close()
-        elif p.zones:
-            self.pending = _Pending()  # "all infected areas", "lower density": not a location
-
-    def feed(self, word: str) -> None:
-        if word in _FIXED_PARTS:
-            self.close()
-            side, zones = _FIXED_PARTS[word]
-            self.pending.side, self.pending.zones = side, set(zones)
-            self.close(from_noun=True)
-        elif word in _UNILATERAL:
-            self.bilateral = False if self.bilateral is None else self.bilateral
-            self.other()
-        elif word in _SIDE_WORDS:
-            self.side(_SIDE_WORDS[word])
-        elif word in _ZONE_WORDS:
-            self.zone(_ZONE_WORDS[word])
-        elif word in _NOUNS:
-            self.noun()
-        elif word in _BOUNDARIES:
-            self.boundary()
-        elif word in _FILLERS:
-            pass
-        else:
-            self.other()
-
-
-def _normalise_word(word: str) -> str:
-    """Map the typo family "midd...", "midl..." to middle; leave the rest to the tables."""
-    if word.startswith(("midd", "midl")) and word not in _ZONE_WORDS:
-        return "middle"
-    return word
-
-
-@lru_cache(maxsize=4096)
-def parse_location(caption: str) -> LocationSpec:
-    """Parse the location phrases of a caption into a :class:`LocationSpec`.
-
-    Never fails on text: a caption without location words gives ``everywhere=True``.
-    Cached, since data sets repeat a few dozen captions thousands of times.
-    """
-    if not isinstance(caption, str):
-        raise ValueError(f"caption must be a str, got {type(caption).__name__}")
-    parser = _Parser()
-    for word in _TOKEN.findall(caption.lower()):
-        parser.feed(_normalise_word(word))
-    parser.close()
-    parts = tuple(dict.fromkeys(parser.parts))  # drop repeats, keep order
-    if not parts and parser.bilateral:
-        parts = (LocationPart("both"),)
-    return LocationSpec(parts, parser.bilateral, caption)
 
 
 def _band(n: int, lo: float, hi: float, soft: float, device: torch.device | None) -> torch.Tensor:

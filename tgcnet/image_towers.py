@@ -23,7 +23,7 @@ from timm.models.vision_transformer import _create_vision_transformer
 from torch import nn
 
 from tgcnet.adapters import project_attention
-from tgcnet.kernels import use_onednn_linears
+from tgcnet.kernels import has_onednn_linears, use_onednn_linears, use_torch_linears
 
 ViTOutput = tuple[list[torch.Tensor], torch.Tensor]
 
@@ -39,6 +39,8 @@ class FrozenImageTower(nn.Module):
     patch_size: int      # pixels per patch side
     width: int           # channels of the intermediate maps
     output_dim: int      # D, the joint image-text space
+    #: whether the blocks' linear layers run through oneDNN on a CPU (:meth:`set_cpu_linear`)
+    onednn_linear: bool = False
 
     def __init__(self, indices: tuple[int, ...], depth: int) -> None:
         super().__init__()
@@ -50,6 +52,28 @@ class FrozenImageTower(nn.Module):
 
     def train(self, mode: bool = True) -> "FrozenImageTower":
         return super().train(False)
+
+    def frozen_state_names(self) -> list[str]:
+        """Names (inside this tower) of the state that never trains and is never saved: all of it.
+
+        The model asks each tower rather than guessing from names, so a tower holding something
+        trainable (as the text tower holds LoRA) says so in its own answer.
+        """
+        return list(self.state_dict())
+
+    def blocks(self) -> nn.Module:
+        """The transformer blocks: where the tower's GEMMs, hence its CPU time, are."""
+        raise NotImplementedError
+
+    def set_cpu_linear(self, onednn: bool) -> None:
+        """Run the blocks' frozen linear layers through oneDNN (True) or ``F.linear`` (False) on a
+        CPU in float32 (:mod:`tgcnet.kernels`). The same weights and state-dict names either way;
+        the numbers agree to float rounding. Off the CPU every call uses ``F.linear`` regardless."""
+        if onednn:
+            use_onednn_linears(self.blocks())
+        else:
+            use_torch_linears(self.blocks())
+        self.onednn_linear = has_onednn_linears(self.blocks())
 
     def forward(self, x: torch.Tensor) -> ViTOutput:
         """Maps (B, width, h, w) at ``indices`` and dense joint embeddings (B, D, h, w)."""
@@ -75,23 +99,24 @@ class FrozenViT(FrozenImageTower):
     longer loads into it afterwards. tgcnet loads CLIP weights in ``backbone.load_clip``,
     before this, and never saves the frozen tower.
 
-    ``onednn_linear`` (default on) runs the blocks' linear layers through oneDNN on a CPU
-    in float32 (:mod:`tgcnet.kernels`): about half the time where MKL falls back to AVX2.
+    The blocks' linear layers run ``F.linear`` until :meth:`set_cpu_linear` (for a whole
+    model: :func:`tgcnet.accel.optimize_for_cpu`) picks oneDNN for a CPU.
     """
 
-    def __init__(self, visual: VisionTransformer, indices: tuple[int, ...], fused_attention: bool = True,
-                 onednn_linear: bool = True) -> None:
+    def __init__(self, visual: VisionTransformer, indices: tuple[int, ...], fused_attention: bool = True) -> None:
         if visual.attn_pool is not None:
             raise ValueError("open_clip VisionTransformer with an attentional pooler (CoCa-style) is not supported: "
                              "its patch tokens are pooled by attention, with no per-patch projection to reuse")
         super().__init__(indices, len(visual.transformer.resblocks))
         self.fused_attention = fused_attention and project_attention(visual.transformer) > 0
-        self.onednn_linear = onednn_linear and use_onednn_linears(visual.transformer) > 0
         self.visual = visual.requires_grad_(False).eval()
         self.patch_size = int(visual.patch_size[0])
         self.width = int(visual.conv1.out_channels)
         self.output_dim = int(visual.output_dim)
         self._pos_cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def blocks(self) -> nn.Module:
+        return self.visual.transformer
 
     def _pos_embed(self, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         pos = self.visual.positional_embedding
@@ -170,17 +195,19 @@ class FrozenTimmViT(FrozenImageTower):
     projection), the path the pooled token takes in ``encode_image``.
     """
 
-    def __init__(self, visual: TimmModel, indices: tuple[int, ...], onednn_linear: bool = True) -> None:
+    def __init__(self, visual: TimmModel, indices: tuple[int, ...]) -> None:
         trunk = visual.trunk
         _check_timm_vit(visual)
         super().__init__(indices, len(trunk.blocks))
-        self.onednn_linear = onednn_linear and use_onednn_linears(trunk.blocks) > 0
         self.visual = visual.requires_grad_(False).eval()
         _allow_any_input_size(trunk)
         self.patch_size = int(trunk.patch_embed.patch_size[0])
         self.width = int(trunk.num_features)
         self.output_dim = _timm_output_dim(visual)
         self.num_prefix_tokens = int(getattr(trunk, "num_prefix_tokens", 0))
+
+    def blocks(self) -> nn.Module:
+        return self.visual.trunk.blocks
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """The trunk's head path after pooling, then ``TimmModel.head``: pooled or per token."""
@@ -231,12 +258,12 @@ _SUPPORTED = ("supported image towers: open_clip's VisionTransformer (OpenAI/LAI
               "patch tokens")
 
 
-def image_tower(visual: nn.Module, indices: tuple[int, ...], onednn_linear: bool = True) -> FrozenImageTower:
+def image_tower(visual: nn.Module, indices: tuple[int, ...]) -> FrozenImageTower:
     """The :class:`FrozenImageTower` for an open_clip image tower, chosen by its type."""
     if isinstance(visual, VisionTransformer):
-        return FrozenViT(visual, indices, onednn_linear=onednn_linear)
+        return FrozenViT(visual, indices)
     if isinstance(visual, TimmModel):
-        return FrozenTimmViT(visual, indices, onednn_linear=onednn_linear)
+        return FrozenTimmViT(visual, indices)
     raise ValueError(f"the CLIP image tower is a {type(visual).__name__}; {_SUPPORTED}")
 
 

@@ -4,13 +4,15 @@ Why: PyTorch runs a float32 ``nn.Linear`` on the CPU through MKL's sgemm, and MK
 AVX2 kernels on AMD processors. oneDNN, which ships inside PyTorch and already runs its CPU
 convolutions, uses AVX-512 there. On this project's 2-core AMD EPYC (Zen 5) ViT-B/16's
 GEMMs ran at 210-230 GFLOP/s through MKL and 450-520 GFLOP/s through oneDNN; the frozen
-ViT is almost all GEMM, so it takes about half the time (``benchmarks/speed.py`` measures
+ViT is almost all GEMM, so it takes about half the time (the speed benchmark measures
 both paths A/B). The maths is the same and only the float rounding differs (about 5e-6
 relative), the same as any other change of GEMM library or of thread count.
 
 On Intel processors MKL runs its AVX-512 code and there is nothing to win: on a 2-core
 Xeon the ViT took 1.08-1.10x MKL's time through oneDNN and a training step 1-4% longer.
-``cpu_linear="auto"`` (:func:`resolve_cpu_linear`) therefore uses oneDNN on AMD only.
+``"auto"`` (:func:`resolve_cpu_linear`) therefore uses oneDNN on AMD only. The choice is a
+property of the machine, not of the model: it is made at run time by
+:func:`tgcnet.accel.optimize_for_cpu`, never stored in a saved config.
 
 Only layers whose weights are frozen are routed here. A frozen weight needs no weight
 gradient, so the backward is one more oneDNN GEMM (``grad @ W``), and LoRA still trains
@@ -22,13 +24,16 @@ from __future__ import annotations
 import functools
 import logging
 import platform
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 logger = logging.getLogger(__name__)
+
+#: how the frozen towers' linear layers may run on a CPU (:func:`resolve_cpu_linear`)
+CPU_LINEAR_CHOICES = ("auto", "onednn", "torch")
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -72,7 +77,15 @@ def cpu_vendor() -> str:
 
 
 def resolve_cpu_linear(choice: str) -> bool:
-    """Whether ``ClipConfig.cpu_linear`` = ``choice`` means oneDNN linears in the frozen towers."""
+    """Whether ``choice`` means oneDNN linears in the frozen towers on this machine.
+
+    ``"onednn"``: yes; ``"torch"``: no (``F.linear``, i.e. MKL); ``"auto"``: on AMD processors
+    only, where oneDNN's AVX-512 code beats MKL's AVX2 fallback, and only if this PyTorch
+    build has a working oneDNN linear.
+    """
+    if choice not in CPU_LINEAR_CHOICES:
+        raise ValueError(f"CPU linear kernel must be one of {', '.join(map(repr, CPU_LINEAR_CHOICES))}, "
+                         f"got {choice!r}")
     if choice == "auto":
         return cpu_vendor() == "amd" and onednn_linear_available()
     return choice == "onednn"
@@ -124,14 +137,44 @@ class OneDNNLinear(nn.Linear):
         return _onednn_linear(x, self.weight, self.bias)
 
 
-def use_onednn_linears(module: nn.Module) -> int:
+def _children_of_type(module: nn.Module, kind: type, skip: Optional[Callable[[str], bool]] = None
+                      ) -> list[tuple[nn.Module, str, nn.Module]]:
+    """``(parent, attribute, child)`` for every child of exactly type ``kind`` inside ``module``."""
+    found = []
+    for prefix, parent in module.named_modules():
+        for name, child in parent.named_children():
+            full = f"{prefix}.{name}" if prefix else name
+            if type(child) is kind and not (skip is not None and skip(full)):
+                found.append((parent, name, child))
+    return found
+
+
+def use_onednn_linears(module: nn.Module, skip: Optional[Callable[[str], bool]] = None) -> int:
     """Swap every plain ``nn.Linear`` inside ``module`` for :class:`OneDNNLinear`, in place.
 
     Subclasses (e.g. MultiheadAttention's ``out_proj``, which its owner never calls) and
-    already-swapped layers are left alone. Returns how many were swapped.
+    already-swapped layers are left alone, and so are layers whose qualified name ``skip``
+    accepts (a LoRA adapter's own layers, which train). Returns how many were swapped.
     """
-    swaps = [(parent, name, child) for parent in module.modules()
-             for name, child in parent.named_children() if type(child) is nn.Linear]
+    swaps = _children_of_type(module, nn.Linear, skip)
     for parent, name, child in swaps:
         setattr(parent, name, OneDNNLinear.from_linear(child))
     return len(swaps)
+
+
+def use_torch_linears(module: nn.Module) -> int:
+    """Undo :func:`use_onednn_linears`: every :class:`OneDNNLinear` back to a plain ``nn.Linear``
+    sharing its parameters. Returns how many were swapped back."""
+    swaps = _children_of_type(module, OneDNNLinear)
+    for parent, name, child in swaps:
+        plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+        plain.weight = child.weight
+        plain.bias = child.bias
+        plain.train(child.training)
+        setattr(parent, name, plain)
+    return len(swaps)
+
+
+def has_onednn_linears(module: nn.Module) -> bool:
+    """Whether any linear layer inside ``module`` is a :class:`OneDNNLinear`."""
+    return any(isinstance(m, OneDNNLinear) for m in module.modules())

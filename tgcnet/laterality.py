@@ -12,11 +12,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from tgcnet.prompts.words import fix_word
+
 Laterality = Literal["image", "patient"]
 LATERALITIES: tuple[str, ...] = ("image", "patient")
 DEFAULT_LATERALITY: Laterality = "image"
 
-_SIDE_WORD = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_WORD = re.compile(r"[A-Za-z]+")
+_OTHER_SIDE = {"left": "right", "right": "left"}
 
 
 def check_laterality(laterality: str) -> Laterality:
@@ -26,23 +29,32 @@ def check_laterality(laterality: str) -> Laterality:
     return laterality  # type: ignore[return-value]
 
 
+def _cased_like(word: str, text: str) -> str:
+    if word.isupper() and len(word) > 1:
+        return text.upper()
+    return text.capitalize() if word[0].isupper() else text
+
+
 def swap_left_right(caption: str) -> str:
     """Swap the words left and right, keeping their case.
 
     A horizontal flip of the image moves the lesion to the other side, so the caption
-    must move with it whichever convention is in use.
+    must move with it whichever convention is in use. A side word is whatever the location
+    parser reads as one (:func:`tgcnet.prompts.words.fix_word`): a misspelt "rigth" or a
+    glued "lowerleft" is swapped too (to "left", "lower right"), or the parser would read the
+    flipped caption's side on the wrong half. Other words are kept exactly.
     """
 
     def _swap(match: re.Match[str]) -> str:
         word = match.group(0)
-        other = "right" if word.lower() == "left" else "left"
-        if word.isupper():
-            return other.upper()
-        if word[0].isupper():
-            return other.capitalize()
-        return other
+        if word.lower() in _OTHER_SIDE:
+            return _cased_like(word, _OTHER_SIDE[word.lower()])
+        parts = fix_word(word.lower()).split()
+        if not any(p in _OTHER_SIDE for p in parts):
+            return word
+        return _cased_like(word, " ".join(_OTHER_SIDE.get(p, p) for p in parts))
 
-    return _SIDE_WORD.sub(_swap, caption)
+    return _WORD.sub(_swap, caption)
 
 
 def image_half(side: Literal["left", "right"], laterality: Laterality = DEFAULT_LATERALITY) -> Literal["left", "right"]:

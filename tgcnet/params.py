@@ -5,13 +5,14 @@ from typing import Any
 
 from torch import nn
 
-# (row name, attribute path, which parameters of it) in the order of the method
+# (row name, attribute path, which parameters of it) in the order of the method; "frozen" and
+# "adapters" split a tower by what it reports as frozen (``frozen_state_names``: LoRA is not)
 MODULE_ROWS: list[tuple[str, str, str]] = [
     ("sse.clip_visual", "sse.clip_visual", "all"),
     ("sse.cnn", "sse.cnn", "all"),
     ("sse.fusion", "sse.fusion", "all"),
-    ("date.text_tower", "date.text_tower", "base"),
-    ("date.lora", "date.text_tower", "lora"),
+    ("date.text_tower", "date.text_tower", "frozen"),
+    ("date.lora", "date.text_tower", "adapters"),
     ("date.knowledge_fusion", "date.knowledge_fusion", "all"),
     ("vlcm", "vlcm", "all"),
     ("decoder", "decoder", "all"),
@@ -27,6 +28,14 @@ def _get(model: nn.Module, path: str) -> nn.Module | None:
     return node
 
 
+def _parameters(module: nn.Module, which: str) -> list[tuple[str, nn.Parameter]]:
+    params = list(module.named_parameters())
+    if which == "all":
+        return params
+    frozen = set(module.frozen_state_names())
+    return [(n, p) for n, p in params if (n in frozen) == (which == "frozen")]
+
+
 def count_parameters(model: nn.Module) -> list[dict[str, Any]]:
     """Rows ``{"module", "trainable", "total", "frozen"}`` per part, then a ``total`` row.
 
@@ -36,9 +45,7 @@ def count_parameters(model: nn.Module) -> list[dict[str, Any]]:
     rows, seen = [], set()
     for row, path, which in MODULE_ROWS:
         module = _get(model, path)
-        params = [] if module is None else [
-            (n, p) for n, p in module.named_parameters()
-            if which == "all" or (which == "lora") == ("lora_" in n)]
+        params = [] if module is None else _parameters(module, which)
         seen.update(id(p) for _, p in params)
         total = sum(p.numel() for _, p in params)
         trainable = sum(p.numel() for _, p in params if p.requires_grad)

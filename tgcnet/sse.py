@@ -53,10 +53,10 @@ class ScaleFusion(nn.Module):
 
 
 class SSE(nn.Module):
-    def __init__(self, visual: nn.Module, cfg: SSEConfig, onednn_linear: bool = True) -> None:
+    def __init__(self, visual: nn.Module, cfg: SSEConfig) -> None:
         """``visual``: an open_clip image tower (see :func:`tgcnet.image_towers.image_tower`)."""
         super().__init__()
-        self.clip_visual: FrozenImageTower = image_tower(visual, tuple(cfg.vit_indices), onednn_linear=onednn_linear)
+        self.clip_visual: FrozenImageTower = image_tower(visual, tuple(cfg.vit_indices))
         self.cnn = timm.create_model(cfg.cnn_name, pretrained=False, features_only=True,
                                      out_indices=tuple(cfg.cnn_out_indices), **dict(cfg.cnn_kwargs))
         cnn_channels = self.cnn.feature_info.channels()

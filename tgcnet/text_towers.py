@@ -20,6 +20,9 @@ from open_clip.model import CLIP
 from open_clip.transformer import TextTransformer
 from torch import nn
 
+from tgcnet.adapters import lora_parameters, project_attention
+from tgcnet.kernels import has_onednn_linears, use_onednn_linears, use_torch_linears
+
 #: LoRA target presets ("auto" picks one per tower), as regexes over names inside the tower
 OPEN_CLIP_TEXT_TARGETS = "open_clip_text"
 HF_BERT_TEXT_TARGETS = "hf_bert_text"
@@ -40,10 +43,31 @@ class FrozenTextTower(nn.Module):
     trims_padding: bool = False
     #: pad every batch to the full context (towers trained on full-length padded input)
     pads_to_context: bool = False
+    #: whether the transformer's frozen linear layers run through oneDNN on a CPU (:meth:`set_cpu_linear`)
+    onednn_linear: bool = False
+    transformer: nn.Module   # the encoder blocks: where the tower's GEMMs, hence its CPU time, are
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    def frozen_state_names(self) -> list[str]:
+        """Names (inside this tower) of the state that never trains and is never saved: all of it
+        but the LoRA adapters' weights, which DATE trains and ``save_pretrained`` keeps."""
+        adapters = set(lora_parameters(self))
+        return [name for name in self.state_dict() if name not in adapters]
+
+    def set_cpu_linear(self, onednn: bool) -> None:
+        """Run the transformer's frozen linear layers through oneDNN (True) or ``F.linear`` (False)
+        on a CPU in float32 (:mod:`tgcnet.kernels`). LoRA's base layers are swapped, its adapters
+        (trainable) are not, so LoRA trains as before. Off the CPU every call uses ``F.linear``."""
+        if onednn:
+            # MultiheadAttention hands its raw weights to one fused op: split it into Linears first
+            project_attention(self.transformer)
+            use_onednn_linears(self.transformer, skip=_is_lora_adapter)
+        else:
+            use_torch_linears(self.transformer)
+        self.onednn_linear = has_onednn_linears(self.transformer)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token features (B, L, D) and pooled embedding (B, D), both in the joint space."""
@@ -56,6 +80,11 @@ class FrozenTextTower(nn.Module):
     def pool_weights(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) weights that pool joint-space tokens as this tower pools (one-hot or mean)."""
         raise NotImplementedError
+
+
+def _is_lora_adapter(name: str) -> bool:
+    """Whether a qualified module name lies inside a peft LoRA adapter (``...in_proj.lora_A.default``)."""
+    return any(part.startswith("lora_") for part in name.split("."))
 
 
 def pool_tokens(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

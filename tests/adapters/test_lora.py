@@ -79,7 +79,7 @@ def test_adapter_save_load_round_trip_and_merge(tmp_path):
             p.normal_(0, 0.05)
     x = ids()
     expected = tower(x)[1]
-    save_adapter(tower, LoraAdapterConfig(r=4), tmp_path)
+    save_adapter(tower, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     fresh = load_adapter(tiny_text_tower(), tmp_path)
     assert fresh.r == 4

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tgcnet.data import LAYOUTS, DataError, Triple, detect_layout, read_split
-from tgcnet.data.readers import MAX_LISTED, normalize_caption
+from tgcnet.data.readers import MAX_LISTED
 
 
 def _pairs(triples: list[Triple]) -> list[tuple[str, str]]:
@@ -50,12 +50,6 @@ def test_guidedecoder_valid_is_last_20_percent_of_train_csv_and_captions_are_cle
     assert t.mask_path == tmp_path / "Train" / "GTs" / f"mask_{t.name}"
     # noise removed, words (typos included) and case kept
     assert "  " not in t.caption and t.caption.startswith("Bilateral") and "midlle" in t.caption
-
-
-def test_normalize_caption():
-    assert normalize_caption("  Upper  left\tlung. ") == "Upper left lung."
-    assert normalize_caption(float("nan")) == ""
-    assert normalize_caption(None) == ""
 
 
 def test_detect_layout_names_what_it_looked_for(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from tgcnet.cli import main
 from tgcnet.data import sample_root
-from tgcnet.engine.cli import run_demo
+from tgcnet.cli.demo import run_demo
 
 SAMPLE = str(sample_root())
 TINY = ["--image-size", "64", "--batch-size", "8", "--knowledge", "none", "--device", "cpu", "--no-progress",

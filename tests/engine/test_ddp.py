@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tgcnet.adapters import load_safetensors
+from tgcnet.io import load_safetensors
 from tgcnet.data import sample_root
 from tgcnet.engine import TrainConfig
 from tgcnet.engine.distributed import DistInfo
-from tgcnet.engine.train import Trainer
+from tgcnet.engine.trainer import Trainer
 
 
 
@@ -34,9 +34,9 @@ class GradRecorder(Trainer):
 LAUNCHED = textwrap.dedent('''
     import json, os, sys
     from pathlib import Path
-    from tgcnet.adapters import save_safetensors_atomic
+    from tgcnet.io import save_safetensors_atomic
     import importlib
-    train_mod = importlib.import_module("tgcnet.engine.train")  # the module; tgcnet.engine.train is the function
+    train_mod = importlib.import_module("tgcnet.engine.trainer")
     from tgcnet.model import TGCNet
 
     record = Path(sys.argv[1])

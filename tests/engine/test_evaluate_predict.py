@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from tgcnet import create_model
-from tgcnet.adapters import save_json_atomic
+from tgcnet.io import save_json_atomic
 from tgcnet.data import read_split, sample_root
 from tgcnet.engine import evaluate, predict
-from tgcnet.engine.evaluate import resolve_checkpoint
+from tgcnet.engine.inference import resolve_checkpoint
 from tgcnet.engine.overlay import GT_COLOR, PRED_COLOR, contour, render_overlay
 from tgcnet.guidance import parse_location
 

@@ -11,14 +11,14 @@ import torch
 from tgcnet.cli import build_parser, main
 from tgcnet.data import sample_root
 from tgcnet.engine import TrainConfig
-from tgcnet.engine.cli import train_config_from_args
+from tgcnet.cli.train import train_config_from_args
 from tgcnet.engine.distributed import DistInfo
 from tgcnet.engine.feature_cache import FeatureCache, bytes_per_image
-from tgcnet.engine.train import Trainer
+from tgcnet.engine.trainer import Trainer
 
 from helpers import CAPTIONS, images, tiny
 
-train_mod = importlib.import_module("tgcnet.engine.train")  # the module; tgcnet.engine.train is the function
+train_mod = importlib.import_module("tgcnet.engine.trainer")
 
 
 def config(tmp_path, name: str, **kw) -> TrainConfig:

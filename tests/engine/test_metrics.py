@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tgcnet.engine.metrics import (MetricAccumulator, binarize_prediction, confusion_counts, dice_iou,
-                                   dice_iou_from_counts)
+                                   dice_iou_from_counts, write_per_image_csv)
 
 
 def _masks(*rows: str) -> torch.Tensor:
@@ -91,7 +91,7 @@ def test_accumulator_over_batches_matches_one_batch_and_writes_csv(tmp_path):
     assert a["dice"] == pytest.approx(expected_mean)
     tp, fp, fn = (sum(r[k] for r in a["rows"]) for k in ("tp", "fp", "fn"))
     assert a["pooled_dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
-    path = parts.to_csv(tmp_path / "eval" / "per_image.csv")
+    path = write_per_image_csv(parts.rows, tmp_path / "eval" / "per_image.csv")
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == names
@@ -101,13 +101,11 @@ def test_accumulator_over_batches_matches_one_batch_and_writes_csv(tmp_path):
         parts.compute()
 
 
-def test_unnamed_rows_and_merge():
+def test_unnamed_rows_then_named():
     acc = MetricAccumulator(from_logits=False)
     acc.update(_masks("1"), _masks("1"))
     acc.update(_masks("0"), _masks("1"))
-    other = MetricAccumulator(from_logits=False)
-    other.update(_masks("1"), _masks("1"), names=["x"])
-    acc.merge(other)
+    acc.update(_masks("1"), _masks("1"), names=["x"])
     out = acc.compute()
     assert [r["name"] for r in out["rows"]] == ["0", "1", "x"]
     assert out["dice"] == pytest.approx(2 / 3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tgcnet.adapters import load_safetensors
+from tgcnet.io import load_safetensors
 from tgcnet.data import sample_root
 from tgcnet.engine.checkpoint import find_checkpoint
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from tgcnet.adapters import load_safetensors
+from tgcnet.io import load_safetensors
 from tgcnet.data import sample_root
 from tgcnet.engine import TrainConfig, train
 from tgcnet.engine.distributed import DistInfo, ShardedEpochSampler, epoch_order
-from tgcnet.engine.train import Trainer, lr_factor, parse_overrides
+from tgcnet.engine.train_config import parse_overrides
+from tgcnet.engine.trainer import Trainer, lr_factor
 
 
 

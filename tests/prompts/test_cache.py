@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tgcnet.prompts import SCHEMA_VERSION, CacheError, KnowledgeCache, Provenance, load_cache, save_cache
-from tgcnet.prompts import cache as cache_mod
+import tgcnet.io
 from tgcnet.prompts.prompt_templates import load_templates, render_messages
 
 
@@ -83,7 +83,7 @@ def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache_mod.os, "replace", boom)
+    monkeypatch.setattr(tgcnet.io.os, "replace", boom)  # the writer save_cache uses
     bigger = _cache()
     bigger.set("count:two areas", ["Two."], Provenance("g"))
     with pytest.raises(OSError, match="disk full"):

@@ -13,7 +13,8 @@ import pytest
 
 from tgcnet.prompts import load_cache
 from tgcnet.prompts.captions import read_captions
-from tgcnet.prompts.cli import add_prompts_parser, main
+from tgcnet.cli import main
+from tgcnet.cli.prompts import add_parser as add_prompts_parser
 
 CAPS = ["Bilateral pulmonary infection, two infected areas, lower left lung and lower right lung.",
         "Unilateral pulmonary infection, one infected area, middle left lung."]
@@ -93,9 +94,10 @@ def test_show_prints_concepts_descriptions_and_provenance(capsys):
 def test_show_reports_a_bad_file(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema_version": 99, "entries": {}}')
-    assert main(["show", str(bad)]) == 1
+    assert main(["prompts", "show", str(bad)]) == 2  # the user's file to fix
     err = capsys.readouterr().err
     assert str(bad) in err and "newer" in err
+    assert err.startswith("tgcnet prompts: error: ") and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- generate
@@ -139,7 +141,7 @@ def test_generate_failure_exits_1_with_the_error(fake_chat, api_key, tmp_path, c
                "--api-key-env", "TGCNET_TEST_KEY", "--concurrency", "1", "--out", str(tmp_path / "c.json")])
     assert rc == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "concept 'count:one area': expected {\"descriptions\"" in err
+    assert err.startswith("tgcnet prompts: error: ") and "concept 'count:one area': expected {\"descriptions\"" in err
 
 
 def test_killed_run_loses_nothing_and_resumes(fake_chat, api_key, tmp_path):
@@ -148,7 +150,7 @@ def test_killed_run_loses_nothing_and_resumes(fake_chat, api_key, tmp_path):
     caps.write_text(CAPS[1])  # 4 concepts: finding, laterality, count, zone
     out = tmp_path / "c.json"
     fake_chat.plan["one area"] = ["hang"]
-    cmd = [sys.executable, "-m", "tgcnet.prompts.cli", "generate", "--captions", str(caps), "--model", "m",
+    cmd = [sys.executable, "-m", "tgcnet.cli", "prompts", "generate", "--captions", str(caps), "--model", "m",
            "--base-url", fake_chat.base_url, "--api-key-env", "TGCNET_TEST_KEY", "--concurrency", "1",
            "--timeout", "30", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -168,19 +170,16 @@ def test_killed_run_loses_nothing_and_resumes(fake_chat, api_key, tmp_path):
     saved = json.loads(out.read_text())["entries"]
     assert sorted(saved) == ["finding:pulmonary infection", "laterality:unilateral"]
     fake_chat.requests.clear()
-    assert main(["generate", "--captions", str(caps), "--model", "m", "--base-url", fake_chat.base_url,
+    assert main(["prompts", "generate", "--captions", str(caps), "--model", "m", "--base-url", fake_chat.base_url,
                  "--api-key-env", "TGCNET_TEST_KEY", "--out", str(out)]) == 0
     assert sorted(fake_chat.labels()) == ["middle left lung", "one area"]
     final = json.loads(out.read_text())["entries"]
     assert len(final) == 4 and {k: final[k] for k in saved} == saved
 
 
-@pytest.mark.parametrize("entry", ["prompts", "tgcnet"])
-def test_generate_unreachable_endpoint_exits_2_with_one_line(api_key, tmp_path, capsys, entry):
+def test_generate_unreachable_endpoint_exits_2_with_one_line(api_key, tmp_path, capsys):
     """Nothing listens on the port: one line naming host and port, exit 2, no retries, no traceback."""
     import socket
-
-    from tgcnet.cli import main as tgcnet_main
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -190,9 +189,9 @@ def test_generate_unreachable_endpoint_exits_2_with_one_line(api_key, tmp_path, 
     argv = ["prompts", "generate", "--captions", str(caps), "--model", "m", "--base-url",
             f"http://127.0.0.1:{port}/v1", "--api-key-env", "TGCNET_TEST_KEY", "--out", str(tmp_path / "c.json")]
     t0 = time.monotonic()
-    assert (main if entry == "prompts" else tgcnet_main)(argv) == 2
+    assert main(argv) == 2
     assert time.monotonic() - t0 < 10.0
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert err.count("\n") == 1 and err.startswith("tgcnet prompts: error: ") and "Traceback" not in err, err
     assert f"host 127.0.0.1, port {port}" in err and "rerunning will not help until the endpoint is reachable" in err
     assert "retry" not in err and not (tmp_path / "c.json").exists()

@@ -171,7 +171,7 @@ def test_api_key_never_appears_in_output_logs_files_or_errors(fake_chat, api_key
     fake_chat.plan.clear()
     _run(fake_chat, out, concurrency=1)
 
-    from tgcnet.prompts.cli import main
+    from tgcnet.cli import main
 
     assert main(["prompts", "show", str(out)]) == 0
     assert all(r["auth"] == f"Bearer {api_key}" for r in fake_chat.requests)  # the key was really in use

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 import warnings
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
 from PIL import Image
 
+from tgcnet.captions import tidy_text
+from tgcnet.io import DataError, read_table
+
 __all__ = ["Triple", "DataError", "LAYOUTS", "SPLITS", "IMAGE_SUFFIXES", "detect_layout", "read_split",
-           "normalize_caption"]
+           "format_problems", "describe_error"]
 
 LAYOUTS: tuple[str, ...] = ("simple", "lvit", "guidedecoder", "sgseg")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -31,7 +32,7 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".ti
 # GuideDecoder / LanGuideMedSeg keep the last 20% of train.csv as validation.
 GUIDEDECODER_TRAIN_FRACTION = 0.8
 MAX_LISTED = 20  # problems spelled out in an error message; the rest are counted
-# Training reads the 'valid' split by default (tgcnet.engine.train.TrainConfig.val_split).
+# Training reads the 'valid' split by default (tgcnet.engine.TrainConfig.val_split).
 NO_VALID_ADVICE = "to train without validation, pass --val-split none (val_split=None in Python)"
 
 
@@ -45,14 +46,6 @@ class Triple:
     caption: str
 
 
-class DataError(ValueError):
-    """A data set has bad entries; ``problems`` holds ``(path, reason)`` for each of them."""
-
-    def __init__(self, message: str, problems: list[tuple[Path, str]] | None = None):
-        super().__init__(message)
-        self.problems = list(problems or [])
-
-
 @dataclass
 class _Row:
     """A triple as the annotation file describes it, before any check."""
@@ -62,17 +55,6 @@ class _Row:
     mask_path: Path
     caption: str | None
     problem: str | None = None  # known before any file is opened (e.g. no annotation row)
-
-
-def normalize_caption(text: object) -> str:
-    """Strip and collapse whitespace; keep words and case.
-
-    LViT/GuideDecoder text has double spaces and trailing blanks; its typos are left alone
-    because rewriting words is guessing.
-    """
-    if text is None or (isinstance(text, float) and text != text):  # NaN from pandas
-        return ""
-    return " ".join(str(text).split())
 
 
 def _canonical_split(split: str) -> str:
@@ -133,45 +115,12 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def _table_error(path: Path, reason: str) -> DataError:
-    return DataError(f"{path}: {reason}; it must hold a header row with columns Image and Description, then one "
-                     "row per image (re-export it, or restore it from the original data set)", [(path, reason)])
-
-
-def _load_table(path: Path) -> pd.DataFrame:
-    """The annotation file as strings; a file pandas cannot parse is a DataError naming it.
-
-    pandas' own messages ("No columns to parse from file", BadZipFile) name neither the
-    file nor the fix.
-    """
-    excel = path.suffix.lower() in (".xlsx", ".xls")
-    if path.stat().st_size == 0:
-        raise _table_error(path, "empty file (0 bytes)")
-    try:
-        if excel:
-            return pd.read_excel(path, dtype=str)
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise _table_error(path, "no header row (the file holds only blank lines)") from None
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError, pd.errors.ParserError) as exc:
-        kind = "Excel workbook" if excel else "CSV file"
-        # pandas' advice for content it cannot place ("specify an engine") does not apply to a damaged file
-        detail = ("its content is in no Excel format" if "format cannot be determined" in str(exc)
-                  else f"{type(exc).__name__}: {exc}")
-        raise _table_error(path, f"not a readable {kind} ({detail})") from exc
-
-
-def _read_table(path: Path) -> list[tuple[str, str | None]]:
-    """(Image, Description) pairs of a CSV or Excel annotation file, in file order."""
+def _read_table(path: Path) -> list[tuple[str, str]]:
+    """(Image, Description) pairs of a CSV or Excel annotation file, in file order, whitespace tidied."""
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} not found")
-    df = _load_table(path)
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in ("Image", "Description") if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}",
-                        [(path, f"missing column(s) {missing}")])
-    return [(normalize_caption(img), normalize_caption(desc)) for img, desc in zip(df["Image"], df["Description"])]
+    table = read_table(path, expected="columns Image and Description")
+    return [(tidy_text(img), tidy_text(desc)) for img, desc in table.columns("Image", "Description")]
 
 
 def _orphans(image_dir: Path, named: set[str], source: Path) -> list[_Row]:
@@ -283,7 +232,7 @@ def _sgseg(root: Path, split: str) -> list[_Row]:
         mask_name = Path(str(item["image_path"])).name
         name = _strip_mask_prefix(mask_name)
         rows.append(_Row(name, folder / "images" / name, folder / "masks" / mask_name,
-                         normalize_caption(item.get("caption"))))
+                         tidy_text(item.get("caption"))))
     return _with_orphans(rows, folder / "images", table)
 
 
@@ -396,3 +345,4 @@ def read_split(root: str | Path, split: str, layout: str | None = None, skip_bad
     if not good:
         raise DataError(f"{where}: no usable triples left after skipping {len(problems)} bad ones", problems)
     return good
+

@@ -5,17 +5,45 @@
     metrics = evaluate(run, "path/to/qata", "test", out=run / "eval_test")
     predict(run, "preds", image="x.png", text="lower left lung infection.")
 
-The functions ``train``, ``evaluate`` and ``predict`` shadow their submodules as package
-attributes (as ``torch.nn.functional``-style APIs do); reach a submodule with
-``importlib.import_module("tgcnet.engine.train")``.
+One module per concept: ``train_config`` (the settings), ``trainer`` (the loop),
+``inference`` (model loading and the inference loop shared by all three), ``evaluation``,
+``prediction``, ``metrics``, ``checkpoint``, ``distributed``, ``feature_cache``,
+``factory_model`` (training another model through the loop), ``overlay`` and ``files``
+(the names of a run directory's files). No module is named like a function it exports.
+The names below load on first use, so ``TrainConfig`` is available without torch.
 """
-from . import checkpoint, distributed, overlay  # noqa: F401  (submodules first, then the API names)
-from .metrics import MetricAccumulator, binarize_prediction, confusion_counts, dice_iou, dice_iou_from_counts
-from .evaluate import evaluate
-from .predict import Predictor, predict
-from .train import TrainConfig, train
+from __future__ import annotations
 
-__all__ = [
-    "TrainConfig", "train", "evaluate", "predict", "Predictor",
-    "MetricAccumulator", "binarize_prediction", "confusion_counts", "dice_iou", "dice_iou_from_counts",
-]
+from typing import TYPE_CHECKING
+
+from tgcnet import lazy_exports
+
+_EXPORTS: dict[str, str] = {
+    "TrainConfig": ".train_config",
+    "train": ".trainer",
+    "Trainer": ".trainer",
+    "evaluate": ".evaluation",
+    "predict": ".prediction",
+    "Predictor": ".prediction",
+    "ModelFactory": ".factory_model",
+    "MetricAccumulator": ".metrics",
+    "binarize_prediction": ".metrics",
+    "confusion_counts": ".metrics",
+    "dice_iou": ".metrics",
+    "dice_iou_from_counts": ".metrics",
+    "write_per_image_csv": ".metrics",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .evaluation import evaluate
+    from .factory_model import ModelFactory
+    from .metrics import (MetricAccumulator, binarize_prediction, confusion_counts, dice_iou, dice_iou_from_counts,
+                          write_per_image_csv)
+    from .prediction import Predictor, predict
+    from .train_config import TrainConfig
+    from .trainer import Trainer, train
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -33,16 +33,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from tgcnet.adapters import save_json_atomic
+from tgcnet.io import save_json_atomic
 
-__all__ = ["LAST", "TRAINER_STATE", "OPTIM_STATE", "WEIGHTS", "CheckpointError", "capture_rng", "restore_rng",
-           "save_checkpoint", "find_checkpoint", "load_checkpoint", "load_weights", "recovery_hint"]
+from .files import BEST_DIR, INFERENCE_NAME, LAST_DIR, OPTIM_STATE_NAME, TRAINER_STATE_NAME, WEIGHTS_NAME
 
-LAST = "last"
-BEST = "best"
-TRAINER_STATE = "trainer_state.json"
-OPTIM_STATE = "optim.pt"
-WEIGHTS = "model.safetensors"  # tgcnet.model.WEIGHTS_NAME, as save_pretrained writes it
+__all__ = ["CheckpointError", "capture_rng", "restore_rng", "save_checkpoint", "find_checkpoint", "load_checkpoint",
+           "load_weights", "recovery_hint", "has_run"]
+
 STATE_VERSION = 1
 _STATE_KEYS = ("epoch", "global_step", "rng")
 _OPTIM_KEYS = ("optimizer", "scheduler", "scaler", "torch_rng", "cuda_rng")
@@ -115,8 +112,8 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer: torc
     run restores each rank's own generators.
     """
     run_dir = Path(run_dir)
-    final = run_dir / LAST
-    tmp = run_dir / f".{LAST}.tmp-{uuid.uuid4().hex[:8]}"
+    final = run_dir / LAST_DIR
+    tmp = run_dir / f".{LAST_DIR}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         model.save_pretrained(tmp)
@@ -126,11 +123,11 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer: torc
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
             "torch_rng": [r["torch"] for r in rng_states],
             "cuda_rng": [r["cuda"] for r in rng_states],
-        }, tmp / OPTIM_STATE)
-        with open(tmp / OPTIM_STATE, "rb") as f:
+        }, tmp / OPTIM_STATE_NAME)
+        with open(tmp / OPTIM_STATE_NAME, "rb") as f:
             os.fsync(f.fileno())
         host_rng = [{"python": r["python"], "numpy": r["numpy"]} for r in rng_states]
-        save_json_atomic({"version": STATE_VERSION, **state, "rng": host_rng}, tmp / TRAINER_STATE)
+        save_json_atomic({"version": STATE_VERSION, **state, "rng": host_rng}, tmp / TRAINER_STATE_NAME)
         _fsync_dir(tmp)
         _swap_in(tmp, final)
         _fsync_dir(run_dir)
@@ -143,11 +140,17 @@ def save_checkpoint(run_dir: str | Path, model: torch.nn.Module, optimizer: torc
 def find_checkpoint(run_dir: str | Path) -> Optional[Path]:
     """The complete checkpoint of a run, or None (also finds one interrupted mid-swap)."""
     run_dir = Path(run_dir)
-    for name in (LAST, LAST + ".old"):
+    for name in (LAST_DIR, LAST_DIR + ".old"):
         candidate = run_dir / name
-        if (candidate / TRAINER_STATE).is_file() and (candidate / OPTIM_STATE).is_file():
+        if (candidate / TRAINER_STATE_NAME).is_file() and (candidate / OPTIM_STATE_NAME).is_file():
             return candidate
     return None
+
+
+def has_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a checkpoint (complete, mid-swap or damaged): a run to resume, not to overwrite."""
+    run_dir = Path(run_dir)
+    return find_checkpoint(run_dir) is not None or any((run_dir / n).exists() for n in (LAST_DIR, LAST_DIR + ".old"))
 
 
 def load_checkpoint(run_dir: str | Path, rank: int = 0) -> tuple[Path, dict[str, Any], dict[str, Any]]:
@@ -161,8 +164,8 @@ def load_checkpoint(run_dir: str | Path, rank: int = 0) -> tuple[Path, dict[str,
     host = state.pop("rng")
     world = len(host)
     if len(optim["torch_rng"]) != world or len(optim["cuda_rng"]) != world:
-        raise _damaged(run_dir, ckpt, ckpt / OPTIM_STATE, f"holds RNG states of {len(optim['torch_rng'])} "
-                       f"process(es) where {TRAINER_STATE} has {world}")
+        raise _damaged(run_dir, ckpt, ckpt / OPTIM_STATE_NAME, f"holds RNG states of {len(optim['torch_rng'])} "
+                       f"process(es) where {TRAINER_STATE_NAME} has {world}")
     if rank >= world:
         raise ValueError(f"{ckpt} was written by {world} process(es); cannot resume rank {rank} from it "
                          "(resume with the same number of processes)")
@@ -175,7 +178,7 @@ def load_weights(ckpt: str | Path, run_dir: str | Path) -> dict[str, torch.Tenso
     """The trainable weights of checkpoint ``ckpt``; a missing or cut file is a CheckpointError."""
     from safetensors.torch import load_file
 
-    path = Path(ckpt) / WEIGHTS
+    path = Path(ckpt) / WEIGHTS_NAME
     if not path.is_file():
         raise _damaged(run_dir, ckpt, path, "is missing")
     try:
@@ -186,16 +189,16 @@ def load_weights(ckpt: str | Path, run_dir: str | Path) -> dict[str, torch.Tenso
 
 def _raise_missing(run_dir: Path) -> None:
     """No complete checkpoint: a damaged ``last/`` (a file gone) or none ever written."""
-    last = run_dir / LAST
+    last = run_dir / LAST_DIR
     if last.is_dir():
-        gone = next(name for name in (TRAINER_STATE, OPTIM_STATE) if not (last / name).is_file())
+        gone = next(name for name in (TRAINER_STATE_NAME, OPTIM_STATE_NAME) if not (last / name).is_file())
         raise _damaged(run_dir, last, last / gone, "is missing")
     raise FileNotFoundError(f"no resumable checkpoint in {run_dir}: expected {last}/"
-                            f"{TRAINER_STATE} and {OPTIM_STATE} (was it written by `tgcnet train`?)")
+                            f"{TRAINER_STATE_NAME} and {OPTIM_STATE_NAME} (was it written by `tgcnet train`?)")
 
 
 def _read_state(ckpt: Path, run_dir: Path) -> dict[str, Any]:
-    path = ckpt / TRAINER_STATE
+    path = ckpt / TRAINER_STATE_NAME
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -214,7 +217,7 @@ def _read_state(ckpt: Path, run_dir: Path) -> dict[str, Any]:
 
 
 def _read_optim(ckpt: Path, run_dir: Path) -> dict[str, Any]:
-    path = ckpt / OPTIM_STATE
+    path = ckpt / OPTIM_STATE_NAME
     try:
         optim = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -244,13 +247,13 @@ def recovery_hint(run_dir: str | Path, damaged: Optional[Path] = None) -> str:
     """
     run_dir = Path(run_dir)
     if damaged is not None:
-        for other in (run_dir / LAST, run_dir / (LAST + ".old")):
+        for other in (run_dir / LAST_DIR, run_dir / (LAST_DIR + ".old")):
             step = _intact_step(other) if other != damaged else None
             if step is not None:
                 return (f"{other} is intact (step {step}): move {damaged} aside (e.g. to {damaged}.damaged) "
                         f"and rerun with --resume {run_dir} to continue from it")
-    best = run_dir / BEST
-    if (best / WEIGHTS).is_file():
+    best = run_dir / BEST_DIR
+    if (best / WEIGHTS_NAME).is_file():
         return (f"the best model so far is intact in {best}{_best_info(best)}: start a new run from it with "
                 f"--init-from {best} --out NEW_DIR (a new schedule, not an exact continuation)")
     return f"no earlier state of this run is kept: start afresh with --out NEW_DIR (or delete {run_dir})"
@@ -258,10 +261,10 @@ def recovery_hint(run_dir: str | Path, damaged: Optional[Path] = None) -> str:
 
 def _intact_step(ckpt: Path) -> Optional[int]:
     """The global step of a checkpoint whose files are all there and whose state parses, else None."""
-    if not all((ckpt / name).is_file() for name in (TRAINER_STATE, OPTIM_STATE, WEIGHTS)):
+    if not all((ckpt / name).is_file() for name in (TRAINER_STATE_NAME, OPTIM_STATE_NAME, WEIGHTS_NAME)):
         return None
     try:
-        state = json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))
+        state = json.loads((ckpt / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
         return int(state["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -270,7 +273,7 @@ def _intact_step(ckpt: Path) -> Optional[int]:
 def _best_info(best: Path) -> str:
     """' (epoch 3, validation Dice 0.6123)' from best/inference.json, or '' when it says nothing."""
     try:
-        info = json.loads((best / "inference.json").read_text(encoding="utf-8"))
+        info = json.loads((best / INFERENCE_NAME).read_text(encoding="utf-8"))
         dice = info.get("val_dice")
         score = "" if dice is None else f", validation Dice {float(dice):.4f}"
         return f" (epoch {int(info['epoch']) + 1}{score})"

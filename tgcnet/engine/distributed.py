@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "resolve_device", "barrier",
-           "epoch_order", "ShardedEpochSampler", "broadcast_object"]
+__all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "resolve_device", "epoch_order",
+           "ShardedEpochSampler", "broadcast_object", "all_gather_rows"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,21 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def all_gather_rows(rows: list[dict[str, Any]], dedupe: bool = True) -> list[dict[str, Any]]:
+    """Every rank's per-image rows on every rank, in rank order (``rows`` itself outside torch.distributed).
+
+    With ``dedupe``, only the first row of each ``name`` is kept: the sharded sampler pads
+    the last batch with repeated images, which must count once in the metrics.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    shards: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(shards, rows)
+    gathered = [row for shard in shards for row in shard]
+    if not dedupe:
+        return gathered
+    seen: set[str] = set()
+    return [row for row in gathered if not (row["name"] in seen or seen.add(row["name"]))]
 
 
 def broadcast_object(obj, src: int = 0):

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["binarize_prediction", "confusion_counts", "dice_iou_from_counts", "dice_iou", "MetricAccumulator"]
+__all__ = ["binarize_prediction", "confusion_counts", "dice_iou_from_counts", "dice_iou", "MetricAccumulator",
+           "write_per_image_csv"]
 
 
 def binarize_prediction(pred: torch.Tensor, threshold: float = 0.5, from_logits: bool = True) -> torch.Tensor:
@@ -91,8 +92,8 @@ class MetricAccumulator:
     """Collects per-image counts over batches; ``compute()`` gives mean and pooled scores.
 
     Keeps one row per image (name, TP, FP, FN, dice, iou), enough to recompute both
-    definitions, to write the per-image CSV of an evaluation, and to merge the shards of
-    a distributed evaluation.
+    definitions, to write a per-image CSV (:func:`write_per_image_csv`), and to gather
+    the shards of a distributed evaluation (:meth:`sync_distributed`).
     """
 
     def __init__(self, threshold: float = 0.5, from_logits: bool = True):
@@ -123,32 +124,16 @@ class MetricAccumulator:
             self.rows.append(dict(zip(("name", "tp", "fp", "fn", "dice", "iou"), (str(name), *vals))))
         return dice
 
-    def merge(self, other: "MetricAccumulator") -> "MetricAccumulator":
-        self.rows.extend(other.rows)
-        self._auto_names |= other._auto_names
-        return self
-
     def sync_distributed(self) -> None:
         """Gather every rank's rows onto every rank (no-op outside torch.distributed).
 
-        A DistributedSampler pads the last batch with repeated samples; when every rank
-        passed names, those come back as duplicate names and are dropped so each image
-        counts once. Without names nothing can be deduplicated: pass names.
+        A sharded sampler pads the last batch with repeated samples; when rows carry the
+        images' names, those come back as duplicate names and are dropped so each image
+        counts once. Rows named by running index cannot be deduplicated: pass names.
         """
-        import torch.distributed as dist
+        from .distributed import all_gather_rows
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return
-        shards: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(shards, (self.rows, self._auto_names))
-        auto = any(a for _, a in shards)
-        seen: set[str] = set()
-        rows = []
-        for row in (r for shard, _ in shards for r in shard):
-            if auto or row["name"] not in seen:
-                seen.add(row["name"])
-                rows.append(row)
-        self.rows, self._auto_names = rows, auto
+        self.rows = all_gather_rows(self.rows, dedupe=not self._auto_names)
 
     def compute(self) -> dict[str, Any]:
         """``dice``, ``iou`` (per-image means), ``pooled_dice``, ``pooled_iou``, ``n_images``, ``rows``."""
@@ -166,12 +151,19 @@ class MetricAccumulator:
             "rows": [dict(r) for r in self.rows],
         }
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write one row per image (name, dice, iou, tp, fp, fn)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=["name", "dice", "iou", "tp", "fp", "fn"])
-            writer.writeheader()
-            writer.writerows(self.rows)
-        return path
+
+def write_per_image_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """One CSV line per image, the columns in the order of the first row's keys.
+
+    Takes :attr:`MetricAccumulator.rows` or the rows of an evaluation (name, caption,
+    dice, iou, side_error); a None value (no side error for a caption naming no side)
+    is written as an empty cell.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0]) if rows else ["name", "dice", "iou"]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    return path

@@ -6,25 +6,26 @@ checked before the model runs, and every error names the file at fault.
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from tgcnet.data import build_transforms
 from tgcnet.data.dataset import load_image, load_mask
-from tgcnet.data.readers import DataError, format_problems, normalize_caption
+from tgcnet.captions import tidy_text
+from tgcnet.data.readers import DataError, format_problems
+from tgcnet.io import read_table
 
-from .evaluate import DEFAULT_IMAGE_SIZE, autocast_context, load_inference_model
-from .metrics import dice_iou
+from .files import PREDICTIONS_NAME
+from .inference import DEFAULT_IMAGE_SIZE, autocast_context, load_inference_model
+from .metrics import dice_iou, write_per_image_csv
 from .overlay import render_overlay
 
-__all__ = ["Predictor", "PredictItem", "predict", "read_captions"]
+__all__ = ["Predictor", "PredictItem", "predict", "predict_items", "read_captions"]
 
 
 @dataclass
@@ -92,7 +93,7 @@ class Predictor:
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, caption: str) -> np.ndarray:
-        caption = normalize_caption(caption)
+        caption = tidy_text(caption)
         if not caption:
             raise ValueError("the text prompt is empty; describe what to segment, e.g. "
                              "'bilateral pulmonary infection, lower left lung and lower right lung.'")
@@ -110,7 +111,7 @@ class Predictor:
         """Write the mask and overlay of one item; returns a summary row."""
         image = _read_image(item.image)
         gt = _read_mask(item.mask, image.shape[:2], item.image) if item.mask is not None else None
-        caption = normalize_caption(item.caption)
+        caption = tidy_text(item.caption)
         if not caption:
             raise ValueError(f"empty caption for image {item.image}")
         self._check_length(caption, f"the caption of image {item.image}")
@@ -139,17 +140,10 @@ def read_captions(images: str | Path, captions: str | Path, masks: str | Path | 
         raise FileNotFoundError(f"image folder not found: {images}")
     if not captions.is_file():
         raise FileNotFoundError(f"captions file not found: {captions}")
-    try:
-        table = pd.read_csv(captions, dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise ValueError(f"cannot read captions CSV {captions}: {exc}") from exc
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in ("Image", "Description") if c not in table.columns]
-    if missing:
-        raise ValueError(f"{captions}: missing column(s) {missing}; found {list(table.columns)}")
+    rows = read_table(captions, expected="columns Image and Description").columns("Image", "Description")
     items, problems = [], []
-    for row, (name, text) in enumerate(zip(table["Image"], table["Description"]), start=2):
-        name, text = str(name).strip(), normalize_caption(text)
+    for row, (name, text) in enumerate(rows, start=2):
+        name, text = name.strip(), tidy_text(text)
         path = images / name
         mask = None
         if masks is not None:
@@ -181,7 +175,7 @@ def predict(checkpoint: str | Path, out: str | Path, *, image: str | Path | None
     if single == folder:
         raise ValueError("give either image (with text) or images (with captions), not both or neither")
     if single:
-        if text is None or not normalize_caption(text):
+        if text is None or not tidy_text(text):
             raise ValueError(f"an empty text prompt was given for {image}; describe what to segment")
         items = [PredictItem(Path(image).stem, Path(image), text, Path(mask) if mask else None)]
         _read_image(items[0].image)  # fail on a bad input before the model loads
@@ -195,16 +189,14 @@ def predict(checkpoint: str | Path, out: str | Path, *, image: str | Path | None
 
 
 def predict_items(predictor: Predictor, items: Sequence[PredictItem], out: Path) -> list[dict[str, Any]]:
-    overlong = predictor.model.overlong_captions([normalize_caption(item.caption) for item in items])
+    """Masks and overlays of ``items`` under ``out`` (plus ``predictions.csv`` for several), one row each."""
+    overlong = predictor.model.overlong_captions([tidy_text(item.caption) for item in items])
     if overlong:  # all of them named at once, before any output is written
         listed = format_problems([(items[i].image, f"caption has {n} tokens") for i, n in overlong])
         raise ValueError(f"{len(overlong)} caption(s) longer than the {predictor.model.max_caption_tokens} "
                          f"tokens the text context holds; shorten them:\n{listed}")
     rows = [predictor.predict_item(item, out) for item in items]
     if len(rows) > 1:
-        keys = ["name", "caption", "foreground", "dice", "iou", "mask", "overlay"]
-        with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+        columns = ("name", "caption", "foreground", "dice", "iou", "mask", "overlay")
+        write_per_image_csv([{k: r.get(k) for k in columns} for r in rows], out / PREDICTIONS_NAME)
     return rows

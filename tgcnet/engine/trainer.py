@@ -7,12 +7,8 @@ the same weights as an uninterrupted run: the data order is a pure function of
 checkpoint records the optimizer, scheduler, scaler, RNG states and how many batches of
 the current epoch were consumed.
 
-Run directory::
-
-    RUN_DIR/train_config.json   resolved TrainConfig + model config (+ world size)
-    RUN_DIR/log.jsonl           one JSON object per validated epoch
-    RUN_DIR/best/               save_pretrained of the best model by validation Dice
-    RUN_DIR/last/               resumable checkpoint (see tgcnet.engine.checkpoint)
+The run directory's files are listed in tgcnet.engine.files. ``train(cfg, model_factory=make)``
+trains another model through the same loop (see tgcnet.engine.factory_model).
 
 Everything a run can be refused for (settings, data, model build, image size against the
 patch size, amp on the device) is checked before anything is written there. A directory
@@ -30,7 +26,6 @@ import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,164 +34,22 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from tgcnet.adapters import save_json_atomic
+from tgcnet.io import atomic_write_text, save_json_atomic
 from tgcnet.data import SegmentationDataset, build_transforms, collate, read_split
-from tgcnet.data.transforms import AUGMENT_MODES
 from tgcnet.losses import dice_bce_loss
 from tgcnet.model import ViTFeatures
 
 from . import checkpoint as ckpt
-from .distributed import (DistInfo, ShardedEpochSampler, broadcast_object, cleanup_distributed, resolve_device,
-                          setup_distributed)
-from .evaluate import (INFERENCE_NAME, autocast_context, check_caption_lengths, knowledge_arg, make_loader,
-                       override_captions, run_inference, summarize)
+from .distributed import (DistInfo, ShardedEpochSampler, all_gather_rows, broadcast_object, cleanup_distributed,
+                          resolve_device, setup_distributed)
+from .factory_model import ModelFactory, build_factory_model
 from .feature_cache import CACHE_DTYPES, FeatureCache, bytes_per_image
+from .files import BEST_DIR, INFERENCE_NAME, LAST_DIR, LOG_NAME, TRAIN_CONFIG_NAME
+from .inference import (autocast_context, check_caption_lengths, knowledge_arg, make_loader, override_captions,
+                        prepare_for_device, run_inference, summarize)
+from .train_config import RESUME_FIXED, TrainConfig, read_saved_config
 
-__all__ = ["TrainConfig", "train", "lr_factor", "parse_overrides", "read_saved_config", "TRAIN_CONFIG_NAME",
-           "LOG_NAME"]
-
-TRAIN_CONFIG_NAME = "train_config.json"
-LOG_NAME = "log.jsonl"
-# Fields that fix the data order or the model: a resumed run must not change them.
-_RESUME_FIXED = ("data", "layout", "train_split", "preset", "image_size", "batch_size", "grad_accum", "seed",
-                 "knowledge", "model_overrides", "pretrained", "caption_override", "init_from", "lr", "weight_decay",
-                 "warmup_steps", "min_lr_ratio", "skip_bad", "amp", "augment")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved as ``RUN_DIR/train_config.json``.
-
-    ``model_overrides`` are create_model keyword overrides (``{"sse__channels": 32}``).
-    ``max_minutes`` stops on wall-clock time and anneals the cosine schedule to it; such
-    a run is not bit-reproducible (it depends on speed), an epoch/step-bounded one is.
-    ``checkpoint_every`` is in optimizer steps (0: only at epoch end).
-    ``caption_override`` replaces every caption (train and validation) by one string: the
-    text-path ablation, where the text can no longer tell images apart.
-    ``threads`` sets torch's CPU intra-op threads (None: torch's default). CPU-sized models
-    are best at 1: their ops are too small for OpenMP to pay, and on a shared 2-core
-    machine 2 threads were 4x slower per step than 1.
-
-    ``augment``: ``"full"`` (flip with left/right caption swap, small affine,
-    brightness/contrast), ``"flip"`` (the flip only) or ``"none"``.
-    ``cache_image_features`` computes the frozen ViT's features of each training image
-    once and reuses them in later epochs (see tgcnet.engine.feature_cache); everything
-    trainable still runs, so losses match an uncached run. It needs ``augment`` "flip"
-    (two cached versions per image) or "none": "full" changes the pixels every epoch, so
-    the cache would never be hit and only fill memory, and that is refused. Entries are
-    kept on the CPU in ``cache_dtype`` ("float16" halves memory, at fp16 rounding of the
-    features) up to ``cache_max_gb`` per process (None: no limit); the expected size is
-    printed at start (tgcnet-vit-b16 at 224 px: 2.8 MB per image and version in float32).
-    Nothing is checkpointed: a resumed run refills the cache; under DDP every rank keeps
-    its own.
-    """
-
-    data: str
-    out: str = "runs/tgcnet"
-    preset: str = "tgcnet-tiny"
-    layout: Optional[str] = None
-    train_split: str = "train"
-    val_split: Optional[str] = "valid"
-    epochs: int = 10
-    max_steps: Optional[int] = None
-    max_minutes: Optional[float] = None
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.01
-    image_size: int = 224
-    grad_accum: int = 1
-    clip_grad: Optional[float] = 1.0
-    amp: str = "none"
-    device: str = "auto"
-    seed: int = 0
-    workers: int = 0
-    checkpoint_every: int = 0
-    val_every: int = 1
-    eval_batch_size: Optional[int] = None
-    resume: Optional[str] = None
-    skip_bad: bool = False
-    pretrained: Optional[str] = None
-    init_from: Optional[str] = None
-    knowledge: str = "default"
-    model_overrides: dict = field(default_factory=dict)
-    threshold: float = 0.5
-    caption_override: Optional[str] = None
-    deterministic: bool = False
-    progress: bool = True
-    find_unused_parameters: bool = False
-    threads: Optional[int] = None
-    augment: str = "full"
-    cache_image_features: bool = False
-    cache_dtype: str = "float32"
-    cache_max_gb: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        self.data, self.out = str(self.data), str(self.out)
-        checks = {"epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
-                  "lr": self.lr > 0, "warmup_steps": self.warmup_steps >= 0, "workers": self.workers >= 0,
-                  "checkpoint_every": self.checkpoint_every >= 0, "val_every": self.val_every >= 1,
-                  "image_size": self.image_size > 0, "weight_decay": self.weight_decay >= 0,
-                  "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "threshold": 0 < self.threshold < 1}
-        if self.max_steps is not None:
-            checks["max_steps"] = self.max_steps >= 1
-        if self.max_minutes is not None:
-            checks["max_minutes"] = self.max_minutes > 0
-        if self.clip_grad is not None:
-            checks["clip_grad"] = self.clip_grad > 0
-        if self.threads is not None:
-            checks["threads"] = self.threads >= 1
-        if self.cache_max_gb is not None:
-            checks["cache_max_gb"] = self.cache_max_gb > 0
-        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid training setting(s): {', '.join(bad)}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be one of none, bf16, fp16; got {self.amp!r}")
-        self._check_cache_settings()
-
-    def _check_cache_settings(self) -> None:
-        if self.augment not in AUGMENT_MODES:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENT_MODES)}; got {self.augment!r}")
-        if self.cache_dtype not in CACHE_DTYPES:
-            raise ValueError(f"cache_dtype must be one of {', '.join(CACHE_DTYPES)}; got {self.cache_dtype!r}")
-        if self.cache_image_features and self.augment == "full":
-            raise ValueError("cache_image_features=True needs augment='flip' or 'none', got augment='full': its "
-                             "affine and brightness/contrast augmentation change every image in every epoch, so "
-                             "cached frozen-ViT features would never be reused (pass --augment flip or "
-                             "--augment none with --cache-image-features)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
-        return cls(**data)
-
-
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``["sse.channels=32", "date.lora.r=8"]`` -> ``{"sse__channels": 32, "date__lora__r": 8}``.
-
-    Values are parsed as JSON when they are JSON (numbers, true/false, lists), else kept
-    as strings, so ``--set laterality=patient`` needs no quotes.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value (e.g. sse.channels=32), got {pair!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip().replace(".", "__")] = value
-    return out
-
+__all__ = ["Trainer", "train", "lr_factor"]
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0,
               time_fraction: float = 0.0) -> float:
@@ -259,37 +112,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def read_saved_config(run: str | Path) -> dict[str, Any]:
-    """The ``train`` settings saved in ``RUN/train_config.json``, which a resume starts from.
-
-    A damaged file names itself and says what of the run survives, instead of a bare
-    JSON error: without its settings the run cannot be resumed.
-    """
-    run = Path(run)
-    path = run / TRAIN_CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} not found (is {run} a tgcnet run directory?)")
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        problem = f"is not valid JSON (cut short or overwritten: {exc.msg} at line {exc.lineno})"
-    except UnicodeDecodeError:
-        problem = "is not UTF-8 text (overwritten?)"
-    else:
-        if isinstance(saved, dict) and isinstance(saved.get("train"), dict):
-            return saved["train"]
-        problem = 'does not hold training settings (expected a JSON object with a "train" object)'
-    raise ValueError(f"{path} {problem}: the run's settings are damaged, so {run} cannot be resumed; "
-                     f"{ckpt.recovery_hint(run)}")
-
-
 def _check_fresh(out: Path) -> None:
     """Refuse a directory holding a run's checkpoint or model; leftovers of a run that never
     saved one (train_config.json, log.jsonl of a failed start) are no run, and are replaced."""
-    if ckpt.find_checkpoint(out) is not None or (out / ckpt.LAST).exists() or (out / f"{ckpt.LAST}.old").exists():
+    if ckpt.has_run(out):
         raise ValueError(f"{out} already holds a training run; pass --resume {out} to continue it, "
                          "or choose another --out")
-    best = out / ckpt.BEST
+    best = out / BEST_DIR
     if best.exists():
         raise ValueError(f"{out} already holds a training run: a model in {best}, but no checkpoint to resume; "
                          f"choose another --out (--init-from {best} starts from that model), or delete {out}")
@@ -298,11 +127,11 @@ def _check_fresh(out: Path) -> None:
 def _check_resumable(run: Path) -> None:
     """Fail before building anything when there is no checkpoint at all (a damaged one is
     reported, with what survives, by checkpoint.load_checkpoint)."""
-    if ckpt.find_checkpoint(run) is not None or (run / ckpt.LAST).exists():
+    if ckpt.find_checkpoint(run) is not None or (run / LAST_DIR).exists():
         return
-    if (run / ckpt.BEST).exists():
-        raise FileNotFoundError(f"cannot resume {run}: it holds no checkpoint, only a model in {run / ckpt.BEST}; "
-                                f"start a new run from it with --init-from {run / ckpt.BEST} --out NEW_DIR")
+    if (run / BEST_DIR).exists():
+        raise FileNotFoundError(f"cannot resume {run}: it holds no checkpoint, only a model in {run / BEST_DIR}; "
+                                f"start a new run from it with --init-from {run / BEST_DIR} --out NEW_DIR")
     raise FileNotFoundError(f"cannot resume {run}: it holds no checkpoint (the run stopped before saving its "
                             f"first); start it afresh: the same command without --resume, with --out {run}")
 
@@ -316,7 +145,7 @@ def _resolve_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
     saved = read_saved_config(run)
     _check_resumable(run)
     changed = [f"{k}: saved {saved.get(k)!r}, now {getattr(config, k)!r}"
-               for k in _RESUME_FIXED if k in saved and saved[k] != getattr(config, k)]
+               for k in RESUME_FIXED if k in saved and saved[k] != getattr(config, k)]
     if changed:
         raise ValueError(f"cannot resume {run} with a different data order or model: " + "; ".join(changed))
     config = dataclasses.replace(config, out=str(run))
@@ -326,8 +155,10 @@ def _resolve_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
 class Trainer:
     """One training run in one process (of possibly several under torchrun)."""
 
-    def __init__(self, config: TrainConfig, device: torch.device, dist_info: DistInfo) -> None:
+    def __init__(self, config: TrainConfig, device: torch.device, dist_info: DistInfo,
+                 model_factory: Optional[ModelFactory] = None) -> None:
         self.cfg, self.device, self.dist = config, device, dist_info
+        self.model_factory = model_factory
         self.run_dir = Path(config.out)
         self.amp_ctx = lambda: autocast_context(device, config.amp)
         _seed_everything(config.seed)  # identical trainable init on every rank
@@ -376,16 +207,15 @@ class Trainer:
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
 
     def _build_model(self) -> None:
-        from tgcnet import create_model
-        from tgcnet.model import TGCNet
-
         cfg = self.cfg
-        self.model: TGCNet = create_model(cfg.preset, pretrained=cfg.pretrained,
-                                          knowledge=knowledge_arg(cfg.knowledge), **cfg.model_overrides)
-        if cfg.init_from:
-            start = TGCNet.from_pretrained(cfg.init_from, pretrained=cfg.pretrained, knowledge=None)
-            self.model.load_trainable_state_dict(start.trainable_state_dict(), source=cfg.init_from)
-        self.model.to(self.device)
+        if self.model_factory is not None:
+            if cfg.cache_image_features:
+                raise ValueError("cache_image_features needs a TGCNet (its frozen ViT is what is cached); "
+                                 "drop --cache-image-features when training through a model_factory")
+            self.model = build_factory_model(self.model_factory, cfg)
+        else:
+            self.model = self._build_tgcnet()
+        self.model = prepare_for_device(self.model, self.device)
         self.params = [p for p in self.model.trainable_parameters()]
         if not self.params:
             raise ValueError(f"preset {cfg.preset!r} has no trainable parameters")
@@ -396,11 +226,23 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DDP(self.model, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
 
+    def _build_tgcnet(self) -> torch.nn.Module:
+        from tgcnet.factory import create_model
+        from tgcnet.model import TGCNet
+
+        cfg = self.cfg
+        model = create_model(cfg.preset, pretrained=cfg.pretrained, knowledge=knowledge_arg(cfg.knowledge),
+                             **cfg.model_overrides)
+        if cfg.init_from:
+            start = TGCNet.from_pretrained(cfg.init_from, pretrained=cfg.pretrained, knowledge=None)
+            model.load_trainable_state_dict(start.trainable_state_dict(), source=cfg.init_from)
+        return model
+
     def _check_image_size(self) -> None:
         """Here, not at the first forward: everything a run is refused for must fail before
         the run directory is written, so the corrected command starts cleanly."""
         size, patch = self.cfg.image_size, self.model.patch_size
-        if size % patch:
+        if patch is not None and size % patch:
             lower = size // patch * patch
             sizes = " or ".join(str(s) for s in (lower, lower + patch) if s > 0)
             raise ValueError(f"image_size {size} is not a multiple of the patch size {patch} of preset "
@@ -499,9 +341,7 @@ class Trainer:
                     keep.append(ln)
             except json.JSONDecodeError:
                 continue  # a line cut by the kill
-        tmp = log.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-        os.replace(tmp, log)
+        atomic_write_text(log, "".join(k + "\n" for k in keep))
 
     def _log(self, entry: dict[str, Any]) -> None:
         if self.is_main:
@@ -525,7 +365,7 @@ class Trainer:
 
     def _save_best(self) -> None:
         if self.is_main:
-            best = self.run_dir / "best"
+            best = self.run_dir / BEST_DIR
             self.model.save_pretrained(best)
             save_json_atomic({"image_size": self.cfg.image_size, "knowledge": self.cfg.knowledge,
                               "caption_override": self.cfg.caption_override,
@@ -605,12 +445,7 @@ class Trainer:
         acc, rows = run_inference(self.model, self.val_loader, self.device, amp=self.cfg.amp,
                                   threshold=self.cfg.threshold, laterality=self.model.config.laterality)
         acc.sync_distributed()
-        if self.dist.enabled:  # side errors: gather rows as MetricAccumulator does
-            shards: list[Any] = [None] * self.dist.world_size
-            dist.all_gather_object(shards, rows)
-            seen: set[str] = set()
-            rows = [r for shard in shards for r in shard if not (r["name"] in seen or seen.add(r["name"]))]
-        return summarize(acc, rows, self.cfg.threshold)
+        return summarize(acc, all_gather_rows(rows), self.cfg.threshold)
 
     def _train_loss(self) -> Optional[float]:
         s = self.state
@@ -682,12 +517,17 @@ class Trainer:
             self._end_epoch(epoch, start)
         if self.is_main and cfg.progress:
             best = "n/a" if s["best_dice"] is None else f"{s['best_dice']:.4f}"
-            print(f"done: {s['global_step']} steps, best val dice {best} -> {self.run_dir / 'best'}", flush=True)
+            print(f"done: {s['global_step']} steps, best val dice {best} -> {self.run_dir / BEST_DIR}", flush=True)
         return self.run_dir
 
 
-def train(config: TrainConfig) -> Path:
-    """Train (or resume) a run; returns the run directory. Works under torchrun unchanged."""
+def train(config: TrainConfig, model_factory: Optional[ModelFactory] = None) -> Path:
+    """Train (or resume) a run; returns the run directory. Works under torchrun unchanged.
+
+    ``model_factory(config) -> nn.Module`` trains that model instead of a TGCNet preset; its
+    ``forward(images, captions)`` returns logits (B, 1, H, W). The contract, and how to
+    evaluate such a run, are in tgcnet.engine.factory_model.
+    """
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -704,7 +544,7 @@ def train(config: TrainConfig) -> Path:
         resolved = broadcast_object(resolved)
         if isinstance(resolved, BaseException):
             raise resolved
-        return Trainer(resolved, device, info).run()
+        return Trainer(resolved, device, info, model_factory=model_factory).run()
     finally:
         if owns_group:
             cleanup_distributed()

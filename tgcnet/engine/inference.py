@@ -1,15 +1,13 @@
-"""Evaluation: per-image and pooled Dice/IoU plus side error on one split of a data set.
+"""What training, evaluation and prediction share: loading a trained model, the inference loop,
+caption checks, autocast and the summary of per-image rows.
 
-``tgcnet evaluate --checkpoint RUN_DIR --data DIR --split test`` writes ``metrics.json`` and
-``per_image.csv``. The same inference loop validates during training, so the number that
-picks the best checkpoint is computed exactly like the number reported afterwards.
+The same :func:`run_inference` validates during training and evaluates afterwards, so the
+number that picks the best checkpoint is computed exactly like the number reported later.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
-import math
 import sys
 import warnings
 from contextlib import nullcontext
@@ -19,20 +17,19 @@ from typing import Any, Iterable, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from tgcnet.adapters import save_json_atomic
-from tgcnet.data import SegmentationDataset, build_transforms, collate, read_split
+from tgcnet.data import SegmentationDataset, build_transforms, collate
 from tgcnet.data.readers import DataError, format_problems
 from tgcnet.guidance import side_error
-from tgcnet.model import CONFIG_NAME, TGCNet
 
 from .distributed import ShardedEpochSampler, resolve_device
+from .factory_model import ModelFactory, build_factory_model, is_factory_model_dir
+from .files import BEST_DIR, INFERENCE_NAME, LAST_DIR, MODEL_CONFIG_NAME, TRAIN_CONFIG_NAME, WEIGHTS_NAME
 from .metrics import MetricAccumulator
 
-__all__ = ["INFERENCE_NAME", "resolve_checkpoint", "load_inference_model", "run_inference", "evaluate",
-           "autocast_context", "knowledge_arg", "check_caption_lengths"]
+__all__ = ["DEFAULT_IMAGE_SIZE", "resolve_checkpoint", "load_inference_model", "prepare_for_device",
+           "run_inference", "summarize", "make_loader", "autocast_context", "knowledge_arg",
+           "check_caption_lengths", "override_captions"]
 
-#: Written beside a saved model by the trainer: what inference needs that the model config lacks.
-INFERENCE_NAME = "inference.json"
 DEFAULT_IMAGE_SIZE = 224
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -46,7 +43,7 @@ def override_captions(triples: list, caption: Optional[str]) -> list:
     return [dataclasses.replace(t, caption=caption) for t in triples]
 
 
-def check_caption_lengths(model: TGCNet, triples: list, where: str, skip_bad: bool = False) -> list:
+def check_caption_lengths(model: torch.nn.Module, triples: list, where: str, skip_bad: bool = False) -> list:
     """The triples, after refusing (or, with ``skip_bad``, dropping) those whose caption is
     longer than the text context: one error naming every such file, before the first batch,
     rather than a failure mid-epoch."""
@@ -85,6 +82,18 @@ def knowledge_arg(knowledge: Optional[str]) -> Optional[str]:
     return str(knowledge)
 
 
+def prepare_for_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` on ``device``; on the CPU, a TGCNet also gets this processor's linear kernels
+    (:func:`tgcnet.accel.optimize_for_cpu`: a fact about the machine, not part of the config)."""
+    from tgcnet.accel import optimize_for_cpu
+    from tgcnet.model import TGCNet
+
+    model = model.to(device)
+    if device.type == "cpu" and isinstance(model, TGCNet):
+        model = optimize_for_cpu(model)
+    return model
+
+
 def resolve_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """(model directory, inference settings) of a run directory or a save_pretrained directory.
 
@@ -95,13 +104,13 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    candidates = [path, path / "best", path / "last"]
-    model_dir = next((c for c in candidates if (c / CONFIG_NAME).is_file()), None)
+    candidates = [path, path / BEST_DIR, path / LAST_DIR]
+    model_dir = next((c for c in candidates if (c / MODEL_CONFIG_NAME).is_file()), None)
     if model_dir is None:
-        raise FileNotFoundError(f"{path} is neither a saved model ({CONFIG_NAME} + model.safetensors) nor a run "
-                                f"directory with best/ or last/ inside")
+        raise FileNotFoundError(f"{path} is neither a saved model ({MODEL_CONFIG_NAME} + {WEIGHTS_NAME}) nor a "
+                                f"run directory with {BEST_DIR}/ or {LAST_DIR}/ inside")
     info: dict[str, Any] = {}
-    for source in (model_dir.parent / "train_config.json", model_dir / INFERENCE_NAME):
+    for source in (model_dir.parent / TRAIN_CONFIG_NAME, model_dir / INFERENCE_NAME):
         if source.is_file():
             with open(source, encoding="utf-8") as f:
                 data = json.load(f)
@@ -111,17 +120,46 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return model_dir, info
 
 
+def _load_factory_model(model_dir: Path, model_factory: ModelFactory, dev: torch.device) -> torch.nn.Module:
+    """Rebuild a factory model from the run's settings and load its saved weights."""
+    from tgcnet.io import load_safetensors
+
+    from .train_config import TrainConfig, read_saved_config
+
+    if not (model_dir.parent / TRAIN_CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{model_dir} holds a model_factory model but {model_dir.parent / TRAIN_CONFIG_NAME} "
+                                "is missing: the factory is called with the run's TrainConfig; pass the run directory")
+    model = build_factory_model(model_factory, TrainConfig.from_dict(read_saved_config(model_dir.parent)))
+    model.load_trainable_state_dict(load_safetensors(model_dir / WEIGHTS_NAME), source=str(model_dir))
+    return model.to(dev)
+
+
 def load_inference_model(checkpoint: str | Path, device: str | torch.device | None = "auto",
-                         knowledge: Optional[str] = None, pretrained: Optional[str] = None
-                         ) -> tuple[TGCNet, dict[str, Any]]:
-    """Rebuild a trained model in eval mode; knowledge defaults to what it was trained with."""
+                         knowledge: Optional[str] = None, pretrained: Optional[str] = None,
+                         model_factory: Optional[ModelFactory] = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a trained model in eval mode; knowledge defaults to what it was trained with.
+
+    A model trained through ``train(..., model_factory=make)`` is rebuilt by the same
+    ``make`` (see tgcnet.engine.factory_model); a TGCNet needs none.
+    """
+    from tgcnet.model import TGCNet
+
     model_dir, info = resolve_checkpoint(checkpoint)
     if knowledge is None:
         knowledge = info.get("knowledge", "default")
     info["knowledge"] = knowledge
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    model = TGCNet.from_pretrained(model_dir, pretrained=pretrained or info.get("pretrained"),
-                                   knowledge=knowledge_arg(knowledge), map_location=dev)
+    factory_dir = is_factory_model_dir(model_dir)
+    if factory_dir != (model_factory is not None):
+        raise ValueError(f"{model_dir} holds a model built by a model_factory; pass the same model_factory to "
+                         "rebuild it" if factory_dir else
+                         f"{model_dir} holds a TGCNet, not a model_factory model; call without model_factory")
+    if model_factory is not None:
+        model = _load_factory_model(model_dir, model_factory, dev)
+    else:
+        model = TGCNet.from_pretrained(model_dir, pretrained=pretrained or info.get("pretrained"),
+                                       knowledge=knowledge_arg(knowledge), map_location=dev)
+    model = prepare_for_device(model, dev)
     model.eval()
     info["model_dir"] = str(model_dir)
     return model, info
@@ -133,7 +171,8 @@ def run_inference(model: torch.nn.Module, loader: Iterable[dict[str, Any]], devi
                   progress: bool = False, desc: str = "eval") -> tuple[MetricAccumulator, list[dict[str, Any]]]:
     """Dice/IoU accumulator and per-image rows (name, caption, dice, iou, side_error) of a loader.
 
-    Not synchronised across ranks: callers of a sharded loader call ``sync_distributed``.
+    Not synchronised across ranks: callers of a sharded loader gather both
+    (``acc.sync_distributed()``, ``distributed.all_gather_rows(rows)``).
     """
     from tqdm.auto import tqdm
 
@@ -149,13 +188,11 @@ def run_inference(model: torch.nn.Module, loader: Iterable[dict[str, Any]], devi
             with autocast_context(device, amp):
                 logits = model(images, batch["caption"])
             logits = logits.float()
-            dice = acc.update(logits, masks, names=batch["name"])
-            probs = torch.sigmoid(logits)
-            sides = side_error(probs, batch["caption"], laterality=laterality, threshold=threshold)
-            for i, name in enumerate(batch["name"]):
-                rows.append({"name": name, "caption": batch["caption"][i], "dice": float(dice[i]),
-                             "iou": acc.rows[len(acc.rows) - len(batch["name"]) + i]["iou"],
-                             "side_error": sides[i]})
+            acc.update(logits, masks, names=batch["name"])
+            sides = side_error(torch.sigmoid(logits), batch["caption"], laterality=laterality, threshold=threshold)
+            new = acc.rows[len(acc.rows) - len(batch["name"]):]
+            rows += [{"name": r["name"], "caption": caption, "dice": r["dice"], "iou": r["iou"], "side_error": side}
+                     for r, caption, side in zip(new, batch["caption"], sides)]
     finally:
         model.train(was_training)
     return acc, rows
@@ -174,53 +211,9 @@ def summarize(acc: MetricAccumulator, rows: list[dict[str, Any]], threshold: flo
     return out
 
 
-def write_per_image_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["name", "caption", "dice", "iou", "side_error"])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, "side_error": "" if r["side_error"] is None else r["side_error"]})
-    return path
-
-
 def make_loader(triples, image_size: int, batch_size: int, workers: int = 0, rank: int = 0,
                 world_size: int = 1) -> DataLoader:
     """Eval loader (resize only, file order, sharded like training when distributed)."""
     ds = SegmentationDataset(triples, build_transforms(False, image_size))
     sampler = ShardedEpochSampler(len(ds), shuffle=False, rank=rank, world_size=world_size)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
-
-
-def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, out: str | Path | None = None,
-             layout: Optional[str] = None, image_size: Optional[int] = None, batch_size: int = 8,
-             device: str = "auto", amp: str = "none", threshold: Optional[float] = None,
-             knowledge: Optional[str] = None, pretrained: Optional[str] = None, skip_bad: bool = False,
-             workers: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Evaluate a trained model on ``split`` of ``data``; returns the metrics dict.
-
-    With ``out``, writes ``out/metrics.json`` and ``out/per_image.csv``. Image size and
-    knowledge default to the ones the model was trained with, and so does a training-time
-    ``caption_override`` (a text-ablated model is evaluated with the caption it was trained on).
-    """
-    model, info = load_inference_model(checkpoint, device=device, knowledge=knowledge, pretrained=pretrained)
-    dev = next(model.parameters()).device
-    size = int(image_size or info.get("image_size") or DEFAULT_IMAGE_SIZE)
-    thr = float(threshold if threshold is not None else info.get("threshold", 0.5))
-    if not math.isfinite(thr) or not 0 < thr < 1:
-        raise ValueError(f"threshold must be in (0, 1), got {thr}")
-    triples = override_captions(read_split(data, split, layout=layout, skip_bad=skip_bad),
-                                info.get("caption_override"))
-    triples = check_caption_lengths(model, triples, f"data set {data}, split {split!r}", skip_bad)
-    loader = make_loader(triples, size, batch_size, workers)
-    acc, rows = run_inference(model, loader, dev, amp=amp, threshold=thr, laterality=model.config.laterality,
-                              progress=progress, desc=f"evaluate {split}")
-    metrics = summarize(acc, rows, thr)
-    metrics.update({"split": split, "data": str(data), "checkpoint": info["model_dir"], "image_size": size,
-                    "knowledge": info["knowledge"], "caption_override": info.get("caption_override")})
-    if out is not None:
-        out = Path(out)
-        save_json_atomic(metrics, out / "metrics.json")
-        write_per_image_csv(rows, out / "per_image.csv")
-    return metrics

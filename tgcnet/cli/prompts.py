@@ -1,7 +1,8 @@
-"""`tgcnet prompts generate | show`, also runnable as ``python -m tgcnet.prompts.cli``.
+"""``tgcnet prompts generate | show``: build or inspect the knowledge cache of concept descriptions.
 
-`add_prompts_parser` plugs into the `tgcnet` console script; each leaf parser sets
-``func`` so the dispatcher only has to call ``args.func(args)`` (an exit code).
+Needs only tgcnet.prompts (no torch, no model), so these commands start fast. Errors the
+user must fix (a missing captions file, a damaged cache, an unreachable endpoint) exit 2;
+a chat endpoint that keeps answering badly exits 1, with finished concepts saved.
 """
 from __future__ import annotations
 
@@ -9,18 +10,19 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
 
-from .cache import CacheError, KnowledgeCache, load_cache
-from .captions import read_captions
-from .concepts import all_concepts, concept_kind, extract_concepts
-from .generate import EndpointUnreachableError, GenerationError, generate_cache
-from .prompt_templates import load_templates
+from tgcnet.prompts.cache import KnowledgeCache, load_cache
+from tgcnet.prompts.captions import read_captions
+from tgcnet.prompts.concepts import all_concepts, concept_kind, extract_concepts
+from tgcnet.prompts.generate import EndpointUnreachableError, GenerationError, generate_cache
+from tgcnet.prompts.prompt_templates import load_templates
 
-__all__ = ["add_prompts_parser", "build_parser", "main"]
+from .common import CommandError
+
+__all__ = ["add_parser", "cmd_generate", "cmd_show", "format_cache"]
 
 
-def add_prompts_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `prompts` command (with `generate` and `show`) to an existing subparsers object."""
     parser = subparsers.add_parser("prompts", help="generate or inspect the knowledge cache of concept descriptions",
                                    description="Generate or inspect the knowledge cache of concept descriptions.")
@@ -94,37 +96,36 @@ def _concepts_from(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Run generation; exit 1 with the error on stderr (already-finished concepts stay saved).
+    """Run generation. Already-finished concepts stay saved whatever fails.
 
-    An unreachable endpoint exits 2 instead, like other errors only the user can fix
-    (a server to start, a --base-url to correct): retrying as is cannot succeed.
+    An unreachable endpoint exits 2, like other errors only the user can fix (a server to
+    start, a --base-url to correct): retrying as is cannot succeed. An endpoint that
+    answered but failed a concept after its retries exits 1: a rerun may succeed.
     """
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    concepts = _concepts_from(args)
+    if args.dry_run:
+        print("\n".join(concepts))
+        return 0
+    total = len(concepts)
+    done = [0]
+
+    def progress(concept: str, status: str) -> None:
+        done[0] += 1
+        print(f"[{done[0]}/{total}] {status:7s} {concept}", flush=True)
+
+    extra = {} if args.temperature is None else {"temperature": args.temperature}
     try:
-        concepts = _concepts_from(args)
-        if args.dry_run:
-            print("\n".join(concepts))
-            return 0
-        total = len(concepts)
-        done = [0]
-
-        def progress(concept: str, status: str) -> None:
-            done[0] += 1
-            print(f"[{done[0]}/{total}] {status:7s} {concept}", flush=True)
-
-        extra = {} if args.temperature is None else {"temperature": args.temperature}
         report = generate_cache(
             concepts, args.model, args.out, base_url=args.base_url, api_key_env=args.api_key_env, k=args.k,
             concurrency=args.concurrency, max_retries=args.max_retries, timeout=args.timeout,
             backoff_base=args.backoff, templates=load_templates(args.templates) if args.templates else None,
             request_kwargs=extra, on_progress=progress)
     except EndpointUnreachableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (GenerationError, CacheError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc), exit_code=2) from None
+    except GenerationError as exc:
+        raise CommandError(str(exc), exit_code=1) from None
     print(f"generated {len(report.generated)}, already cached {len(report.skipped)}; "
           f"{len(report.cache)} concept(s) in {report.path}")
     return 0
@@ -150,34 +151,7 @@ def format_cache(cache: KnowledgeCache, path: Path | str, prefix: str | None = N
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    try:
-        cache = load_cache(args.cache)
-    except CacheError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    """Print a cache; a damaged or too new one is a CacheError (a ValueError: exit 2)."""
+    cache = load_cache(args.cache)
     print(format_cache(cache, args.cache, args.concept))
     return 0
-
-
-# --------------------------------------------------------------------------- entry point
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tgcnet.prompts.cli",
-                                     description="TGC-Net knowledge cache tools.")
-    sub = parser.add_subparsers(dest="command", metavar="{prompts}")
-    add_prompts_parser(sub)
-    parser.set_defaults(func=lambda args: _usage(parser))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Accepts both ``prompts show x.json`` and, for brevity, ``show x.json``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("generate", "show"):
-        argv = ["prompts", *argv]
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

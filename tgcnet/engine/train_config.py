@@ -1,0 +1,216 @@
+"""``TrainConfig``: every setting of a training run, with its default, its help and its flag.
+
+Each field's ``metadata`` is what ``tgcnet train`` turns into a command-line option
+(:mod:`tgcnet.cli.train`), so a default and its help text live in one place:
+
+* ``help``: the option's help; ``{default}`` is replaced by the field's default.
+* ``group``: the ``tgcnet train --help`` section it is listed in (one of :data:`GROUPS`).
+* ``flag`` (optional): the option, when it is not ``--`` + the field name with dashes.
+* ``choices``, ``metavar``, ``action`` (optional): passed to argparse as they are.
+
+This module imports neither torch nor the data stack, so building the command line stays
+fast; the choices of ``augment`` and ``cache_dtype`` are checked against the modules that
+use them by the tests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+__all__ = ["TrainConfig", "GROUPS", "AUGMENT_CHOICES", "AMP_CHOICES", "CACHE_DTYPE_CHOICES", "RESUME_FIXED",
+           "parse_overrides", "read_saved_config"]
+
+#: ``tgcnet train --help`` sections: name -> description (None: none)
+GROUPS: dict[str, Optional[str]] = {
+    "data and run": None,
+    "frozen-feature cache": (
+        "Compute the frozen ViT once per training image and reuse it in later epochs; the trainable parts run as "
+        "usual, so losses match an uncached run. Needs --augment flip (two versions per image) or none. Kept in "
+        "CPU memory, not checkpointed, one cache per DDP rank; the expected size is printed at start "
+        "(tgcnet-vit-b16 at 224 px: 2.8 MB per image and version in float32)."),
+    "model": None,
+    "optimisation": None,
+    "checkpoints and validation": None,
+}
+AUGMENT_CHOICES = ("full", "flip", "none")  # tgcnet.data.transforms.AUGMENT_MODES
+CACHE_DTYPE_CHOICES = ("float32", "float16", "bfloat16")  # tgcnet.engine.feature_cache.CACHE_DTYPES
+AMP_CHOICES = ("none", "bf16", "fp16")
+#: fields that fix the data order or the model: a resumed run must not change them
+RESUME_FIXED = ("data", "layout", "train_split", "preset", "image_size", "batch_size", "grad_accum", "seed",
+                "knowledge", "model_overrides", "pretrained", "caption_override", "init_from", "lr", "weight_decay",
+                "warmup_steps", "min_lr_ratio", "skip_bad", "amp", "augment")
+
+
+def _opt(default: Any, group: str, help: str, **extra: Any) -> Any:
+    """A field with its command-line description (see the module docstring)."""
+    meta = {"help": help, "group": group, **extra}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+RUN, CACHE, MODEL, OPTIM, CKPT = GROUPS
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``RUN_DIR/train_config.json``.
+
+    ``model_overrides`` are create_model keyword overrides (``{"sse__channels": 32}``).
+    ``max_minutes`` stops on wall-clock time and anneals the cosine schedule to it; such
+    a run is not bit-reproducible (it depends on speed), an epoch/step-bounded one is.
+    ``checkpoint_every`` is in optimizer steps (0: only at epoch end).
+    ``caption_override`` replaces every caption (train and validation) by one string: the
+    text-path ablation, where the text can no longer tell images apart.
+    ``threads`` sets torch's CPU intra-op threads (None: torch's default). CPU-sized models
+    are best at 1: their ops are too small for OpenMP to pay, and on a shared 2-core
+    machine 2 threads were 4x slower per step than 1.
+
+    ``augment``: ``"full"`` (flip with left/right caption swap, small affine,
+    brightness/contrast), ``"flip"`` (the flip only) or ``"none"``.
+    ``cache_image_features`` computes the frozen ViT's features of each training image
+    once and reuses them in later epochs (see tgcnet.engine.feature_cache); everything
+    trainable still runs, so losses match an uncached run. It needs ``augment`` "flip"
+    (two cached versions per image) or "none": "full" changes the pixels every epoch, so
+    the cache would never be hit and only fill memory, and that is refused. Entries are
+    kept on the CPU in ``cache_dtype`` ("float16" halves memory, at fp16 rounding of the
+    features) up to ``cache_max_gb`` per process (None: no limit); the expected size is
+    printed at start (tgcnet-vit-b16 at 224 px: 2.8 MB per image and version in float32).
+    Nothing is checkpointed: a resumed run refills the cache; under DDP every rank keeps
+    its own.
+    """
+
+    data: str = field(metadata={"help": "data set folder (simple, LViT, GuideDecoder or SGSeg layout, detected)",
+                                "group": RUN})
+    out: str = _opt("runs/tgcnet", RUN, "run directory to create (default {default})")
+    preset: str = _opt("tgcnet-tiny", MODEL, "model preset (default {default}; see `tgcnet params`)")
+    layout: Optional[str] = _opt(None, RUN, "force a layout instead of detecting it")
+    train_split: str = _opt("train", RUN, "split to train on (default {default})")
+    val_split: Optional[str] = _opt("valid", RUN, "split to select on (default {default}; 'none' disables)")
+    epochs: int = _opt(10, OPTIM, "default {default}")
+    max_steps: Optional[int] = _opt(None, OPTIM, "stop after this many optimizer steps")
+    max_minutes: Optional[float] = _opt(None, OPTIM, "wall-clock budget; the cosine schedule anneals to it")
+    batch_size: int = _opt(8, OPTIM, "per process (default {default})")
+    lr: float = _opt(1e-3, OPTIM, "peak learning rate (default {default})")
+    weight_decay: float = _opt(1e-2, OPTIM, "AdamW weight decay (default {default})")
+    warmup_steps: int = _opt(50, OPTIM, "linear warmup steps (default {default})")
+    min_lr_ratio: float = _opt(0.01, OPTIM, "final LR / peak LR (default {default})")
+    image_size: int = _opt(224, OPTIM, "square training size, a multiple of the patch size (default {default})")
+    grad_accum: int = _opt(1, OPTIM, "batches per optimizer step (default {default})")
+    clip_grad: Optional[float] = _opt(1.0, OPTIM, "max gradient norm (default {default}; 0 disables)")
+    amp: str = _opt("none", OPTIM, "mixed precision (fp16 needs CUDA)", choices=AMP_CHOICES)
+    device: str = _opt("auto", OPTIM, "{default} (default), cpu, cuda, cuda:1 ...")
+    seed: int = _opt(0, OPTIM, "data order, augmentation and init (default {default})")
+    workers: int = _opt(0, RUN, "DataLoader workers (default {default})")
+    checkpoint_every: int = _opt(0, CKPT, "also checkpoint every N optimizer steps (default: epoch ends only)")
+    val_every: int = _opt(1, CKPT, "validate every N epochs (default {default})")
+    eval_batch_size: Optional[int] = _opt(None, CKPT, "validation batch size (default: --batch-size)")
+    resume: Optional[str] = _opt(None, RUN, "continue an interrupted run; other options default to the saved ones",
+                                 metavar="RUN_DIR")
+    skip_bad: bool = _opt(False, RUN, "drop bad triples with a warning")
+    pretrained: Optional[str] = _opt(None, MODEL, "local open_clip checkpoint for the frozen CLIP towers",
+                                     metavar="CKPT")
+    init_from: Optional[str] = _opt(None, MODEL, "start from a saved tgcnet model (best/)", metavar="DIR")
+    knowledge: str = _opt("default", MODEL, "'default' (shipped bank), 'none', or a knowledge cache JSON path")
+    model_overrides: dict = _opt({}, MODEL, "model config override, repeatable, e.g. --set sse.channels=32 "
+                                 "--set date.lora.r=8", flag="--set", action="append", metavar="KEY=VALUE")
+    threshold: float = _opt(0.5, CKPT, "probability threshold of the metrics (default {default})")
+    caption_override: Optional[str] = _opt(None, MODEL, "use this one caption for every image (text-path ablation)",
+                                           metavar="TEXT")
+    deterministic: bool = _opt(False, OPTIM, "torch.use_deterministic_algorithms")
+    progress: bool = _opt(True, CKPT, "no progress bar or epoch lines", flag="--no-progress", action="store_false")
+    find_unused_parameters: bool = _opt(False, OPTIM, "DDP option, for custom configs with parameters unused in "
+                                        "some steps")
+    threads: Optional[int] = _opt(None, RUN, "CPU intra-op threads (default: torch's; 1 is best for CPU presets)")
+    augment: str = _opt("full", RUN, "training augmentation: full (default: flip with left/right caption swap, "
+                        "small affine, brightness/contrast), flip (the flip only) or none", choices=AUGMENT_CHOICES)
+    cache_image_features: bool = _opt(False, CACHE, "cache frozen-ViT features of the training images")
+    cache_dtype: str = _opt("float32", CACHE, "storage dtype (default {default}: exact; float16 halves memory at "
+                            "fp16 rounding)", choices=CACHE_DTYPE_CHOICES)
+    cache_max_gb: Optional[float] = _opt(None, CACHE, "cache size limit per process in GiB; images beyond it run "
+                                         "the ViT every time")
+
+    def __post_init__(self) -> None:
+        self.data, self.out = str(self.data), str(self.out)
+        checks = {"epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
+                  "lr": self.lr > 0, "warmup_steps": self.warmup_steps >= 0, "workers": self.workers >= 0,
+                  "checkpoint_every": self.checkpoint_every >= 0, "val_every": self.val_every >= 1,
+                  "image_size": self.image_size > 0, "weight_decay": self.weight_decay >= 0,
+                  "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "threshold": 0 < self.threshold < 1}
+        for name, ok in (("max_steps", lambda v: v >= 1), ("max_minutes", lambda v: v > 0),
+                         ("clip_grad", lambda v: v > 0), ("threads", lambda v: v >= 1),
+                         ("cache_max_gb", lambda v: v > 0)):
+            if getattr(self, name) is not None:
+                checks[name] = ok(getattr(self, name))
+        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid training setting(s): {', '.join(bad)}")
+        for name, choices in (("amp", AMP_CHOICES), ("augment", AUGMENT_CHOICES), ("cache_dtype", CACHE_DTYPE_CHOICES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}; got {getattr(self, name)!r}")
+        if self.cache_image_features and self.augment == "full":
+            raise ValueError("cache_image_features=True needs augment='flip' or 'none', got augment='full': its "
+                             "affine and brightness/contrast augmentation change every image in every epoch, so "
+                             "cached frozen-ViT features would never be reused (pass --augment flip or "
+                             "--augment none with --cache-image-features)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["sse.channels=32", "date.lora.r=8"]`` -> ``{"sse__channels": 32, "date__lora__r": 8}``.
+
+    Values are parsed as JSON when they are JSON (numbers, true/false, lists), else kept
+    as strings, so ``--set laterality=patient`` needs no quotes.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value (e.g. sse.channels=32), got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key.strip().replace(".", "__")] = value
+    return out
+
+
+def read_saved_config(run: str | Path) -> dict[str, Any]:
+    """The ``train`` settings saved in ``RUN/train_config.json``, which a resume starts from.
+
+    A damaged file names itself and says what of the run survives, instead of a bare
+    JSON error: without its settings the run cannot be resumed.
+    """
+    from .files import TRAIN_CONFIG_NAME
+
+    run = Path(run)
+    path = run / TRAIN_CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} not found (is {run} a tgcnet run directory?)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        problem = f"is not valid JSON (cut short or overwritten: {exc.msg} at line {exc.lineno})"
+    except UnicodeDecodeError:
+        problem = "is not UTF-8 text (overwritten?)"
+    else:
+        if isinstance(saved, dict) and isinstance(saved.get("train"), dict):
+            return saved["train"]
+        problem = 'does not hold training settings (expected a JSON object with a "train" object)'
+    from .checkpoint import recovery_hint  # torch: only on this error path
+
+    raise ValueError(f"{path} {problem}: the run's settings are damaged, so {run} cannot be resumed; "
+                     f"{recovery_hint(run)}")
