@@ -12,7 +12,7 @@ from tgcnet.engine.train_config import AUGMENT_CHOICES, CACHE_DTYPE_CHOICES, GRO
 
 FLAGS = {
     "data and run": ["--data", "--layout", "--out", "--resume", "--train-split", "--val-split", "--skip-bad",
-                     "--workers", "--threads", "--augment"],
+                     "--workers", "--threads", "--augment", "--recipe"],
     "frozen-feature cache": ["--cache-image-features", "--cache-dtype", "--cache-max-gb"],
     "model": ["--preset", "--pretrained", "--init-from", "--knowledge", "--set", "--caption-override"],
     "optimisation": ["--epochs", "--max-steps", "--max-minutes", "--batch-size", "--lr", "--weight-decay",

@@ -81,6 +81,9 @@ class TrainConfig:
     printed at start (tgcnet-vit-b16 at 224 px: 2.8 MB per image and version in float32).
     Nothing is checkpointed: a resumed run refills the cache; under DDP every rank keeps
     its own.
+
+    ``recipe`` names the shipped recipe (tgcnet.recipes) the settings started from; it is
+    a record for train_config.json: setting it here applies nothing, ``from_recipe`` does.
     """
 
     data: str = field(metadata={"help": "data set folder (simple, LViT, GuideDecoder or SGSeg layout, detected)",
@@ -132,6 +135,8 @@ class TrainConfig:
                             "fp16 rounding)", choices=CACHE_DTYPE_CHOICES)
     cache_max_gb: Optional[float] = _opt(None, CACHE, "cache size limit per process in GiB; images beyond it run "
                                          "the ViT every time")
+    recipe: Optional[str] = _opt(None, RUN, "start from a shipped recipe's settings (a published protocol; 'list' "
+                                 "describes them); options given win over it", metavar="NAME")
 
     def __post_init__(self) -> None:
         self.data, self.out = str(self.data), str(self.out)
@@ -159,6 +164,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_recipe(cls, name: str, **overrides: Any) -> "TrainConfig":
+        """The settings of recipe ``name`` (see tgcnet.recipes), with ``overrides`` on top.
+
+        ``TrainConfig.from_recipe("qata-cov19", data="DIR", pretrained="CKPT", preset="tgcnet-biomedclip")``.
+        Explicit values win over the recipe's, which win over the defaults; ``model_overrides``
+        are merged key by key (yours win). ``recipe`` records the name in train_config.json.
+        """
+        from tgcnet.recipes import recipe_values
+
+        if "recipe" in overrides:
+            raise ValueError("from_recipe takes the recipe by name as its first argument, not as recipe=")
+        values = recipe_values(name)
+        if "data" not in overrides:
+            raise ValueError(f"recipe {name!r}: give the data set folder, data=DIR (--data DIR)")
+        model_overrides = {**values.get("model_overrides", {}), **overrides.pop("model_overrides", {})}
+        values.update(overrides)
+        if model_overrides:
+            values["model_overrides"] = model_overrides
+        return cls.from_dict({**values, "recipe": name})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
