@@ -4,6 +4,8 @@
     python benchmarks/qata_mini.py --runs base,noknow,ot,guide,both --ablation-minutes 10
     python benchmarks/qata_mini.py --runs minilm,minilm_noknow,randbert,randbert_noknow --text-tower-minutes 10
     python benchmarks/qata_mini.py --collect A/qata_mini.json B/qata_mini.json   # merge reports of parallel lanes
+    python benchmarks/qata_mini.py --runs tgcnet,notext,unet,clipseg --seeds 0,1,2 --train-subset 150
+    python benchmarks/plots.py A/qata_mini.json B/qata_mini.json --out benchmarks/results   # figures
 
 Each run trains on ``train``, keeps the checkpoint with the best validation per-image Dice,
 and is evaluated once on ``test``, within a wall-clock budget (the cosine schedule anneals
@@ -28,6 +30,26 @@ Main runs, ``--minutes`` each:
    only extra: ``pip install segmentation-models-pytorch``), trained by the same loop
    (``tgcnet.engine.train(cfg, model_factory=...)``): same data, augmentation, loss,
    optimiser, schedule, selection and budget; it ignores the captions.
+4. ``clipseg``: transformers' ``CLIPSegForImageSegmentation`` with CLIP towers of the preset's sizes
+   (random init from the preset's ``clip.init_seed``, frozen), its own decoder trained, fed the
+   same tokens as tgcnet-cpu's text tower (``benchmarks/clipseg_model.py`` says what and why),
+   trained and evaluated through the same loop as ``unet``.
+
+Seeds and training-set size (any run):
+
+- ``--seeds 0,1,2`` trains each selected run once per seed (``--seed``: one seed). A result's
+  key is the run's name, with ``@s<seed>`` for seeds other than 0 (``tgcnet``, ``tgcnet@s1``,
+  ``tgcnet@s2``), and its ``seed`` field says the seed; the report adds a table of mean ± sd over
+  seeds for rows that differ only in their seed.
+- ``--train-subset N`` trains on a fixed subset of N training images: the first N of one seeded
+  permutation of the training split's names (``--subset-seed``, default 0), so every run and seed
+  at that N sees the same images and a smaller subset is part of a larger one. Keys gain ``@n<N>``
+  (``tgcnet@n50@s1``); the subset (size, seed, names) is in each run's ``setup.train_subset``;
+  validation and test are the whole splits. ``benchmarks/plots.py`` draws test Dice against the
+  number of training images from one or more reports.
+
+Every new result also records ``seed``, ``train_images`` and ``val_curve`` (per validated epoch:
+training seconds so far and validation per-image Dice, from the run's log.jsonl).
 
 Ablation runs, ``--ablation-minutes`` each, all the same budget:
 ``base`` (= ``tgcnet_lora``, descriptions through the LoRA-tuned tower), ``noknow``
@@ -50,10 +72,13 @@ CPU threads default to one (``--threads``): measured here, two OpenMP threads on
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
 import platform
+import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -67,7 +92,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qata_report import collect, reasons, targets, write_report  # noqa: E402
 from qata_runs import (NEUTRAL_CAPTION, RUNS, TARGET_MINUTES, TEXT_TOWER_PACKAGE,  # noqa: E402
-                       TEXT_TOWER_PRETRAINED, TRAIN_OVERRIDES)
+                       TEXT_TOWER_PRETRAINED, TRAIN_OVERRIDES, run_key)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "qata-mini"
@@ -132,17 +157,17 @@ def _text_tower_setup(name: str, preset: str, knowledge: str) -> dict[str, Any]:
         "trainable": sum(p.numel() for p in tower.parameters() if p.requires_grad)}}
 
 
-def _tgcnet_run(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def _tgcnet_run(name: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
     from tgcnet.engine import TrainConfig, evaluate, train
 
     group, knowledge, text, overrides = RUNS[name]
-    run_dir = Path(args.work) / name
+    run_dir = Path(args.work) / key
     minutes = _budget(name, args)
     extra_setup: dict[str, Any] = {}
     if group == "text_tower":
         overrides = {**overrides, **text_tower_overrides(TEXT_TOWER_PRETRAINED[name], args.preset)}
         extra_setup = _text_tower_setup(name, args.preset, knowledge)
-    cfg = TrainConfig(data=str(args.data), out=str(run_dir), preset=args.preset, image_size=args.image_size,
+    cfg = TrainConfig(data=str(args.train_data), out=str(run_dir), preset=args.preset, image_size=args.image_size,
                       epochs=10_000, max_minutes=minutes, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=50, device=args.device, seed=args.seed, pretrained=args.pretrained,
                       knowledge=knowledge, model_overrides=dict(overrides),
@@ -152,7 +177,7 @@ def _tgcnet_run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     train(cfg)
     seconds = time.monotonic() - start
     metrics = evaluate(run_dir, args.data, "test", out=run_dir / "eval_test", device=args.device, progress=False)
-    if name in CAPTION_NOISE_RUNS:
+    if key in CAPTION_NOISE_RUNS:
         extra_setup["caption_noise"] = caption_noise(run_dir, args.data, args.device)
     config = json.loads((run_dir / "train_config.json").read_text())
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -163,10 +188,11 @@ def _tgcnet_run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if group == "text_tower":
         setup["overrides"] = "text_tower_overrides(); the text tower is described under text_tower"
         setup["clip_weights"] = "image tower random init; text tower as text_tower.weights"
-    return _result(name, metrics, config["trainable_params"], config["total_params"], seconds, log, minutes, setup)
+    return _result(key, metrics, config, seconds, log, minutes, setup)
 
 
-#: runs whose trained model is also evaluated on the test split with LViT-style noisy captions
+#: results (seed 0, whole training split) whose trained model is also evaluated on the test split with
+#: LViT-style noisy captions
 CAPTION_NOISE_RUNS = ("tgcnet",)
 NOISE_SEED = 0
 
@@ -205,15 +231,70 @@ def caption_noise(run_dir: Path, data: Path, device: str) -> dict[str, Any]:
     return out
 
 
-def _result(name: str, metrics: dict, trainable: int, total: int, seconds: float, log: list[dict],
-            minutes: float, setup: dict) -> dict[str, Any]:
+def _result(key: str, metrics: dict, config: dict, seconds: float, log: list[dict], minutes: float,
+            setup: dict) -> dict[str, Any]:
+    """A run's entry in the report, from its test metrics, train_config.json and log.jsonl."""
+    from tgcnet.data import read_split
+
+    train = config["train"]
     best = max(log, key=lambda e: e.get("val_dice", -1))
-    return {"run": name, "test": {k: metrics[k] for k in ("dice", "iou", "pooled_dice", "pooled_iou", "n_images",
-                                                         "side_error", "side_error_n")},
-            "trainable_params": trainable, "total_params": total, "budget_minutes": minutes,
-            "train_seconds": round(seconds, 1),
+    return {"run": key, "test": {k: metrics[k] for k in ("dice", "iou", "pooled_dice", "pooled_iou", "n_images",
+                                                        "side_error", "side_error_n")},
+            "trainable_params": config["trainable_params"], "total_params": config["total_params"],
+            "budget_minutes": minutes, "train_seconds": round(seconds, 1),
             "epochs": len(log), "steps": log[-1]["step"], "best_val_dice": best.get("val_dice"),
-            "best_epoch": best["epoch"], "setup": setup}
+            "best_epoch": best["epoch"], "seed": train["seed"],
+            "train_images": len(read_split(train["data"], train["train_split"], layout=train["layout"])),
+            "val_curve": val_curve(log), "setup": setup}
+
+
+def val_curve(log: list[dict]) -> list[list[float]]:
+    """[[training seconds so far, validation per-image Dice], ...] over the validated epochs of log.jsonl."""
+    return [[e["time"], e["val_dice"]] for e in log if e.get("val_dice") is not None]
+
+
+def make_train_subset(data: Path, n: int, seed: int, dest: Path) -> tuple[Path, list[str]]:
+    """A data folder (simple layout, files linked) whose train split is a fixed subset of ``data``'s.
+
+    The subset is the first ``n`` names of the training names (sorted) shuffled by
+    ``random.Random(seed)``: the same images for every run at that ``n``, and nested across
+    sizes. The train rows keep the file order of ``data``; the valid split is ``data``'s whole
+    valid split (when it has one). Returns the folder and the chosen names, sorted.
+    """
+    from tgcnet.data import read_split
+
+    triples = read_split(data, "train")
+    if not 1 <= n <= len(triples):
+        raise ValueError(f"--train-subset {n}: the training split of {data} has {len(triples)} images")
+    order = sorted(t.name for t in triples)
+    random.Random(seed).shuffle(order)
+    chosen = set(order[:n])
+    splits = {"train": [t for t in triples if t.name in chosen]}
+    try:
+        splits["valid"] = read_split(data, "valid")
+    except FileNotFoundError:
+        pass
+    if dest.exists():
+        shutil.rmtree(dest)
+    for split, rows in splits.items():
+        folder = dest / split
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        with open(folder / "prompts.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["Image", "Description"])
+            for t in rows:
+                writer.writerow([t.name, t.caption])
+                _link(t.image_path, folder / "images" / t.name)
+                _link(t.mask_path, folder / "masks" / f"mask_{Path(t.name).stem}{t.mask_path.suffix}")
+    return dest, sorted(chosen)
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        dst.symlink_to(Path(src).resolve())
+    except OSError:   # no symlinks here (some Windows setups): copy
+        shutil.copyfile(src, dst)
 
 
 class CaptionFreeUNet(torch.nn.Module):
@@ -229,17 +310,15 @@ class CaptionFreeUNet(torch.nn.Module):
         return self.net(images)
 
 
-def _unet_run(args: argparse.Namespace) -> dict[str, Any]:
-    """U-Net baseline trained by TGCNet's own loop (``train(cfg, model_factory=...)``): the same data,
-    augmentation, loss, AdamW, warmup + cosine-to-budget schedule, selection and test evaluation."""
+def _factory_run(key: str, args: argparse.Namespace, make: Any, setup: dict[str, Any],
+                 reads_captions: bool) -> dict[str, Any]:
+    """A model other than TGCNet trained by TGCNet's own loop (``train(cfg, model_factory=make)``): the same
+    data, augmentation, loss, AdamW, warmup + cosine-to-budget schedule, selection and test evaluation."""
     from tgcnet.data import read_split
     from tgcnet.engine import TrainConfig, evaluate, train
 
-    def make(cfg: TrainConfig) -> CaptionFreeUNet:
-        return CaptionFreeUNet(args.unet_encoder)
-
-    run_dir = Path(args.work) / "unet"
-    cfg = TrainConfig(data=str(args.data), out=str(run_dir), preset=args.preset, image_size=args.image_size,
+    run_dir = Path(args.work) / key
+    cfg = TrainConfig(data=str(args.train_data), out=str(run_dir), preset=args.preset, image_size=args.image_size,
                       epochs=10_000, max_minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=50, device=args.device, seed=args.seed, knowledge="none", progress=False)
     start = time.monotonic()
@@ -247,12 +326,52 @@ def _unet_run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.monotonic() - start
     test = evaluate(run_dir, args.data, "test", out=run_dir / "eval_test", device=args.device, progress=False,
                     model_factory=make)
-    test.update(side_error=None, side_error_n=0)   # it reads no caption: no side to get wrong
+    if not reads_captions:
+        test.update(side_error=None, side_error_n=0)   # it reads no caption: no side to get wrong
     config = json.loads((run_dir / "train_config.json").read_text())
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    return _result("unet", test, config["trainable_params"], config["total_params"], seconds, log, args.minutes,
-                   {"model": f"smp.Unet({args.unet_encoder!r}, encoder_weights=None)", "captions": "ignored",
-                    "steps_per_epoch": math.ceil(len(read_split(args.data, "train")) / args.batch_size)})
+    setup = {**setup, "steps_per_epoch": math.ceil(len(read_split(args.train_data, "train")) / args.batch_size)}
+    return _result(key, test, config, seconds, log, args.minutes, setup)
+
+
+def _unet_run(key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The U-Net baseline (it ignores the captions)."""
+    def make(cfg: Any) -> CaptionFreeUNet:
+        return CaptionFreeUNet(args.unet_encoder)
+
+    return _factory_run(key, args, make, {"model": f"smp.Unet({args.unet_encoder!r}, encoder_weights=None)",
+                                          "captions": "ignored"}, reads_captions=False)
+
+
+def _clipseg_run(key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """CLIPSeg at the preset's CLIP sizes, CLIP frozen, decoder trained (``clipseg_model.make_clipseg``)."""
+    from clipseg_model import DECODER, make_clipseg, tower_sizes
+
+    sizes = tower_sizes(args.preset)
+    setup = {"model": "transformers CLIPSegForImageSegmentation (benchmarks/clipseg_model.py)",
+             "towers": {"sizes_of": args.preset, "vision": sizes["vision"], "text": sizes["text"],
+                        "projection_dim": sizes["projection_dim"]},
+             "decoder": {**DECODER, "extract_layers": list(range(sizes["vision"]["num_hidden_layers"]))},
+             "trained": "decoder only (CLIP frozen)", "captions": "real",
+             "tokenizer": "open_clip SimpleTokenizer ids, as tgcnet-cpu's text tower (captions normalised first)",
+             "clip_weights": f"random init (clip.init_seed {sizes['init_seed']} of {args.preset}, whatever the seed)"
+                             + ("; --pretrained applies to the TGCNet rows only" if args.pretrained else "")}
+    return _factory_run(key, args, make_clipseg, setup, reads_captions=True)
+
+
+#: how each run is trained: a model_factory run, or a TGCNet (the default)
+FACTORY_RUNS = {"unet": _unet_run, "clipseg": _clipseg_run}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (duplicates dropped, order kept)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds expects a comma list of integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"--seeds expects a comma list of integers >= 0, got {text!r}")
+    return list(dict.fromkeys(seeds))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,7 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed of every run (unless --seeds)")
+    p.add_argument("--seeds", default=None, help="comma list of seeds: each run once per seed (e.g. 0,1,2)")
+    p.add_argument("--train-subset", type=int, default=None, metavar="N",
+                   help="train on a fixed subset of N training images (the same for every run at N)")
+    p.add_argument("--subset-seed", type=int, default=0, help="the seed that picks the --train-subset images")
     p.add_argument("--unet-encoder", default="resnet18")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
@@ -299,17 +422,41 @@ def main(argv: list[str] | None = None) -> int:
             print("the text-tower runs replace the CLIP text tower; --pretrained (a whole CLIP) does not apply "
                   "to them", file=sys.stderr)
             return 2
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     args.work = args.work / time.strftime("%Y%m%d-%H%M%S")
     from tgcnet.data import read_split
 
+    args.train_data, subset = args.data, None
+    if args.train_subset is not None:
+        try:
+            args.train_data, names = make_train_subset(
+                args.data, args.train_subset, args.subset_seed,
+                args.work / f"train_subset_n{args.train_subset}_seed{args.subset_seed}")
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        subset = {"n": args.train_subset, "of": len(read_split(args.data, "train")), "seed": args.subset_seed,
+                  "pick": "first n of the sorted training names shuffled by random.Random(seed)", "names": names}
     results: dict[str, dict] = {}
     for name in runs:
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: training for {_budget(name, args):g} min", flush=True)
-        results[name] = _unet_run(args) if name == "unet" else _tgcnet_run(name, args)
-        t = results[name]["test"]
-        print(f"  test Dice {t['dice']:.4f} pooled {t['pooled_dice']:.4f}", flush=True)
+        for seed in seeds:
+            key = run_key(name, seed, args.train_subset)
+            run_args = argparse.Namespace(**{**vars(args), "seed": seed})
+            print(f"[{time.strftime('%H:%M:%S')}] {key}: training for {_budget(name, run_args):g} min", flush=True)
+            if name in FACTORY_RUNS:
+                results[key] = FACTORY_RUNS[name](key, run_args)
+            else:
+                results[key] = _tgcnet_run(name, key, run_args)
+            if subset is not None:
+                results[key]["setup"]["train_subset"] = subset
+            t = results[key]["test"]
+            print(f"  test Dice {t['dice']:.4f} pooled {t['pooled_dice']:.4f}", flush=True)
     scored = targets(results)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "data": str(args.data),
               "n_train": len(read_split(args.data, "train")), "n_valid": len(read_split(args.data, "valid")),

@@ -6,11 +6,23 @@ alone (``python benchmarks/qata_mini.py --collect A.json B.json``), without the 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from qata_runs import (GUIDE, NEUTRAL_CAPTION, OT, RUNS, TARGET_DICE, TARGET_MINUTES, TARGET_NOISE_LOSS,
-                       TARGET_POOLED, TARGET_TEXT_GAIN)
+                       TARGET_POOLED, TARGET_TEXT_GAIN, run_name, seed_group, split_key)
+
+#: the figures ``benchmarks/plots.py`` draws; a report links those present in its folder
+DATA_EFFICIENCY_PNG = "qata_mini_data_efficiency.png"
+VAL_CURVES_PNG = "qata_mini_val_curves.png"
+PLOTS = {DATA_EFFICIENCY_PNG: "test Dice against the number of training images",
+         VAL_CURVES_PNG: "validation Dice against training time, main rows"}
+
+
+def group_of(key: str) -> str:
+    """The group (main, ablation, text_tower) of a result key."""
+    return RUNS[run_name(key)][0]
 
 
 def targets(results: dict[str, dict]) -> list[dict[str, Any]]:
@@ -41,18 +53,23 @@ def targets(results: dict[str, dict]) -> list[dict[str, Any]]:
 def reasons(results: dict[str, dict], scored: list[dict], pretrained: str | None) -> list[str]:
     """What we know about why a target was missed; facts of this run, not guesses."""
     notes = []
-    short = sorted({r["budget_minutes"] for k, r in results.items() if RUNS[k][0] == "main"} - {TARGET_MINUTES})
+    short = sorted({r["budget_minutes"] for k, r in results.items() if group_of(k) == "main"} - {TARGET_MINUTES})
     if any(m < TARGET_MINUTES for m in short):
         notes.append(f"Main runs with a {', '.join(f'{m:g}' for m in short)}-minute budget, not the "
                      f"{TARGET_MINUTES:.0f} minutes the targets state: those numbers check that the benchmark "
                      "works end to end, they do not measure the targets.")
-    if pretrained is None and any(RUNS[k][1] != "none" or RUNS[k][2] for k in results
-                                  if k != "unet" and RUNS[k][0] != "text_tower"):
+    if pretrained is None and any(RUNS[run_name(k)][1] != "none" or RUNS[run_name(k)][2] for k in results
+                                  if run_name(k) not in ("unet", "clipseg") and group_of(k) != "text_tower"):
         notes.append("The CLIP towers are randomly initialised: no CLIP weights can be downloaded here and none "
                      "were given (--pretrained). The frozen 'semantic' ViT features and the text tower are "
                      "therefore random projections; only the CNN branch, fusion, LoRA, VLCM and decoder learn. "
                      "The method's premise (a pretrained joint image-text space) is absent, which bounds both "
                      "the Dice and the value of the captions.")
+    if any(run_name(k) == "clipseg" for k in results):
+        notes.append("The `clipseg` row's CLIP towers are random init too (the preset's sizes, seeded as the "
+                     "preset's towers are) and frozen, as CLIPSeg freezes its CLIP: only its decoder learns, from "
+                     "random image and text features. It is CLIPSeg's design under the same handicap as the TGCNet "
+                     "rows, not CLIPSeg as published (ViT-B/16 CLIP weights, 352 px).")
     if any(not t["met"] for t in scored) and "tgcnet" in results:
         t = results["tgcnet"]
         notes.append(f"TGCNet trained {t['steps']} steps ({t['epochs']} epochs) in {t['train_seconds'] / 60:.1f} min; "
@@ -94,7 +111,7 @@ TEXT_TOWER_PAIRS = (("minilm", "randbert", "pretraining, knowledge on"),
 
 
 def _text_tower_section(results: dict[str, dict]) -> list[str]:
-    runs = [r for k, r in results.items() if RUNS[k][0] == "text_tower"]
+    runs = [r for k, r in results.items() if group_of(k) == "text_tower"]
     if not runs:
         return []
     minutes = sorted({r["budget_minutes"] for r in runs})
@@ -105,7 +122,7 @@ def _text_tower_section(results: dict[str, dict]) -> list[str]:
              "everything else is `tgcnet-cpu` and trains as this benchmark's other TGCNet runs do (same data, "
              "augmentation, loss, optimiser, schedule, checkpoint selection and wall-clock budget).", ""]
     lines += HEADER + [_row(r) for r in runs] + [""]
-    lines += [f"- `{r['run']}`: {TEXT_TOWER_TEXT[r['run']]}" for r in runs]
+    lines += [f"- `{r['run']}`: {TEXT_TOWER_TEXT[run_name(r['run'])]}" for r in runs]
     pairs = [(run, ref, what) for run, ref, what in TEXT_TOWER_PAIRS if run in results and ref in results]
     lines += [""] if pairs else []
     for run, ref, what in pairs:
@@ -136,6 +153,73 @@ def _text_tower_section(results: dict[str, dict]) -> list[str]:
     return lines + ["", "Notes:", ""] + [f"- {n}" for n in notes]
 
 
+CLIPSEG_TEXT = (" `clipseg` = transformers' CLIPSeg (rd64-refined decoder) on CLIP towers of tgcnet-cpu's sizes "
+                "(random init, frozen), captions through the same open_clip tokenizer, only its decoder trained "
+                "(benchmarks/clipseg_model.py).")
+SUBSET_TEXT = (" `@n<N>`: trained on a fixed subset of N training images (the same images for every run at "
+               "that N; its names are in the run's setup); `@s<seed>`: trained with that seed (no mark: seed 0).")
+
+
+def result_order(key: str) -> tuple[int, float, int]:
+    """Report order: the runs in :data:`RUNS` order, then by training subset (whole split first), then seed."""
+    name, subset, seed = split_key(key)
+    return list(RUNS).index(name), -1 if subset is None else subset, seed
+
+
+def seed_of(key: str, result: dict) -> int:
+    return int(result.get("seed", split_key(key)[2]))
+
+
+def seed_groups(results: dict[str, dict]) -> list[dict[str, Any]]:
+    """Results that differ only in their seed (same run, training subset and budget), in the order of ``results``.
+
+    Each group: ``run`` (the key without seed), ``budget_minutes``, ``seeds`` and, per metric of
+    :data:`SEED_METRICS`, ``values``, ``mean`` and ``sd`` (sample standard deviation; None for one seed).
+    """
+    groups: dict[tuple[str, float], list[str]] = {}
+    for key in results:
+        groups.setdefault((seed_group(key), results[key]["budget_minutes"]), []).append(key)
+    out = []
+    for (stem, minutes), keys in groups.items():
+        g: dict[str, Any] = {"run": stem, "budget_minutes": minutes, "seeds": [seed_of(k, results[k]) for k in keys]}
+        for metric in SEED_METRICS:
+            values = [results[k]["test"][metric] for k in keys]
+            g[metric] = {"values": values, "mean": statistics.fmean(values),
+                         "sd": statistics.stdev(values) if len(values) > 1 else None}
+        out.append(g)
+    return out
+
+
+SEED_METRICS = ("dice", "pooled_dice")
+
+
+def _seeds_section(results: dict[str, dict]) -> list[str]:
+    groups = [g for g in seed_groups(results) if len(set(g["seeds"])) > 1]
+    if not groups:
+        return []
+    lines = ["", "## Mean ± sd over seeds", "",
+             "Rows trained alike except for the seed (data order, augmentation and the trainable parts' init; "
+             "the frozen CLIP init is fixed): mean ± sample standard deviation over the seeds, and the range.", "",
+             "| run | budget | seeds | per-image Dice | pooled Dice | per-image range | pooled range |",
+             "|---|---|---|---|---|---|---|"]
+    for g in groups:
+        d, p = g["dice"], g["pooled_dice"]
+        lines.append(f"| {g['run']} | {g['budget_minutes']:g} min | {', '.join(map(str, g['seeds']))} | "
+                     f"{d['mean']:.4f} ± {d['sd']:.4f} | {p['mean']:.4f} ± {p['sd']:.4f} | "
+                     f"{min(d['values']):.4f}-{max(d['values']):.4f} | {min(p['values']):.4f}-{max(p['values']):.4f} |")
+    lines += ["", "A difference between two rows is a finding only where it exceeds the spread over seeds: a gap "
+              "smaller than the rows' standard deviations, or inside their ranges, is no measured difference. "
+              "Single-seed rows elsewhere in this report carry no such spread."]
+    return lines
+
+
+def _plots_section(plots: Sequence[str]) -> list[str]:
+    if not plots:
+        return []
+    return ["", "## Plots", ""] + [f"- [{PLOTS[name]}]({name})" for name in plots] + \
+        ["", "Drawn by `benchmarks/plots.py` from qata_mini.json reports (this one, and others when given)."]
+
+
 def _caption_noise_section(results: dict[str, dict]) -> list[str]:
     noise = results.get("tgcnet", {}).get("setup", {}).get("caption_noise")
     if not noise:
@@ -155,10 +239,11 @@ def _caption_noise_section(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def to_markdown(report: dict) -> str:
+def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
+    """The report in markdown; ``plots`` names the figures of :data:`PLOTS` that sit beside it (linked)."""
     results = report["results"]
-    main_runs = [r for k, r in results.items() if RUNS[k][0] == "main"]
-    ablations = [r for k, r in results.items() if RUNS[k][0] == "ablation"]
+    main_runs = [r for k, r in results.items() if group_of(k) == "main"]
+    ablations = [r for k, r in results.items() if group_of(k) == "ablation"]
     budgets = sorted({r["budget_minutes"] for r in main_runs})
     lines = [f"# qata-mini accuracy ({' / '.join(f'{m:g}' for m in budgets) or '-'} min training per model)", "",
              f"Written by `benchmarks/qata_mini.py` on {report['date']} ({report['device']}, torch {report['torch']}, "
@@ -177,7 +262,9 @@ def to_markdown(report: dict) -> str:
                   "`tgcnet_cached` = the same as `tgcnet` trained with `--augment flip "
                   "--cache-image-features` (flip only, frozen-ViT features cached); "
                   "`notext` = every caption replaced by "
-                  f"{NEUTRAL_CAPTION!r}, knowledge off; `unet` = smp U-Net (resnet18, no pretrained weights).", "",
+                  f"{NEUTRAL_CAPTION!r}, knowledge off; `unet` = smp U-Net (resnet18, no pretrained weights)."
+                  + (CLIPSEG_TEXT if any(run_name(k) == "clipseg" for k in results) else "")
+                  + (SUBSET_TEXT if any(split_key(k)[1] is not None for k in results) else ""), "",
                   "## Targets", "", "| target | value | met |", "|---|---|---|"]
         for t in report["targets"]:
             met = "met" if t["met"] else "missed"
@@ -188,7 +275,7 @@ def to_markdown(report: dict) -> str:
         minutes = sorted({r["budget_minutes"] for r in ablations})
         lines += ["", f"## Ablations ({' / '.join(f'{m:g}' for m in minutes)} min training each)", ""]
         lines += HEADER + [_row(r) for r in ablations] + [""]
-        lines += [f"- `{r['run']}`: {ABLATION_TEXT[r['run']]}" for r in ablations]
+        lines += [f"- `{r['run']}`: {ABLATION_TEXT[run_name(r['run'])]}" for r in ablations]
         base = results.get("base")
         if base:
             lines.append("")
@@ -202,16 +289,26 @@ def to_markdown(report: dict) -> str:
                 lines.append(f"- `{r['run']}` vs `base`: per-image Dice {d:+.1f} points, pooled {pd:+.1f}{se}")
     lines += _caption_noise_section(results)
     lines += _text_tower_section(results)
+    lines += _seeds_section(results)
+    lines += _plots_section(plots)
     if report["notes"]:
         lines += ["", "## Why / caveats", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, out: Path) -> None:
+def plots_in(folder: Path) -> list[str]:
+    """The figures of :data:`PLOTS` present in ``folder``."""
+    return [name for name in PLOTS if (Path(folder) / name).is_file()]
+
+
+def write_report(report: dict, out: Path, quiet: bool = False) -> None:
+    """``out/qata_mini.json`` and ``out/qata_mini.md``, the latter linking the plots present in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "qata_mini.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "qata_mini.md").write_text(to_markdown(report))
-    print(to_markdown(report))
+    md = to_markdown(report, plots_in(out))
+    (out / "qata_mini.md").write_text(md)
+    if not quiet:
+        print(md)
 
 
 def _hand_notes(report: dict) -> list[str]:
@@ -244,7 +341,7 @@ def collect(paths: list[Path], out: Path, extra_notes: list[str]) -> dict:
                                            f"{r['threads']} thread(s), {len(fresh)} process(es) side by side)")
     for r in reports:
         merged["results"].update(r["results"])
-    merged["results"] = {k: merged["results"][k] for k in RUNS if k in merged["results"]}
+    merged["results"] = {k: merged["results"][k] for k in sorted(merged["results"], key=result_order)}
     merged["targets"] = targets(merged["results"])
     notes = reasons(merged["results"], merged["targets"], first.get("pretrained"))
     for n in [n for r in reports for n in _hand_notes(r)] + extra_notes:

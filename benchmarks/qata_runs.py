@@ -5,7 +5,7 @@ against the targets and writes the report), so a run's group and settings live i
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 NEUTRAL_CAPTION = "chest x-ray."
 TARGET_MINUTES = 30.0
@@ -21,13 +21,16 @@ GUIDE = {"ssa__guidance": "both"}
 LORA_KNOWLEDGE = {"date__knowledge_encoder": "lora"}
 
 #: name -> (group, knowledge, real captions?, model overrides); "main" runs use --minutes,
-#: "ablation" runs --ablation-minutes.
+#: "ablation" runs --ablation-minutes. A result's key is the name, marked as :func:`run_key` says
+#: when it was trained on a subset of the training images or with a seed other than 0.
 RUNS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
     "tgcnet": ("main", "default", True, {}),
     "tgcnet_lora": ("main", "default", True, LORA_KNOWLEDGE),
     "tgcnet_cached": ("main", "default", True, {}),
     "notext": ("main", "none", False, {}),
     "unet": ("main", "none", False, {}),
+    # CLIPSeg at tgcnet-cpu's tower sizes (benchmarks/clipseg_model.py): reads the real captions, no knowledge
+    "clipseg": ("main", "none", True, {}),
     "base": ("ablation", "default", True, LORA_KNOWLEDGE),
     "noknow": ("ablation", "none", True, {}),
     "frozenknow": ("ablation", "default", True, {"date__knowledge_encoder": "frozen"}),
@@ -53,3 +56,37 @@ TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {
     "tgcnet_cached": {"augment": "flip", "cache_image_features": True},
 }
 
+
+
+def run_key(name: str, seed: int = 0, train_subset: Optional[int] = None) -> str:
+    """A result's key: the run's name, ``@n<N>`` when trained on a subset of N training images and
+    ``@s<seed>`` when its seed is not 0 (``tgcnet``, ``tgcnet@s1``, ``unet@n50@s2``), so seed 0 on the
+    whole training split keeps the plain name that earlier reports used."""
+    return name + (f"@n{train_subset}" if train_subset is not None else "") + (f"@s{seed}" if seed else "")
+
+
+def split_key(key: str) -> tuple[str, Optional[int], int]:
+    """``run_key``'s inverse: (run name, training subset size or None, seed)."""
+    name, *marks = key.split("@")
+    subset, seed = None, 0
+    for mark in marks:
+        if mark[:1] == "n" and mark[1:].isdigit():
+            subset = int(mark[1:])
+        elif mark[:1] == "s" and mark[1:].isdigit():
+            seed = int(mark[1:])
+        else:
+            raise ValueError(f"result key {key!r}: unknown mark {mark!r} (expected @n<N> or @s<seed>)")
+    if name not in RUNS:
+        raise ValueError(f"result key {key!r}: unknown run {name!r}")
+    return name, subset, seed
+
+
+def run_name(key: str) -> str:
+    """The run a result key belongs to (``tgcnet@s1`` -> ``tgcnet``)."""
+    return split_key(key)[0]
+
+
+def seed_group(key: str) -> str:
+    """The key without its seed: the results that differ only in their seed share it."""
+    name, subset, _ = split_key(key)
+    return run_key(name, 0, subset)

@@ -1,0 +1,170 @@
+"""Figures of the qata-mini benchmark, drawn from one or more ``qata_mini.json`` reports.
+
+    python benchmarks/plots.py benchmarks/results/qata_mini.json runs/lane2/qata_mini.json --out benchmarks/results
+
+Writes two PNG files (matplotlib, Agg backend) to ``--out``:
+
+- ``qata_mini_data_efficiency.png``: test Dice, per-image and pooled (two panels), against the number
+  of training images (``--train-subset`` runs, and the whole split), one line per run kind
+  (``--kinds``, default tgcnet, notext, unet, clipseg): the mean over seeds, with the sample
+  standard deviation as error bars where there are several seeds. Kinds trained with different
+  budgets are drawn as separate lines (the budget in the label).
+- ``qata_mini_val_curves.png``: validation per-image Dice against training time for the main rows,
+  one line per result, from the ``val_curve`` each result records (per validated epoch: training
+  seconds so far, validation Dice; results written before it was recorded have none and are left out).
+
+A result found in several reports (the same key, test Dice and training time: a lane report and a
+merged report holding it) counts once. When ``--out`` holds a ``qata_mini.json``, its ``qata_mini.md``
+is rewritten from it so that it links the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from qata_report import DATA_EFFICIENCY_PNG, VAL_CURVES_PNG, plots_in, seed_of, to_markdown  # noqa: E402
+from qata_runs import RUNS, run_name  # noqa: E402
+
+KINDS = ("tgcnet", "notext", "unet", "clipseg")
+COLORS = {"tgcnet": "tab:red", "notext": "tab:gray", "unet": "tab:blue", "clipseg": "tab:green"}
+STYLES = ("-", "--", ":", "-.")   # one per budget when a kind was trained with several
+METRICS = (("dice", "per-image Dice"), ("pooled_dice", "pooled Dice"))
+
+
+def load_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """One row per result of the reports: key, kind, group, training images, seed, budget, test Dice, curve."""
+    rows, seen = [], set()
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        for key, res in report["results"].items():
+            ident = (key, res["test"]["dice"], res["train_seconds"])
+            if ident in seen:
+                continue
+            seen.add(ident)
+            subset = res.get("setup", {}).get("train_subset")
+            n = res.get("train_images") or (subset["n"] if subset else report["n_train"])
+            rows.append({"key": key, "kind": run_name(key), "group": RUNS[run_name(key)][0], "train_images": int(n),
+                         "seed": seed_of(key, res), "budget_minutes": res["budget_minutes"],
+                         "dice": res["test"]["dice"], "pooled_dice": res["test"]["pooled_dice"],
+                         "val_curve": res.get("val_curve"), "source": str(path)})
+    return rows
+
+
+def efficiency_points(rows: list[dict], kinds: Sequence[str] = KINDS) -> dict[tuple[str, float], list[dict]]:
+    """(kind, budget) -> points sorted by training images: ``n``, ``seeds`` and per metric the mean and
+    sd (sample standard deviation; None for one seed)."""
+    cells: dict[tuple[str, float, int], list[dict]] = {}
+    for r in rows:
+        if r["kind"] in kinds:
+            cells.setdefault((r["kind"], r["budget_minutes"], r["train_images"]), []).append(r)
+    out: dict[tuple[str, float], list[dict]] = {}
+    for (kind, minutes, n), members in sorted(cells.items(), key=lambda c: (list(kinds).index(c[0][0]), c[0][1:])):
+        point: dict[str, Any] = {"n": n, "seeds": sorted(m["seed"] for m in members)}
+        for metric, _ in METRICS:
+            values = [m[metric] for m in members]
+            point[metric] = {"mean": statistics.fmean(values),
+                             "sd": statistics.stdev(values) if len(values) > 1 else None}
+        out.setdefault((kind, minutes), []).append(point)
+    return out
+
+
+def _figure(ncols: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(1, ncols, figsize=(5.5 * ncols, 4.2), squeeze=False)
+
+
+def _empty(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in the given reports", ha="center", va="center", transform=ax.transAxes)
+
+
+def plot_data_efficiency(rows: list[dict], path: Path, kinds: Sequence[str] = KINDS) -> Path:
+    """Test Dice against the number of training images, per run kind (see the module docstring)."""
+    plt, fig, axes = _figure(2)
+    series = efficiency_points(rows, kinds)
+    budgets = {minutes for _, minutes in series}
+    ns = sorted({p["n"] for points in series.values() for p in points})
+    for ax, (metric, label) in zip(axes[0], METRICS):
+        for (kind, minutes), points in series.items():
+            name = kind if len(budgets) == 1 else f"{kind} ({minutes:g} min)"
+            sds = [p[metric]["sd"] for p in points]
+            ax.errorbar([p["n"] for p in points], [p[metric]["mean"] for p in points],
+                        yerr=None if all(sd is None for sd in sds) else [sd or 0.0 for sd in sds],
+                        marker="o", capsize=3, color=COLORS.get(kind), label=name,
+                        linestyle=STYLES[sorted(budgets).index(minutes) % len(STYLES)])
+        if not series:
+            _empty(ax, "results of " + ", ".join(kinds))
+        elif ns[-1] > 8 * ns[0]:
+            ax.set_xscale("log")
+        ax.set_xlabel("training images")
+        ax.set_ylabel(f"test {label}")
+        ax.grid(alpha=0.3)
+        if series:
+            ax.legend()
+    budget = f" ({', '.join(f'{m:g}' for m in sorted(budgets))} min training)" if budgets else ""
+    fig.suptitle(f"qata-mini: test Dice against training-set size{budget}; error bars: sd over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_val_curves(rows: list[dict], path: Path) -> Path:
+    """Validation per-image Dice against training time for the main rows that record a curve."""
+    plt, fig, axes = _figure(1)
+    ax = axes[0][0]
+    curves = [r for r in rows if r["group"] == "main" and r["val_curve"]]
+    labelled: set[str] = set()
+    for r in curves:
+        seconds, dice = zip(*r["val_curve"])
+        kind = r["kind"]
+        ax.plot([s / 60 for s in seconds], dice, color=COLORS.get(kind), alpha=0.8, lw=1.2,
+                label=None if kind in labelled else kind)
+        labelled.add(kind)
+    if curves:
+        ax.legend()
+    else:
+        _empty(ax, "main results with a val_curve")
+    ax.set_xlabel("training time (min)")
+    ax.set_ylabel("validation per-image Dice")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"qata-mini: validation Dice during training ({len(curves)} runs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("reports", type=Path, nargs="+", metavar="JSON", help="qata_mini.json files")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    p.add_argument("--kinds", default=",".join(KINDS), help="runs of the data-efficiency figure (default %(default)s)")
+    args = p.parse_args(argv)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(RUNS))
+    if unknown:
+        print(f"unknown run kind(s) {unknown}; choose from {', '.join(RUNS)}", file=sys.stderr)
+        return 2
+    rows = load_rows(args.reports)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in (plot_data_efficiency(rows, args.out / DATA_EFFICIENCY_PNG, kinds),
+                 plot_val_curves(rows, args.out / VAL_CURVES_PNG)):
+        print(f"wrote {path}")
+    report = args.out / "qata_mini.json"
+    if report.is_file():
+        (args.out / "qata_mini.md").write_text(to_markdown(json.loads(report.read_text()), plots_in(args.out)))
+        print(f"rewrote {args.out / 'qata_mini.md'} with links to the figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
