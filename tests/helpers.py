@@ -76,3 +76,8 @@ def _onednn_available() -> bool:
 
 #: tests of the oneDNN linear path, which some PyTorch builds lack
 needs_onednn = pytest.mark.skipif(not _onednn_available(), reason="this PyTorch build has no oneDNN linear")
+
+
+#: ``tgcnet train`` options for a run of seconds on the embedded sample
+TINY_TRAIN_ARGS = ["--image-size", "64", "--batch-size", "8", "--knowledge", "none", "--device", "cpu",
+                   "--no-progress", "--warmup-steps", "1"]

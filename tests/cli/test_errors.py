@@ -46,3 +46,18 @@ def test_help_exits_0(capsys):
     out = capsys.readouterr().out
     for command in ("train", "evaluate", "predict", "demo", "params", "prompts"):
         assert command in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--out", "x"], "--data DIR is required"),
+    (["train", "--data", "/no/such/dir", "--out", "x"], "/no/such/dir"),
+    (["train", "--data", SAMPLE, "--set", "nokey"], "key=value"),
+    (["train", "--resume", "/no/such/run"], "/no/such/run"),
+    (["evaluate", "--checkpoint", "/no/such/run", "--data", SAMPLE], "/no/such/run"),
+    (["predict", "--checkpoint", "/no/such/run", "--out", "x", "--image", "a.png", "--text", "t"], "a.png"),
+])
+def test_errors_are_one_clear_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.startswith(f"tgcnet {argv[0]}: error:")

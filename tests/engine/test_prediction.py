@@ -1,0 +1,90 @@
+"""predict: one image or a folder, ground truth scored, every bad input naming its file."""
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tgcnet.data import sample_root
+from tgcnet.engine import predict
+from tgcnet.engine.overlay import GT_COLOR
+
+
+TEST = sample_root() / "test"
+
+
+def test_predict_single_image_with_ground_truth(run_dir, tmp_path):
+    name = sorted((TEST / "images").iterdir())[0]
+    rows = predict(run_dir, tmp_path, image=name, text="bilateral pulmonary infection, lower left lung.",
+                   mask=TEST / "masks" / f"mask_{name.name}")
+    (row,) = rows
+    mask = np.asarray(Image.open(tmp_path / f"{name.stem}_mask.png"))
+    assert mask.shape == (224, 224) and set(np.unique(mask)) <= {0, 255}  # original resolution, 0/255
+    assert row["foreground"] == pytest.approx((mask > 0).mean())
+    assert 0 <= row["dice"] <= 1
+    overlay = np.asarray(Image.open(row["overlay"]).convert("RGB"))
+    assert overlay.shape[0] > overlay.shape[1] >= 224  # caption band under the image
+    colors = {tuple(c) for c in overlay.reshape(-1, 3)}
+    assert GT_COLOR in colors
+
+
+def test_predict_folder(run_dir, tmp_path):
+    rows = predict(run_dir, tmp_path, images=TEST / "images", captions=TEST / "prompts.csv", masks=TEST / "masks")
+    assert len(rows) == 8 and all("dice" in r for r in rows)
+    assert len(list(tmp_path.glob("*_overlay.png"))) == 8 and len(list(tmp_path.glob("*_mask.png"))) == 8
+    assert len(list(csv.DictReader(open(tmp_path / "predictions.csv")))) == 8
+
+
+def test_predict_bad_inputs_name_the_file(run_dir, tmp_path):
+    image = sorted((TEST / "images").iterdir())[0]
+    with pytest.raises(FileNotFoundError, match="nothere.png"):
+        predict(run_dir, tmp_path, image=tmp_path / "nothere.png", text="left lung.")
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not a png at all")
+    with pytest.raises(ValueError, match="corrupt.png"):
+        predict(run_dir, tmp_path, image=corrupt, text="left lung.")
+    floating = tmp_path / "floating.tif"
+    Image.fromarray(np.zeros((32, 32), np.float32)).save(floating)
+    with pytest.raises(ValueError, match="floating-point") as err:
+        predict(run_dir, tmp_path, image=floating, text="left lung.")
+    assert str(err.value).count("floating.tif") == 1, str(err.value)
+    with pytest.raises(ValueError, match="empty text"):
+        predict(run_dir, tmp_path, image=image, text="   ")
+    small = tmp_path / "small_mask.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(small)
+    with pytest.raises(ValueError, match="small_mask.png is 32x32"):
+        predict(run_dir, tmp_path, image=image, text="left lung.", mask=small)
+    with pytest.raises(ValueError, match="either image"):
+        predict(run_dir, tmp_path, image=image, text="x", images=TEST / "images")
+    # folder mode: every bad row listed at once
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(image, folder / image.name)
+    table = tmp_path / "captions.csv"
+    table.write_text(f"Image,Description\n{image.name},\nghost.png,left lung.\n")
+    with pytest.raises(ValueError, match=r"2 bad row\(s\)") as err:
+        predict(run_dir, tmp_path, images=folder, captions=table)
+    assert "empty caption" in str(err.value) and "ghost.png" in str(err.value)
+    table.write_text("Name,Text\na.png,b\n")
+    with pytest.raises(ValueError, match="missing column"):
+        predict(run_dir, tmp_path, images=folder, captions=table)
+
+
+LONG_CAPTION = "bilateral pulmonary infection, " * 30 + "lower left lung."
+
+
+def test_predict_refuses_over_long_captions_before_writing(run_dir, tmp_path):
+    image = sorted((TEST / "images").iterdir())[0]
+    with pytest.raises(ValueError, match=r"caption\(s\) longer than the 75 tokens .*\n  .*" + image.name):
+        predict(run_dir, tmp_path / "one", image=image, text=LONG_CAPTION)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    shutil.copy(image, folder / image.name)
+    table = tmp_path / "captions.csv"
+    table.write_text(f'Image,Description\n{image.name},"{LONG_CAPTION}"\n')
+    with pytest.raises(ValueError, match="1 caption"):
+        predict(run_dir, tmp_path / "many", images=folder, captions=table)
+    assert not (tmp_path / "one").exists() and not (tmp_path / "many").exists()
