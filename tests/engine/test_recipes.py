@@ -5,7 +5,6 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
 import tgcnet.recipes as recipes
 from tgcnet.cli import build_parser, main
@@ -20,14 +19,6 @@ NAMES = ["mosmeddata-plus", "qata-cov19"]
 #: what a CPU test overrides: the sample's layout, a tiny model, a small size, two steps
 SMALL = ["--data", SAMPLE, "--layout", "simple", "--preset", "tgcnet-tiny", "--image-size", "64", "--max-steps", "2",
          "--knowledge", "none", "--device", "cpu", "--no-progress", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_the_shipped_recipes():
