@@ -13,6 +13,11 @@ layer per extracted ViT layer (here both layers, ``extract_layers=[0, 1]``), 4 d
   initialised from the preset's ``clip.init_seed``, whatever the training seed, as TGCNet's frozen
   towers are; the decoder is initialised from the trainer's seeded generator, so it changes with
   ``--seed`` as TGCNet's trainable parts do.
+* **Decoder init.** transformers' generic init draws every Linear and Conv weight of the decoder from
+  N(0, ``initializer_factor``), and CLIPSeg's ``initializer_factor`` is 1.0 (a scale, not a std): harmless
+  when a checkpoint is loaded over it, but from scratch the first logits are in the thousands and the
+  decoder collapses to all-background within the first epoch. The decoder's layers are therefore reset
+  to PyTorch's default init (``reset_parameters``), the init TGCNet's own decoder starts from.
 * **Frozen / trained.** The whole CLIP (``model.clip``: both towers and their projections) is frozen
   (``requires_grad=False``; CLIPSeg also runs it under ``no_grad``); only ``model.decoder`` trains.
 * **Input path, no processor.** Images arrive as the engine gives them, floats in [0, 1] (B, 3, H, W);
@@ -43,7 +48,7 @@ from torch import nn
 if TYPE_CHECKING:
     from tgcnet.engine import TrainConfig
 
-__all__ = ["tower_sizes", "clipseg_config", "CLIPSegSegmenter", "make_clipseg", "DECODER"]
+__all__ = ["tower_sizes", "clipseg_config", "reset_to_torch_init", "CLIPSegSegmenter", "make_clipseg", "DECODER"]
 
 #: CLIPSeg's own decoder settings (transformers' defaults, the rd64-refined variant); extract_layers is
 #: set from the preset's ViT depth
@@ -95,6 +100,13 @@ def clipseg_config(image_size: int, preset: str = "tgcnet-cpu", **decoder: Any):
                          projection_dim=sizes["projection_dim"], **settings)
 
 
+def reset_to_torch_init(module: nn.Module) -> None:
+    """Re-draw every layer of ``module`` that has ``reset_parameters`` with PyTorch's default init."""
+    for layer in module.modules():
+        if layer is not module and hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+
+
 class CLIPSegSegmenter(nn.Module):
     """CLIPSeg behind the engine's ``forward(images, captions) -> (B, 1, H, W)`` contract.
 
@@ -114,6 +126,7 @@ class CLIPSegSegmenter(nn.Module):
         self.config_clipseg = clipseg_config(image_size, preset, **decoder)
         self.preset, self.normalize_captions = preset, normalize_captions
         self.model = CLIPSegForImageSegmentation(self.config_clipseg)   # decoder: the trainer's generator
+        reset_to_torch_init(self.model.decoder)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tower_sizes(preset)["init_seed"])
             self.model.clip = CLIPSegModel(self.config_clipseg)         # CLIP: fixed, as TGCNet's towers

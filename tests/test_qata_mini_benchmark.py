@@ -115,6 +115,21 @@ def test_clipseg_wrapper_takes_one_caption_per_image_and_answers_at_input_size(b
         model(image, captions)
 
 
+def test_clipseg_decoder_starts_from_torch_init_so_its_first_logits_are_small(bench):
+    """transformers' generic init draws the decoder's weights from N(0, 1) (CLIPSeg's initializer_factor);
+    from scratch that gives logits in the thousands and an all-background collapse in the first epoch."""
+    pytest.importorskip("transformers")
+    from clipseg_model import CLIPSegSegmenter
+
+    torch.manual_seed(0)
+    model = CLIPSegSegmenter(image_size=64).eval()
+    film = model.model.decoder.film_mul.weight
+    assert film.std() < 0.2                     # PyTorch's Kaiming-uniform: 1/sqrt(3 * 64) ~ 0.07, not 1.0
+    with torch.no_grad():
+        logits = model(torch.rand(2, 3, 64, 64), ["bilateral pulmonary infection."] * 2)
+    assert logits.abs().max() < 5
+
+
 def test_seeds_give_one_row_per_seed_and_a_mean_sd_table(bench, tmp_path):
     pytest.importorskip("segmentation_models_pytorch", reason="the U-Net row needs the bench extra")
     assert bench.main(_args(tmp_path, "--runs", "unet", "--seeds", "0,1", "--minutes", "0.02")) == 0
