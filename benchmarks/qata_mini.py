@@ -40,7 +40,9 @@ Seeds and training-set size (any run):
 - ``--seeds 0,1,2`` trains each selected run once per seed (``--seed``: one seed). A result's
   key is the run's name, with ``@s<seed>`` for seeds other than 0 (``tgcnet``, ``tgcnet@s1``,
   ``tgcnet@s2``), and its ``seed`` field says the seed; the report adds a table of mean ± sd over
-  seeds for rows that differ only in their seed.
+  seeds for rows that differ only in their seed. A budget other than the group's standard one
+  (30 min for main runs, 10 for the others) marks the key with ``@m<minutes>`` (``tgcnet@m10@s1``),
+  so short seed runs and the 30-minute rows live side by side in one report.
 - ``--train-subset N`` trains on a fixed subset of N training images: the first N of one seeded
   permutation of the training split's names (``--subset-seed``, default 0), so every run and seed
   at that N sees the same images and a smaller subset is part of a larger one. Keys gain ``@n<N>``
@@ -91,7 +93,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qata_report import collect, reasons, targets, write_report  # noqa: E402
-from qata_runs import (NEUTRAL_CAPTION, RUNS, TARGET_MINUTES, TEXT_TOWER_PACKAGE,  # noqa: E402
+from qata_runs import (DEFAULT_MINUTES, NEUTRAL_CAPTION, RUNS, TARGET_MINUTES, TEXT_TOWER_PACKAGE,  # noqa: E402
                        TEXT_TOWER_PRETRAINED, TRAIN_OVERRIDES, run_key)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +179,7 @@ def _tgcnet_run(name: str, key: str, args: argparse.Namespace) -> dict[str, Any]
     train(cfg)
     seconds = time.monotonic() - start
     metrics = evaluate(run_dir, args.data, "test", out=run_dir / "eval_test", device=args.device, progress=False)
-    if key in CAPTION_NOISE_RUNS:
+    if name in CAPTION_NOISE_RUNS and args.seed == 0 and args.train_subset is None:
         extra_setup["caption_noise"] = caption_noise(run_dir, args.data, args.device)
     config = json.loads((run_dir / "train_config.json").read_text())
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
@@ -378,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--minutes", type=float, default=TARGET_MINUTES, help="training budget per main run")
-    p.add_argument("--ablation-minutes", type=float, default=10.0, help="training budget per ablation run")
-    p.add_argument("--text-tower-minutes", type=float, default=10.0,
+    p.add_argument("--ablation-minutes", type=float, default=DEFAULT_MINUTES["ablation"], help="training budget per ablation run")
+    p.add_argument("--text-tower-minutes", type=float, default=DEFAULT_MINUTES["text_tower"],
                    help="training budget per pretrained-text-tower run (minilm, randbert, ...)")
     p.add_argument("--runs", default="tgcnet,notext,unet", help=f"comma list of {', '.join(RUNS)}")
     p.add_argument("--preset", default="tgcnet-cpu")
@@ -446,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     for name in runs:
         for seed in seeds:
-            key = run_key(name, seed, args.train_subset)
             run_args = argparse.Namespace(**{**vars(args), "seed": seed})
+            key = run_key(name, seed, args.train_subset, _budget(name, run_args))
             print(f"[{time.strftime('%H:%M:%S')}] {key}: training for {_budget(name, run_args):g} min", flush=True)
             if name in FACTORY_RUNS:
                 results[key] = FACTORY_RUNS[name](key, run_args)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from qata_runs import (GUIDE, NEUTRAL_CAPTION, OT, RUNS, TARGET_DICE, TARGET_MINUTES, TARGET_NOISE_LOSS,
-                       TARGET_POOLED, TARGET_TEXT_GAIN, run_name, seed_group, split_key)
+                       TARGET_POOLED, TARGET_TEXT_GAIN, run_name, seed_group, split_key,
+                       without_budget)
 
 #: the figures ``benchmarks/plots.py`` draws; a report links those present in its folder
 DATA_EFFICIENCY_PNG = "qata_mini_data_efficiency.png"
@@ -156,14 +157,17 @@ def _text_tower_section(results: dict[str, dict]) -> list[str]:
 CLIPSEG_TEXT = (" `clipseg` = transformers' CLIPSeg (rd64-refined decoder) on CLIP towers of tgcnet-cpu's sizes "
                 "(random init, frozen), captions through the same open_clip tokenizer, only its decoder trained "
                 "(benchmarks/clipseg_model.py).")
-SUBSET_TEXT = (" `@n<N>`: trained on a fixed subset of N training images (the same images for every run at "
-               "that N; its names are in the run's setup); `@s<seed>`: trained with that seed (no mark: seed 0).")
+MARKS_TEXT = (" `@n<N>`: trained on a fixed subset of N training images (the same images for every run at "
+              "that N; its names are in the run's setup); `@m<M>`: trained for M minutes instead of its group's "
+              "standard budget; `@s<seed>`: trained with that seed (no mark: seed 0).")
 
 
-def result_order(key: str) -> tuple[int, float, int]:
-    """Report order: the runs in :data:`RUNS` order, then by training subset (whole split first), then seed."""
+def result_order(key: str) -> tuple[int, float, float, int]:
+    """Report order: the runs in :data:`RUNS` order, then by training subset (whole split first), then
+    budget (the standard one first), then seed."""
     name, subset, seed = split_key(key)
-    return list(RUNS).index(name), -1 if subset is None else subset, seed
+    budget = next((float(m[1:]) for m in key.split("@")[1:] if m[:1] == "m"), 0.0)
+    return list(RUNS).index(name), -1 if subset is None else subset, budget, seed
 
 
 def seed_of(key: str, result: dict) -> int:
@@ -204,7 +208,7 @@ def _seeds_section(results: dict[str, dict]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for g in groups:
         d, p = g["dice"], g["pooled_dice"]
-        lines.append(f"| {g['run']} | {g['budget_minutes']:g} min | {', '.join(map(str, g['seeds']))} | "
+        lines.append(f"| {without_budget(g['run'])} | {g['budget_minutes']:g} min | {', '.join(map(str, g['seeds']))} | "
                      f"{d['mean']:.4f} ± {d['sd']:.4f} | {p['mean']:.4f} ± {p['sd']:.4f} | "
                      f"{min(d['values']):.4f}-{max(d['values']):.4f} | {min(p['values']):.4f}-{max(p['values']):.4f} |")
     lines += ["", "A difference between two rows is a finding only where it exceeds the spread over seeds: a gap "
@@ -221,11 +225,13 @@ def _plots_section(plots: Sequence[str]) -> list[str]:
 
 
 def _caption_noise_section(results: dict[str, dict]) -> list[str]:
-    noise = results.get("tgcnet", {}).get("setup", {}).get("caption_noise")
-    if not noise:
+    scored = [k for k, r in results.items() if r.get("setup", {}).get("caption_noise")]
+    if not scored:
         return []
+    key = "tgcnet" if "tgcnet" in scored else scored[0]   # the standard-budget run when there is one
+    noise = results[key]["setup"]["caption_noise"]
     lines = ["", "## Captions as users write them", "",
-             "The `tgcnet` model above, evaluated on the same test images with the captions rewritten as LViT's "
+             f"The `{key}` model above, evaluated on the same test images with the captions rewritten as LViT's "
              f"verbatim QaTa text writes them ({noise['noise']}: capitalised, no final period, double spaces, "
              "'midlle', 'infection area(s)', 'all left lung'). It was trained on the cleaned captions only.", "",
              "| test captions | per-image Dice | pooled Dice | per-image change | pooled change |",
@@ -264,7 +270,7 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
                   "`notext` = every caption replaced by "
                   f"{NEUTRAL_CAPTION!r}, knowledge off; `unet` = smp U-Net (resnet18, no pretrained weights)."
                   + (CLIPSEG_TEXT if any(run_name(k) == "clipseg" for k in results) else "")
-                  + (SUBSET_TEXT if any(split_key(k)[1] is not None for k in results) else ""), "",
+                  + (MARKS_TEXT if any("@" in k for k in results) else ""), "",
                   "## Targets", "", "| target | value | met |", "|---|---|---|"]
         for t in report["targets"]:
             met = "met" if t["met"] else "missed"

@@ -5,6 +5,7 @@ against the targets and writes the report), so a run's group and settings live i
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 NEUTRAL_CAPTION = "chest x-ray."
@@ -58,15 +59,23 @@ TRAIN_OVERRIDES: dict[str, dict[str, Any]] = {
 
 
 
-def run_key(name: str, seed: int = 0, train_subset: Optional[int] = None) -> str:
-    """A result's key: the run's name, ``@n<N>`` when trained on a subset of N training images and
-    ``@s<seed>`` when its seed is not 0 (``tgcnet``, ``tgcnet@s1``, ``unet@n50@s2``), so seed 0 on the
-    whole training split keeps the plain name that earlier reports used."""
-    return name + (f"@n{train_subset}" if train_subset is not None else "") + (f"@s{seed}" if seed else "")
+#: each group's standard budget in minutes; a result trained for another budget carries it in its key
+DEFAULT_MINUTES: dict[str, float] = {"main": TARGET_MINUTES, "ablation": 10.0, "text_tower": 10.0}
+
+
+def run_key(name: str, seed: int = 0, train_subset: Optional[int] = None, minutes: Optional[float] = None) -> str:
+    """A result's key: the run's name, ``@n<N>`` when trained on a subset of N training images,
+    ``@m<minutes>`` when trained for another budget than its group's standard one
+    (:data:`DEFAULT_MINUTES`) and ``@s<seed>`` when its seed is not 0 (``tgcnet``, ``tgcnet@s1``,
+    ``unet@n50@m4@s2``), so a standard run keeps the plain name and runs at two budgets never collide."""
+    budget = "" if minutes is None or float(minutes) == DEFAULT_MINUTES[RUNS[name][0]] else f"@m{float(minutes):g}"
+    return (name + (f"@n{train_subset}" if train_subset is not None else "") + budget
+            + (f"@s{seed}" if seed else ""))
 
 
 def split_key(key: str) -> tuple[str, Optional[int], int]:
-    """``run_key``'s inverse: (run name, training subset size or None, seed)."""
+    """``run_key``'s inverse, less the budget (a result's ``budget_minutes`` holds it): (run name,
+    training subset size or None, seed)."""
     name, *marks = key.split("@")
     subset, seed = None, 0
     for mark in marks:
@@ -74,8 +83,10 @@ def split_key(key: str) -> tuple[str, Optional[int], int]:
             subset = int(mark[1:])
         elif mark[:1] == "s" and mark[1:].isdigit():
             seed = int(mark[1:])
+        elif mark[:1] == "m" and re.fullmatch(r"\d+(\.\d+)?", mark[1:]):
+            continue
         else:
-            raise ValueError(f"result key {key!r}: unknown mark {mark!r} (expected @n<N> or @s<seed>)")
+            raise ValueError(f"result key {key!r}: unknown mark {mark!r} (expected @n<N>, @m<minutes> or @s<seed>)")
     if name not in RUNS:
         raise ValueError(f"result key {key!r}: unknown run {name!r}")
     return name, subset, seed
@@ -86,7 +97,12 @@ def run_name(key: str) -> str:
     return split_key(key)[0]
 
 
+def without_budget(key: str) -> str:
+    """The key without its ``@m<minutes>`` mark (a table with a budget column shows it there)."""
+    name, *marks = key.split("@")
+    return "@".join([name] + [m for m in marks if not re.fullmatch(r"m\d+(\.\d+)?", m)])
+
+
 def seed_group(key: str) -> str:
     """The key without its seed: the results that differ only in their seed share it."""
-    name, subset, _ = split_key(key)
-    return run_key(name, 0, subset)
+    return "@".join(part for part in key.split("@") if not re.fullmatch(r"s\d+", part))

@@ -42,15 +42,15 @@ def test_short_runs_through_the_engine_write_a_report(bench, tmp_path):
                        "--out", str(tmp_path / "out")])
     assert code == 0
     report = json.loads((tmp_path / "out" / "qata_mini.json").read_text())
-    assert set(report["results"]) == {"tgcnet", "unet"}
-    noise = report["results"]["tgcnet"]["setup"]["caption_noise"]
+    assert set(report["results"]) == {"tgcnet@m0.05", "unet@m0.05"}   # a short budget marks the key
+    noise = report["results"]["tgcnet@m0.05"]["setup"]["caption_noise"]
     # the canonical caption form undoes every rewrite of the noisy copy: nothing lost
     assert noise["noisy"] == noise["clean"]
-    unet = report["results"]["unet"]
+    unet = report["results"]["unet@m0.05"]
     assert unet["trainable_params"] == unet["total_params"] > 1_000_000
     assert 0 <= unet["test"]["dice"] <= 1
     md = (tmp_path / "out" / "qata_mini.md").read_text()
-    assert "## Captions as users write them" in md and "| unet |" in md
+    assert "## Captions as users write them" in md and "| unet@m0.05 |" in md
 
 
 def _args(tmp_path, *extra):
@@ -74,7 +74,7 @@ def test_clipseg_row_trains_its_decoder_only(bench, tmp_path):
     from clipseg_model import CLIPSegSegmenter
 
     assert bench.main(_args(tmp_path, "--runs", "clipseg")) == 0
-    res = _report(tmp_path)["results"]["clipseg"]
+    res = _report(tmp_path)["results"]["clipseg@m0.05"]
     torch.manual_seed(0)   # the trainer seeds torch with the run's seed before building the model
     fresh = CLIPSegSegmenter(image_size=64, preset="tgcnet-cpu")
     count = lambda module: sum(p.numel() for p in module.parameters())
@@ -84,14 +84,14 @@ def test_clipseg_row_trains_its_decoder_only(bench, tmp_path):
     assert 0 <= res["test"]["dice"] <= 1 and res["test"]["side_error"] is not None   # it reads the captions
     assert res["val_curve"] and all(0 <= d <= 1 for _, d in res["val_curve"])
     # the trained weights: CLIP bit-identical to its fixed init, the decoder moved away from its init
-    saved = load_file(str(_run_dir(tmp_path, "clipseg") / "best" / "model.safetensors"))
+    saved = load_file(str(_run_dir(tmp_path, "clipseg@m0.05") / "best" / "model.safetensors"))
     start = fresh.state_dict()
     clip = [k for k in start if k.startswith("model.clip.")]
     decoder = [k for k in start if k.startswith("model.decoder.")]
     assert clip and decoder and len(clip) + len(decoder) == len(start) == len(saved)
     assert all(torch.equal(saved[k], start[k]) for k in clip)
     assert any(not torch.equal(saved[k], start[k]) for k in decoder)
-    assert "| clipseg |" in (tmp_path / "out" / "qata_mini.md").read_text()
+    assert "| clipseg@m0.05 |" in (tmp_path / "out" / "qata_mini.md").read_text()
 
 
 def test_clipseg_wrapper_takes_one_caption_per_image_and_answers_at_input_size(bench):
@@ -134,7 +134,7 @@ def test_seeds_give_one_row_per_seed_and_a_mean_sd_table(bench, tmp_path):
     pytest.importorskip("segmentation_models_pytorch", reason="the U-Net row needs the bench extra")
     assert bench.main(_args(tmp_path, "--runs", "unet", "--seeds", "0,1", "--minutes", "0.02")) == 0
     results = _report(tmp_path)["results"]
-    assert list(results) == ["unet", "unet@s1"]   # seed 0 keeps the plain key of a single-seed report
+    assert list(results) == ["unet@m0.02", "unet@m0.02@s1"]   # seed 0 has no seed mark
     assert [r["seed"] for r in results.values()] == [0, 1]
     dice = [r["test"]["dice"] for r in results.values()]
     pooled = [r["test"]["pooled_dice"] for r in results.values()]
@@ -147,7 +147,7 @@ def test_seeds_give_one_row_per_seed_and_a_mean_sd_table(bench, tmp_path):
     # --collect keeps the seeded keys, and the table
     bench.main(["--collect", str(tmp_path / "out" / "qata_mini.json"), "--out", str(tmp_path / "merged")])
     merged = json.loads((tmp_path / "merged" / "qata_mini.json").read_text())
-    assert list(merged["results"]) == ["unet", "unet@s1"] and row in (tmp_path / "merged" / "qata_mini.md").read_text()
+    assert list(merged["results"]) == ["unet@m0.02", "unet@m0.02@s1"] and row in (tmp_path / "merged" / "qata_mini.md").read_text()
 
 
 def test_train_subset_is_the_same_fixed_images_for_every_run(bench, tmp_path):
@@ -157,7 +157,7 @@ def test_train_subset_is_the_same_fixed_images_for_every_run(bench, tmp_path):
 
     assert bench.main(_args(tmp_path, "--runs", "clipseg,unet", "--train-subset", "8", "--minutes", "0.02")) == 0
     results = _report(tmp_path)["results"]
-    assert list(results) == ["clipseg@n8", "unet@n8"]
+    assert list(results) == ["clipseg@n8@m0.02", "unet@n8@m0.02"]
     all_names = {t.name for t in read_split(sample_root(), "train")}
     names = [r["setup"]["train_subset"]["names"] for r in results.values()]
     assert names[0] == names[1] and len(set(names[0])) == 8 and set(names[0]) < all_names
@@ -213,3 +213,15 @@ def test_plots_draws_both_figures_and_the_report_links_them(bench, tmp_path):
     assert at50["pooled_dice"]["mean"] == pytest.approx(0.60)
     curves = [r for r in plots.load_rows([out / "qata_mini.json"]) if r["group"] == "main" and r["val_curve"]]
     assert sorted(r["key"] for r in curves) == ["clipseg", "tgcnet", "tgcnet@n50", "tgcnet@n50@s1"]
+
+
+def test_result_keys_mark_subset_budget_and_seed_and_parse_back(bench):
+    from qata_runs import run_key, seed_group, split_key, without_budget
+
+    assert run_key("tgcnet", 0, None, 30) == "tgcnet"              # the standard run keeps its plain name
+    assert run_key("base", 0, None, 10) == "base"                  # ablations' standard budget is 10 min
+    key = run_key("unet", 2, 50, 4)
+    assert key == "unet@n50@m4@s2" and split_key(key) == ("unet", 50, 2)
+    assert seed_group(key) == "unet@n50@m4" and without_budget(key) == "unet@n50@s2"
+    with pytest.raises(ValueError, match="unknown mark"):
+        split_key("unet@x3")
