@@ -49,3 +49,13 @@ def test_evaluate_refuses_over_long_captions_naming_the_file(run_dir, tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 entries"):
         metrics = evaluate(run_dir, root, "test", progress=False, skip_bad=True)
     assert metrics["n_images"] == 7
+
+
+def test_evaluate_with_flip_tta_scores_the_averaged_views(run_dir, tmp_path):
+    plain = evaluate(run_dir, sample_root(), "test", progress=False)
+    flip = evaluate(run_dir, sample_root(), "test", out=tmp_path, progress=False, tta="flip")
+    assert plain["tta"] == "none" and flip["tta"] == "flip"
+    assert json.loads((tmp_path / "metrics.json").read_text())["tta"] == "flip"
+    assert flip["dice"] != plain["dice"] and flip["n_images"] == plain["n_images"] == 8
+    with pytest.raises(ValueError, match="tta must be one of"):
+        evaluate(run_dir, sample_root(), "test", progress=False, tta="rotate")

@@ -88,3 +88,16 @@ def test_predict_refuses_over_long_captions_before_writing(run_dir, tmp_path):
     with pytest.raises(ValueError, match="1 caption"):
         predict(run_dir, tmp_path / "many", images=folder, captions=table)
     assert not (tmp_path / "one").exists() and not (tmp_path / "many").exists()
+
+
+def test_predict_with_flip_tta_averages_the_mirrored_view(run_dir, tmp_path):
+    from tgcnet.engine.prediction import Predictor
+
+    image = np.asarray(Image.open(sorted((TEST / "images").iterdir())[0]).convert("L"))
+    caption = "unilateral pulmonary infection, lower left lung."
+    plain, flip = Predictor(run_dir), Predictor(run_dir, tta="flip")
+    mirrored = flip(image[:, ::-1].copy(), "unilateral pulmonary infection, lower right lung.")
+    np.testing.assert_allclose(mirrored, flip(image, caption)[:, ::-1], atol=1e-5)
+    assert not np.allclose(plain(image, caption), flip(image, caption), atol=1e-4)
+    with pytest.raises(ValueError, match="tta must be one of"):
+        Predictor(run_dir, tta="rotate")

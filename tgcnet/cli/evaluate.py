@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tgcnet.tta import TTA_MODES
+
 from .common import format_metrics, set_threads
 
 __all__ = ["add_parser", "run"]
@@ -26,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: flip also segments the mirrored image with 'left' and 'right' "
+                   "swapped in its caption and averages the two (twice the compute)")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     p.set_defaults(func=run)
     return p
@@ -39,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint) / f"eval_{args.split}"
     m = evaluate(args.checkpoint, args.data, args.split, out=out, layout=args.layout, image_size=args.image_size,
                  batch_size=args.batch_size, device=args.device, amp=args.amp, threshold=args.threshold,
-                 knowledge=args.knowledge, pretrained=args.pretrained, skip_bad=args.skip_bad, workers=args.workers)
+                 knowledge=args.knowledge, pretrained=args.pretrained, skip_bad=args.skip_bad, workers=args.workers,
+                 tta=args.tta)
     print(format_metrics(m))
     print(f"wrote {out / METRICS_NAME} and {out / PER_IMAGE_NAME}")
     return 0

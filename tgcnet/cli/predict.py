@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from tgcnet.tta import TTA_MODES
+
 from .common import set_threads
 
 __all__ = ["add_parser", "run"]
@@ -25,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--knowledge", default=None)
     p.add_argument("--pretrained", default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", choices=TTA_MODES, default="none",
+                   help="test-time augmentation: flip also segments the mirrored image with 'left' and 'right' "
+                   "swapped in its caption and averages the two (twice the compute)")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)")
     p.set_defaults(func=run)
     return p
@@ -36,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     rows = predict(args.checkpoint, args.out, image=args.image, text=args.text, mask=args.mask, images=args.images,
                    captions=args.captions, masks=args.masks, device=args.device, image_size=args.image_size,
-                   threshold=args.threshold, knowledge=args.knowledge, pretrained=args.pretrained)
+                   threshold=args.threshold, knowledge=args.knowledge, pretrained=args.pretrained,
+                   tta=args.tta)
     for r in rows:
         extra = f" Dice {r['dice']:.4f}" if "dice" in r else ""
         print(f"{r['name']}: foreground {100 * r['foreground']:.1f}%{extra} -> {r['overlay']}")

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from tgcnet.io import save_json_atomic
 from tgcnet.data import read_split
+from tgcnet.tta import check_tta
 
 from .factory_model import ModelFactory
 from .files import METRICS_NAME, PER_IMAGE_NAME
@@ -25,7 +26,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, o
              layout: Optional[str] = None, image_size: Optional[int] = None, batch_size: int = 8,
              device: str = "auto", amp: str = "none", threshold: Optional[float] = None,
              knowledge: Optional[str] = None, pretrained: Optional[str] = None, skip_bad: bool = False,
-             workers: int = 0, progress: bool = True,
+             workers: int = 0, progress: bool = True, tta: str = "none",
              model_factory: Optional[ModelFactory] = None) -> dict[str, Any]:
     """Evaluate a trained model on ``split`` of ``data``; returns the metrics dict.
 
@@ -33,7 +34,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, o
     knowledge default to the ones the model was trained with, and so does a training-time
     ``caption_override`` (a text-ablated model is evaluated with the caption it was trained on).
     A run trained with ``train(cfg, model_factory=make)`` is evaluated with the same ``make``.
+    ``tta="flip"`` averages in the flipped image with its caption's sides swapped (:mod:`tgcnet.tta`).
     """
+    check_tta(tta)
     model, info = load_inference_model(checkpoint, device=device, knowledge=knowledge, pretrained=pretrained,
                                        model_factory=model_factory)
     dev = next(model.parameters()).device
@@ -46,10 +49,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", *, o
     triples = check_caption_lengths(model, triples, f"data set {data}, split {split!r}", skip_bad)
     loader = make_loader(triples, size, batch_size, workers)
     acc, rows = run_inference(model, loader, dev, amp=amp, threshold=thr, laterality=model.config.laterality,
-                              progress=progress, desc=f"evaluate {split}")
+                              progress=progress, desc=f"evaluate {split}", tta=tta)
     metrics = summarize(acc, rows, thr)
     metrics.update({"split": split, "data": str(data), "checkpoint": info["model_dir"], "image_size": size,
-                    "knowledge": info["knowledge"], "caption_override": info.get("caption_override")})
+                    "knowledge": info["knowledge"], "caption_override": info.get("caption_override"), "tta": tta})
     if out is not None:
         out = Path(out)
         save_json_atomic(metrics, out / METRICS_NAME)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tgcnet.data import SegmentationDataset, build_transforms, collate
 from tgcnet.data.readers import DataError, format_problems
 from tgcnet.guidance import side_error
+from tgcnet.tta import check_tta, tta_logits
 
 from .distributed import ShardedEpochSampler, resolve_device
 from .factory_model import ModelFactory, build_factory_model, is_factory_model_dir
@@ -168,14 +169,17 @@ def load_inference_model(checkpoint: str | Path, device: str | torch.device | No
 @torch.no_grad()
 def run_inference(model: torch.nn.Module, loader: Iterable[dict[str, Any]], device: torch.device,
                   amp: str = "none", threshold: float = 0.5, laterality: str = "image",
-                  progress: bool = False, desc: str = "eval") -> tuple[MetricAccumulator, list[dict[str, Any]]]:
-    """Dice/IoU accumulator and per-image rows (name, caption, dice, iou, side_error) of a loader.
+                  progress: bool = False, desc: str = "eval",
+                  tta: str = "none") -> tuple[MetricAccumulator, list[dict[str, Any]]]:
+    """Dice/IoU accumulator and per-image rows (name, caption, dice, iou, side_error) of a loader,
+    each batch segmented with the test-time augmentation ``tta`` (:mod:`tgcnet.tta`).
 
     Not synchronised across ranks: callers of a sharded loader gather both
     (``acc.sync_distributed()``, ``distributed.all_gather_rows(rows)``).
     """
     from tqdm.auto import tqdm
 
+    check_tta(tta)
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(threshold=threshold)
@@ -186,7 +190,7 @@ def run_inference(model: torch.nn.Module, loader: Iterable[dict[str, Any]], devi
             images = batch["image"].to(device, non_blocking=True)
             masks = batch["mask"].to(device, non_blocking=True)
             with autocast_context(device, amp):
-                logits = model(images, batch["caption"])
+                logits = tta_logits(model, images, batch["caption"], tta)
             logits = logits.float()
             acc.update(logits, masks, names=batch["name"])
             sides = side_error(torch.sigmoid(logits), batch["caption"], laterality=laterality, threshold=threshold)

@@ -19,6 +19,7 @@ from tgcnet.data.dataset import load_image, load_mask
 from tgcnet.captions import tidy_text
 from tgcnet.data.readers import DataError, format_problems
 from tgcnet.io import read_table
+from tgcnet.tta import check_tta, tta_logits
 
 from .files import PREDICTIONS_NAME
 from .inference import DEFAULT_IMAGE_SIZE, autocast_context, load_inference_model
@@ -70,12 +71,14 @@ class Predictor:
     ``predictor(image, caption)`` takes a uint8 HxW or HxWx3 array and returns the
     foreground probability (float32 HxW) at the image's own resolution: the model sees
     the image resized to its training size, as in evaluation, and the logits are
-    resized back bilinearly.
+    resized back bilinearly. ``tta="flip"`` averages in the mirrored image with its caption's
+    sides swapped (:mod:`tgcnet.tta`).
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", image_size: Optional[int] = None,
                  threshold: Optional[float] = None, knowledge: Optional[str] = None,
-                 pretrained: Optional[str] = None, amp: str = "none") -> None:
+                 pretrained: Optional[str] = None, amp: str = "none", tta: str = "none") -> None:
+        self.tta = check_tta(tta)
         self.model, info = load_inference_model(checkpoint, device=device, knowledge=knowledge, pretrained=pretrained)
         self.device = next(self.model.parameters()).device
         self.image_size = int(image_size or info.get("image_size") or DEFAULT_IMAGE_SIZE)
@@ -103,7 +106,7 @@ class Predictor:
         x = torch.from_numpy(np.ascontiguousarray(resized)).float().div_(255.0)
         x = x.unsqueeze(0).repeat(3, 1, 1) if x.ndim == 2 else x.permute(2, 0, 1)
         with autocast_context(self.device, self.amp):
-            logits = self.model(x.unsqueeze(0).to(self.device), [caption])
+            logits = tta_logits(self.model, x.unsqueeze(0).to(self.device), [caption], self.tta)
         logits = torch.nn.functional.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)[0, 0].cpu().numpy()
 
@@ -167,7 +170,7 @@ def predict(checkpoint: str | Path, out: str | Path, *, image: str | Path | None
             mask: str | Path | None = None, images: str | Path | None = None, captions: str | Path | None = None,
             masks: str | Path | None = None, device: str = "auto", image_size: Optional[int] = None,
             threshold: Optional[float] = None, knowledge: Optional[str] = None, pretrained: Optional[str] = None,
-            amp: str = "none") -> list[dict[str, Any]]:
+            amp: str = "none", tta: str = "none") -> list[dict[str, Any]]:
     """Segment one image (``image`` + ``text`` [+ ``mask``]) or a folder (``images`` + ``captions`` CSV
     [+ ``masks`` folder]); writes masks and overlays under ``out`` and returns one row per image.
     """
@@ -184,7 +187,7 @@ def predict(checkpoint: str | Path, out: str | Path, *, image: str | Path | None
             raise ValueError("--images needs --captions CSV (columns Image, Description)")
         items = list(read_captions(images, captions, masks))
     predictor = Predictor(checkpoint, device=device, image_size=image_size, threshold=threshold,
-                          knowledge=knowledge, pretrained=pretrained, amp=amp)
+                          knowledge=knowledge, pretrained=pretrained, amp=amp, tta=tta)
     return predict_items(predictor, items, Path(out))
 
 
