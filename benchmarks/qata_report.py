@@ -154,6 +154,8 @@ def _text_tower_section(results: dict[str, dict]) -> list[str]:
     return lines + ["", "Notes:", ""] + [f"- {n}" for n in notes]
 
 
+DEEPSUP_TEXT = (" `tgcnet_deepsup` = `tgcnet` with deep supervision of the decoder levels "
+                "(`decoder.deep_supervision_weight=0.5`).")
 CLIPSEG_TEXT = (" `clipseg` = transformers' CLIPSeg (rd64-refined decoder) on CLIP towers of tgcnet-cpu's sizes "
                 "(random init, frozen), captions through the same open_clip tokenizer, only its decoder trained "
                 "(benchmarks/clipseg_model.py).")
@@ -267,8 +269,10 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
                   "text tower); `tgcnet_lora` = the same with `date.knowledge_encoder='lora'`; "
                   "`tgcnet_cached` = the same as `tgcnet` trained with `--augment flip "
                   "--cache-image-features` (flip only, frozen-ViT features cached); "
+
                   "`notext` = every caption replaced by "
                   f"{NEUTRAL_CAPTION!r}, knowledge off; `unet` = smp U-Net (resnet18, no pretrained weights)."
+                  + (DEEPSUP_TEXT if any(run_name(k) == "tgcnet_deepsup" for k in results) else "")
                   + (CLIPSEG_TEXT if any(run_name(k) == "clipseg" for k in results) else "")
                   + (MARKS_TEXT if any("@" in k for k in results) else ""), "",
                   "## Targets", "", "| target | value | met |", "|---|---|---|"]

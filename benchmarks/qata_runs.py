@@ -28,6 +28,8 @@ RUNS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
     "tgcnet": ("main", "default", True, {}),
     "tgcnet_lora": ("main", "default", True, LORA_KNOWLEDGE),
     "tgcnet_cached": ("main", "default", True, {}),
+    # accuracy lever: the decoder's coarser levels each predict the mask too (deep supervision)
+    "tgcnet_deepsup": ("main", "default", True, {"decoder__deep_supervision_weight": 0.5}),
     "notext": ("main", "none", False, {}),
     "unet": ("main", "none", False, {}),
     # CLIPSeg at tgcnet-cpu's tower sizes (benchmarks/clipseg_model.py): reads the real captions, no knowledge

@@ -69,3 +69,17 @@ def test_every_parameter_gets_a_gradient_once_film_moves():
     pyramid, vlcm = inputs()
     module(pyramid, vlcm, (64, 64)).square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_deep_supervision_adds_one_head_per_level_above_the_finest_and_leaves_the_logits_alone():
+    plain = decoder()
+    torch.manual_seed(0)
+    deep = Decoder(12, [4, 8, 16, 32], JOINT, 16, DecoderConfig(channels=8, deep_supervision_weight=0.5))
+    assert plain.side_heads is None and len(deep.side_heads) == 3
+    extra = sum(p.numel() for p in deep.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 3 * (8 + 1)                              # a 1x1 conv (8 -> 1) per side head
+    pyramid, vlcm = inputs()
+    logits, sides = deep(pyramid, vlcm, (64, 64), return_sides=True)
+    assert [tuple(s.shape[-2:]) for s in sides] == [(2, 2), (4, 4), (8, 8)]   # coarse to fine, native size
+    assert torch.equal(logits, deep(pyramid, vlcm, (64, 64)))                 # inference reads the finest level
+    assert plain(pyramid, vlcm, (64, 64), return_sides=True)[1] == []

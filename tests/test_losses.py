@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tgcnet.losses import dice_bce_loss, dice_loss, guidance_outside_loss, ot_alignment_loss
+from tgcnet.losses import deep_supervision_loss, dice_bce_loss, dice_loss, guidance_outside_loss, ot_alignment_loss
 from tgcnet.ot import symmetric_ot_alignment
 
 
@@ -119,3 +119,17 @@ def test_guidance_outside_loss_penalises_the_wrong_side() -> None:
     assert guidance_outside_loss(empty, guidance).item() < 0.01
     with pytest.raises(ValueError, match="guidance"):
         guidance_outside_loss(inside, torch.ones(2, 1, 4, 4))
+
+
+def test_deep_supervision_loss_upsamples_each_level_to_the_mask_and_averages() -> None:
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand(2, 1, 32, 32, generator=g) > 0.7).float()
+    sides = [torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 8, 8, generator=g)]
+    expected = torch.stack([dice_bce_loss(F.interpolate(s, size=(32, 32), mode="bilinear", align_corners=False),
+                                          target) for s in sides]).mean()
+    torch.testing.assert_close(deep_supervision_loss(sides, target), expected)
+    confident = [torch.where(F.max_pool2d(target, 32 // n) > 0, 20.0, -20.0) for n in (4, 8)]
+    assert deep_supervision_loss(confident, torch.zeros_like(target)) > deep_supervision_loss(
+        [torch.full_like(c, -20.0) for c in confident], torch.zeros_like(target))
+    with pytest.raises(ValueError, match="at least one level"):
+        deep_supervision_loss([], target)

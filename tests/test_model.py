@@ -186,3 +186,21 @@ def test_caption_normalisation_can_be_switched_off():
     x = images(1, size=64)
     with torch.no_grad():
         assert not torch.equal(plain(x, ["Left lung"]), plain(x, ["left lung."]))
+
+
+def test_deep_supervision_output_and_its_training_loss():
+    from tgcnet.losses import deep_supervision_loss, dice_bce_loss
+
+    model = tiny(knowledge=None, decoder__deep_supervision_weight=0.5)
+    x = images(2, 64)
+    masks = (torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1)) > 0.6).float()
+    out = model(x, CAPTIONS[:2], return_aux=True)
+    assert out.side_weight == 0.5 and len(out.side_logits) == len(model.decoder.strides) - 1
+    expected = dice_bce_loss(out.logits, masks) + 0.5 * deep_supervision_loss(out.side_logits, masks)
+    torch.testing.assert_close(out.loss(masks), expected)
+    out.loss(masks).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.side_heads.parameters())
+    plain = tiny(knowledge=None)(x, CAPTIONS[:2], return_aux=True)
+    assert plain.side_logits == [] and torch.equal(plain.loss(masks), dice_bce_loss(plain.logits, masks))
+    with pytest.raises(ValueError, match="deep_supervision_weight must be >= 0"):
+        tiny(knowledge=None, decoder__deep_supervision_weight=-1.0)

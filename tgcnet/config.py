@@ -112,10 +112,18 @@ class VLCMConfig:
 
 @dataclass
 class DecoderConfig:
-    """Light FPN decoder over the SSE pyramid."""
+    """Light FPN decoder over the SSE pyramid.
+
+    ``deep_supervision_weight`` > 0 gives every decoder level above the finest its own 1x1
+    mask head; their Dice + BCE against the mask, averaged over levels and times this weight,
+    joins the training loss (:meth:`tgcnet.model.TGCNetOutput.loss`), so the coarse levels learn
+    the lesion's extent directly rather than only through the finest level. Inference reads the
+    finest level only; 0 (the default) adds no parameters.
+    """
 
     channels: int = 96
     prior_weight_init: float = 1.0
+    deep_supervision_weight: float = 0.0
 
 
 @dataclass
@@ -166,6 +174,8 @@ class TGCNetConfig:
 
     def __post_init__(self) -> None:
         check_laterality(self.laterality)
+        if not self.decoder.deep_supervision_weight >= 0:
+            raise ValueError(f"decoder.deep_supervision_weight must be >= 0, got {self.decoder.deep_supervision_weight}")
         if self.ssa.guidance not in ("off", "prior", "loss", "both"):
             raise ValueError(f"ssa.guidance must be 'off', 'prior', 'loss' or 'both', got {self.ssa.guidance!r}")
         if self.sse.fusion not in ("gated", "concat"):

@@ -31,10 +31,17 @@ class Decoder(nn.Module):
         self.visual_in = nn.Conv2d(joint_dim, c, 1)
         self.visual_level = min(range(len(strides)), key=lambda i: abs(strides[i] - vit_stride))
         self.head = nn.Sequential(conv_norm_act(c, c), nn.Conv2d(c, 1, 1))
+        # deep supervision: a mask head per level above the finest (coarse to fine), trained only
+        self.side_heads = (nn.ModuleList(nn.Conv2d(c, 1, 1) for _ in strides[1:])
+                           if cfg.deep_supervision_weight > 0 else None)
         self.prior_weight = nn.Parameter(torch.tensor(float(cfg.prior_weight_init)))
 
-    def forward(self, pyramid: list[torch.Tensor], vlcm: VLCMOutput, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, pyramid: list[torch.Tensor], vlcm: VLCMOutput, size: tuple[int, int],
+                return_sides: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits at ``size``; with ``return_sides`` also the side heads' logits (coarse to fine, each
+        at its level's resolution; empty without deep supervision)."""
         x = None
+        sides: list[torch.Tensor] = []
         for level in reversed(range(len(pyramid))):
             feat = self.lateral[level](pyramid[level])
             if level == self.visual_level:
@@ -47,8 +54,11 @@ class Decoder(nn.Module):
             x = self.smooth[level](torch.cat([feat, prior], dim=1))
             gamma, beta = self.film[level](vlcm.pooled.to(x.dtype)).chunk(2, dim=-1)
             x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+            if return_sides and self.side_heads is not None and level > 0:
+                sides.append(self.side_heads[level - 1](x))
         logits = self.head(x)
         prior = F.interpolate(vlcm.prior.to(logits.dtype), size=logits.shape[-2:], mode="bilinear",
                               align_corners=False)
         logits = logits + self.prior_weight.to(logits.dtype) * prior
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return (logits, sides) if return_sides else logits

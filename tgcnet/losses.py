@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .ot import symmetric_ot_alignment
 
-__all__ = ["dice_loss", "dice_bce_loss", "ot_alignment_loss", "guidance_outside_loss"]
+__all__ = ["dice_loss", "dice_bce_loss", "deep_supervision_loss", "ot_alignment_loss", "guidance_outside_loss"]
 
 
 def _as_float32_pair(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +62,19 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float
         logits32, target32 = _as_float32_pair(logits, target)
         bce = F.binary_cross_entropy_with_logits(logits32, target32)
         return dice_weight * dice_loss(logits32, target32, eps=eps) + bce_weight * bce
+
+
+def deep_supervision_loss(side_logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Dice + BCE of each decoder level's own mask logits, upsampled to the target, averaged over levels.
+
+    The logits are upsampled rather than the mask downsampled, so a small lesion that would vanish
+    at a coarse level's resolution still counts there.
+    """
+    if not side_logits:
+        raise ValueError("deep_supervision_loss needs at least one level's logits")
+    size = target.shape[-2:]
+    return torch.stack([dice_bce_loss(F.interpolate(s.float(), size=size, mode="bilinear", align_corners=False),
+                                      target) for s in side_logits]).mean()
 
 
 def ot_alignment_loss(region_feats: torch.Tensor, token_feats: torch.Tensor,

@@ -31,7 +31,7 @@ from tgcnet.decoder import Decoder
 from tgcnet.guidance import guidance_masks
 from tgcnet.image_towers import FrozenImageTower, ViTOutput
 from tgcnet.io import atomic_write_text, load_json, load_safetensors, save_json_atomic, save_safetensors_atomic
-from tgcnet.losses import guidance_outside_loss, ot_alignment_loss
+from tgcnet.losses import deep_supervision_loss, dice_bce_loss, guidance_outside_loss, ot_alignment_loss
 from tgcnet.sse import SSE
 from tgcnet.text_towers import FrozenTextTower
 from tgcnet.vlcm import VLCM
@@ -71,14 +71,26 @@ ViTFeatures = ViTOutput
 
 @dataclass
 class TGCNetOutput:
-    """What ``forward(..., return_aux=True)`` gives: logits and weighted auxiliary losses.
+    """What ``forward(..., return_aux=True)`` gives: logits, weighted auxiliary losses and, with
+    deep supervision, the decoder levels' own logits; :meth:`loss` turns them into the training loss.
 
     ``aux_losses`` holds the SSA losses switched on in the config, already multiplied by
-    their weights, so a training loop adds ``sum(aux_losses.values())`` to its own loss.
+    their weights. ``side_logits`` (coarse to fine, each at its level's resolution) and
+    ``side_weight`` come from ``decoder.deep_supervision_weight``; empty and 0 when it is off.
     """
 
     logits: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    side_logits: list[torch.Tensor] = field(default_factory=list)
+    side_weight: float = 0.0
+
+    def loss(self, target: torch.Tensor) -> torch.Tensor:
+        """The training loss against the mask ``target``: Dice + BCE of the logits, plus the
+        auxiliary losses, plus ``side_weight`` times the deep-supervision loss of the side logits."""
+        total = dice_bce_loss(self.logits, target) + sum(self.aux_losses.values())
+        if self.side_logits and self.side_weight > 0:
+            total = total + self.side_weight * deep_supervision_loss(self.side_logits, target)
+        return total
 
 
 def resolve_knowledge(knowledge: KnowledgeArg) -> Optional[KnowledgeSource]:
@@ -252,16 +264,17 @@ class TGCNet(nn.Module, PyTorchModelHubMixin, library_name="tgcnet", pipeline_ta
             guidance = guidance_masks(captions, h, w, laterality=self.config.laterality, soft=ssa.guidance_soft,
                                       use_zones=ssa.guidance_use_zones, device=images.device)
         calibrated = self.vlcm(visual.dense, text, guidance)
-        logits = self.decoder(visual.pyramid, calibrated, size=images.shape[-2:])
         if not return_aux:
-            return logits
+            return self.decoder(visual.pyramid, calibrated, size=images.shape[-2:])
+        logits, sides = self.decoder(visual.pyramid, calibrated, size=images.shape[-2:], return_sides=True)
         aux: dict[str, torch.Tensor] = {}
         if ssa.ot_loss_weight > 0:
             aux["ot_alignment"] = ssa.ot_loss_weight * ot_alignment_loss(
                 calibrated.pixels, calibrated.tokens, text.mask, epsilon=ssa.ot_epsilon, n_iters=ssa.ot_iters)
         if ssa.guidance_loss:
             aux["guidance_outside"] = ssa.guidance_loss_weight * guidance_outside_loss(logits, guidance)
-        return TGCNetOutput(logits=logits, aux_losses=aux)
+        return TGCNetOutput(logits=logits, aux_losses=aux, side_logits=sides,
+                            side_weight=self.config.decoder.deep_supervision_weight)
 
     def train(self, mode: bool = True) -> "TGCNet":
         super().train(mode)

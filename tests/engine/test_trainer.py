@@ -216,3 +216,18 @@ def test_run_directory_with_only_a_best_model_is_not_overwritten(tmp_path):
     shutil.rmtree(tmp_path / "run" / "last")
     with pytest.raises(ValueError, match=r"already holds a training run.*best"):
         train(config(tmp_path, max_steps=1, val_split=None))
+
+
+def test_deep_supervision_trains_the_side_heads_and_saves_them(tmp_path):
+    from tgcnet import TGCNet
+
+    cfg = config(tmp_path, max_steps=2, val_split=None,
+                 model_overrides=parse_overrides(["decoder.deep_supervision_weight=0.5"]))
+    trainer = run_trainer(cfg)
+    heads = trainer.model.decoder.side_heads
+    state = trainer.optimizer.state
+    assert heads is not None and all(state[p]["exp_avg"].abs().sum() > 0 for p in heads.parameters())
+    saved = TGCNet.from_pretrained(tmp_path / "run" / "last", knowledge=None)
+    assert saved.config.decoder.deep_supervision_weight == 0.5
+    for (name, mine), theirs in zip(heads.state_dict().items(), saved.decoder.side_heads.state_dict().values()):
+        assert torch.equal(mine, theirs), name

@@ -36,7 +36,6 @@ from torch.utils.data import DataLoader
 
 from tgcnet.io import atomic_write_text, save_json_atomic
 from tgcnet.data import SegmentationDataset, build_transforms, collate, read_split
-from tgcnet.losses import dice_bce_loss
 from tgcnet.model import ViTFeatures
 
 from . import checkpoint as ckpt
@@ -420,8 +419,8 @@ class Trainer:
                 with self.amp_ctx():
                     vit = self._vit_features(batch["image"])
                     out = self.net(images, batch["caption"], return_aux=True, vit_features=vit)
-                # SSA auxiliary losses (OT alignment, guidance) come weighted; empty unless configured
-                loss = dice_bce_loss(out.logits, masks) + sum(out.aux_losses.values())
+                # Dice + BCE, plus whatever the config switched on (SSA losses, deep supervision)
+                loss = out.loss(masks)
                 self.scaler.scale(loss / window).backward()
             s["loss_sum"] += float(loss.detach())
             s["loss_count"] += 1
