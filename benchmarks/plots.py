@@ -8,9 +8,10 @@ Writes two PNG files (matplotlib, Agg backend) to ``--out``:
   of training images (``--train-subset`` runs, and the whole split), one line per run kind
   (``--kinds``, default tgcnet, notext, unet, clipseg): the mean over seeds, with the sample
   standard deviation as error bars where there are several seeds. Kinds trained with different
-  budgets are drawn as separate lines (the budget in the label).
-- ``qata_mini_val_curves.png``: validation per-image Dice against training time for the main rows,
-  one line per result, from the ``val_curve`` each result records (per validated epoch: training
+  budgets are drawn as separate lines (the budget in the label); when some results were trained on a
+  subset, only their budgets are drawn.
+- ``qata_mini_val_curves.png``: validation per-image Dice against training time for the main rows
+  trained on the whole split, one line per result, from the ``val_curve`` each result records (per validated epoch: training
   seconds so far, validation Dice; results written before it was recorded have none and are left out).
 
 A result found in several reports (the same key, test Dice and training time: a lane report and a
@@ -28,7 +29,7 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qata_report import DATA_EFFICIENCY_PNG, VAL_CURVES_PNG, plots_in, seed_of, to_markdown  # noqa: E402
-from qata_runs import RUNS, run_name  # noqa: E402
+from qata_runs import RUNS, run_name, split_key  # noqa: E402
 
 KINDS = ("tgcnet", "notext", "unet", "clipseg")
 COLORS = {"tgcnet": "tab:red", "notext": "tab:gray", "unet": "tab:blue", "clipseg": "tab:green"}
@@ -49,6 +50,7 @@ def load_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
             subset = res.get("setup", {}).get("train_subset")
             n = res.get("train_images") or (subset["n"] if subset else report["n_train"])
             rows.append({"key": key, "kind": run_name(key), "group": RUNS[run_name(key)][0], "train_images": int(n),
+                         "subset": split_key(key)[1] is not None,
                          "seed": seed_of(key, res), "budget_minutes": res["budget_minutes"],
                          "dice": res["test"]["dice"], "pooled_dice": res["test"]["pooled_dice"],
                          "val_curve": res.get("val_curve"), "source": str(path)})
@@ -57,10 +59,12 @@ def load_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
 
 def efficiency_points(rows: list[dict], kinds: Sequence[str] = KINDS) -> dict[tuple[str, float], list[dict]]:
     """(kind, budget) -> points sorted by training images: ``n``, ``seeds`` and per metric the mean and
-    sd (sample standard deviation; None for one seed)."""
+    sd (sample standard deviation; None for one seed). When some results were trained on a subset, only
+    the budgets of those results are drawn: a whole-split run at another budget is no point of a curve."""
     cells: dict[tuple[str, float, int], list[dict]] = {}
+    curve_budgets = {r["budget_minutes"] for r in rows if r["subset"]}
     for r in rows:
-        if r["kind"] in kinds:
+        if r["kind"] in kinds and (not curve_budgets or r["budget_minutes"] in curve_budgets):
             cells.setdefault((r["kind"], r["budget_minutes"], r["train_images"]), []).append(r)
     out: dict[tuple[str, float], list[dict]] = {}
     for (kind, minutes, n), members in sorted(cells.items(), key=lambda c: (list(kinds).index(c[0][0]), c[0][1:])):
@@ -117,11 +121,16 @@ def plot_data_efficiency(rows: list[dict], path: Path, kinds: Sequence[str] = KI
     return path
 
 
+def val_curve_rows(rows: list[dict]) -> list[dict]:
+    """The rows the validation-curve figure draws: main runs on the whole split that record a curve."""
+    return [r for r in rows if r["group"] == "main" and r["val_curve"] and not r["subset"]]
+
+
 def plot_val_curves(rows: list[dict], path: Path) -> Path:
-    """Validation per-image Dice against training time for the main rows that record a curve."""
+    """Validation per-image Dice against training time for :func:`val_curve_rows`."""
     plt, fig, axes = _figure(1)
     ax = axes[0][0]
-    curves = [r for r in rows if r["group"] == "main" and r["val_curve"]]
+    curves = val_curve_rows(rows)
     labelled: set[str] = set()
     for r in curves:
         seconds, dice = zip(*r["val_curve"])

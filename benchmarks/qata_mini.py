@@ -403,9 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--collect", type=Path, nargs="+", metavar="JSON", help="merge these reports; no training")
     p.add_argument("--note", action="append", default=[], help="extra caveat line for the report (with --collect)")
+    p.add_argument("--side-by-side", type=int, default=None, metavar="N",
+                   help="with --collect: how many processes ran at once (default: the number of fresh reports)")
     args = p.parse_args(argv)
     if args.collect:
-        collect(args.collect, args.out, args.note)
+        collect(args.collect, args.out, args.note, args.side_by_side)
         return 0
     if not (args.data / "train" / "prompts.csv").is_file():
         print(f"qata-mini not found at {args.data} (pass --data)", file=sys.stderr)

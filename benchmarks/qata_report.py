@@ -327,7 +327,7 @@ def _hand_notes(report: dict) -> list[str]:
     return [n for n in report.get("notes", []) if n not in auto]
 
 
-def collect(paths: list[Path], out: Path, extra_notes: list[str]) -> dict:
+def collect(paths: list[Path], out: Path, extra_notes: list[str], side_by_side: int | None = None) -> dict:
     """Merge the reports of lanes run side by side (same data and image size) into one.
 
     An input may itself be a merged report (it has ``lanes``), e.g. the committed
@@ -335,6 +335,8 @@ def collect(paths: list[Path], out: Path, extra_notes: list[str]) -> dict:
     (a run in a later input replaces the same run of an earlier one), and the header keeps its
     lane count. The fresh lane reports among the inputs are taken to have run side by side:
     each of their runs records that, and when it finished and on what machine, in its setup.
+    ``side_by_side`` says how many processes shared the machine when that is not the number of
+    fresh reports (lanes that each ran several reports one after the other).
     """
     reports = [json.loads(Path(p).read_text()) for p in paths]
     first = reports[0]
@@ -348,7 +350,8 @@ def collect(paths: list[Path], out: Path, extra_notes: list[str]) -> dict:
     for r in fresh:
         for res in r["results"].values():
             res["setup"].setdefault("finished", f"{r['date']} ({r['device']}, torch {r['torch']}, "
-                                           f"{r['threads']} thread(s), {len(fresh)} process(es) side by side)")
+                                           f"{r['threads']} thread(s), {side_by_side or len(fresh)} "
+                                           "process(es) side by side)")
     for r in reports:
         merged["results"].update(r["results"])
     merged["results"] = {k: merged["results"][k] for k in sorted(merged["results"], key=result_order)}

@@ -145,8 +145,10 @@ def test_seeds_give_one_row_per_seed_and_a_mean_sd_table(bench, tmp_path):
            f"{statistics.fmean(pooled):.4f} ± {statistics.stdev(pooled):.4f} |")
     assert row in md
     # --collect keeps the seeded keys, and the table
-    bench.main(["--collect", str(tmp_path / "out" / "qata_mini.json"), "--out", str(tmp_path / "merged")])
+    bench.main(["--collect", str(tmp_path / "out" / "qata_mini.json"), "--out", str(tmp_path / "merged"),
+                "--side-by-side", "2"])
     merged = json.loads((tmp_path / "merged" / "qata_mini.json").read_text())
+    assert all("2 process(es) side by side" in r["setup"]["finished"] for r in merged["results"].values())
     assert list(merged["results"]) == ["unet@m0.02", "unet@m0.02@s1"] and row in (tmp_path / "merged" / "qata_mini.md").read_text()
 
 
@@ -191,7 +193,8 @@ def test_plots_draws_both_figures_and_the_report_links_them(bench, tmp_path):
     rows = [_synthetic("tgcnet@n50", 0.50, 50, curve=curve), _synthetic("tgcnet@n50@s1", 0.60, 50, 1, curve),
             _synthetic("tgcnet@n50@s2", 0.55, 50, 2), _synthetic("tgcnet", 0.70, 600, curve=curve),
             _synthetic("notext", 0.65, 600), _synthetic("unet@n50", 0.40, 50), _synthetic("unet", 0.68, 600),
-            _synthetic("clipseg", 0.45, 600, curve=curve), _synthetic("base", 0.9, 600, curve=curve, minutes=10)]
+            _synthetic("clipseg", 0.45, 600, curve=curve), _synthetic("base", 0.9, 600, curve=curve, minutes=10),
+            _synthetic("tgcnet@m10", 0.66, 600, curve=curve, minutes=10)]
     results = {r["run"]: r for r in rows}
     report = {"date": "2026-01-01 00:00", "data": "qata-mini", "n_train": 600, "n_valid": 150, "n_test": 300,
               "image_size": 224, "device": "cpu", "threads": 1, "torch": "x", "python": "3", "pretrained": None,
@@ -203,16 +206,16 @@ def test_plots_draws_both_figures_and_the_report_links_them(bench, tmp_path):
     for name in ("qata_mini_data_efficiency.png", "qata_mini_val_curves.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in (out / "qata_mini.md").read_text()
-    # what the data-efficiency figure draws: mean and sd over the three seeds, the ablation row left out,
-    # and a report given twice counted once
+    # what the data-efficiency figure draws: mean and sd over the three seeds, the ablation row and the
+    # whole-split run at a budget no subset run has left out, and a report given twice counted once
     points = plots.efficiency_points(plots.load_rows([out / "qata_mini.json"] * 2))
     assert set(points) == {("tgcnet", 30.0), ("notext", 30.0), ("unet", 30.0), ("clipseg", 30.0)}
     at50, at600 = points[("tgcnet", 30.0)]
     assert (at50["n"], at50["seeds"], at600["n"], at600["dice"]["sd"]) == (50, [0, 1, 2], 600, None)
     assert at50["dice"]["mean"] == pytest.approx(0.55) and at50["dice"]["sd"] == pytest.approx(0.05)
     assert at50["pooled_dice"]["mean"] == pytest.approx(0.60)
-    curves = [r for r in plots.load_rows([out / "qata_mini.json"]) if r["group"] == "main" and r["val_curve"]]
-    assert sorted(r["key"] for r in curves) == ["clipseg", "tgcnet", "tgcnet@n50", "tgcnet@n50@s1"]
+    curves = plots.val_curve_rows(plots.load_rows([out / "qata_mini.json"]))   # whole-split main runs only
+    assert sorted(r["key"] for r in curves) == ["clipseg", "tgcnet", "tgcnet@m10"]
 
 
 def test_result_keys_mark_subset_budget_and_seed_and_parse_back(bench):
