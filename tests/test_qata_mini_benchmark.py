@@ -6,12 +6,12 @@ import importlib
 import json
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import benchmark_module
 from tgcnet.data.sample import sample_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,11 +20,8 @@ RESULTS = REPO / "benchmarks" / "results"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        yield importlib.import_module("qata_mini")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    with benchmark_module("qata_mini") as module:
+        yield module
 
 
 def test_collect_rebuilds_the_committed_report(bench, tmp_path):

@@ -2,27 +2,19 @@
 when it beats both the spread of the gain and the seed-to-seed spread."""
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-from helpers import TINY_TRAIN_ARGS
+from helpers import TINY_TRAIN_ARGS, benchmark_module
 from tgcnet.cli import main as tgcnet_main
 from tgcnet.data import sample_root
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def lever():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        yield importlib.import_module("tta_lever")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    with benchmark_module("tta_lever") as module:
+        yield module
 
 
 def _run(valid: tuple[float, float], test: tuple[float, float] = (0.5, 0.5)) -> dict:
