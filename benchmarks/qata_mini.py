@@ -94,7 +94,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qata_report import collect, reasons, targets, write_report  # noqa: E402
+from qata_report import collect, reasons, source_commit, targets, write_report  # noqa: E402
 from qata_runs import (DEFAULT_MINUTES, NEUTRAL_CAPTION, RUNS, TARGET_MINUTES, TEXT_TOWER_PACKAGE,  # noqa: E402
                        TEXT_TOWER_PRETRAINED, TRAIN_OVERRIDES, run_key)
 
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             t = results[key]["test"]
             print(f"  test Dice {t['dice']:.4f} pooled {t['pooled_dice']:.4f}", flush=True)
     scored = targets(results)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "data": str(args.data),
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": source_commit(REPO), "data": str(args.data),
               "n_train": len(read_split(args.data, "train")), "n_valid": len(read_split(args.data, "valid")),
               "n_test": len(read_split(args.data, "test")), "image_size": args.image_size,
               "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"

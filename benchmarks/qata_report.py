@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -247,6 +248,18 @@ def _caption_noise_section(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def source_commit(repo: Path) -> str:
+    """The short git commit of ``repo`` (with ``+changes`` when its tracked files differ), else "unknown"."""
+    try:
+        git = ["git", "-C", str(repo)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
+        return commit + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     """The report in markdown; ``plots`` names the figures of :data:`PLOTS` that sit beside it (linked)."""
     results = report["results"]
@@ -254,7 +267,9 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     ablations = [r for k, r in results.items() if group_of(k) == "ablation"]
     budgets = sorted({r["budget_minutes"] for r in main_runs})
     lines = [f"# qata-mini accuracy ({' / '.join(f'{m:g}' for m in budgets) or '-'} min training per model)", "",
-             f"Written by `benchmarks/qata_mini.py` on {report['date']} ({report['device']}, torch {report['torch']}, "
+             f"Written by `benchmarks/qata_mini.py` on {report['date']}"
+             + (f" at commit {report['commit']}" if report.get("commit") else "")
+             + f" ({report['device']}, torch {report['torch']}, "
              f"{report['threads']} CPU thread(s) per run). Data: {report['data']} (train {report['n_train']}, "
              f"valid {report['n_valid']}, test {report['n_test']}); image size {report['image_size']}; "
              "best checkpoint by validation per-image Dice; threshold 0.5. Side error: for captions naming one "
@@ -349,7 +364,8 @@ def collect(paths: list[Path], out: Path, extra_notes: list[str], side_by_side: 
                   date=max(r["date"] for r in reports))
     for r in fresh:
         for res in r["results"].values():
-            res["setup"].setdefault("finished", f"{r['date']} ({r['device']}, torch {r['torch']}, "
+            commit = f"commit {r['commit']}, " if r.get("commit") else ""
+            res["setup"].setdefault("finished", f"{r['date']} ({commit}{r['device']}, torch {r['torch']}, "
                                            f"{r['threads']} thread(s), {side_by_side or len(fresh)} "
                                            "process(es) side by side)")
     for r in reports:

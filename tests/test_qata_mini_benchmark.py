@@ -47,6 +47,7 @@ def test_short_runs_through_the_engine_write_a_report(bench, tmp_path):
     assert unet["trainable_params"] == unet["total_params"] > 1_000_000
     assert 0 <= unet["test"]["dice"] <= 1
     md = (tmp_path / "out" / "qata_mini.md").read_text()
+    assert report["commit"] and f"at commit {report['commit']}" in md   # which code wrote the numbers
     assert "## Captions as users write them" in md and "| unet@m0.05 |" in md
 
 
