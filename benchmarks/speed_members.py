@@ -264,7 +264,8 @@ def build_method_core(member: Member, comparison: Comparison, settings: Settings
 
 def build_floor(member: Member, comparison: Comparison, settings: Settings, device: torch.device) -> Step:
     """The frozen image tower: open_clip's own, TGCNet's (through a built model), or TGCNet's without
-    fused attention (``FrozenViT(fused_attention=False)``, until the model offers that switch)."""
+    fused attention (the tower's own switch, ``FrozenViT(fused_attention=False)``: how attention runs is
+    an engineering choice, not part of the method's config, so a built TGCNet always runs it fused)."""
     from tgcnet.backbone import load_clip
     from tgcnet.config import get_preset
 

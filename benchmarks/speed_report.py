@@ -78,8 +78,8 @@ def _label(row: dict) -> str:
 #: (member key contains, note under the table of a comparison that has such a member)
 MEMBER_NOTES = [("lora_merged", "The LoRA-merged row runs with knowledge off (a merged LoRA cannot be bypassed to "
                                 "encode descriptions through the frozen tower); compare it with the knowledge-off row."),
-                ("floor:unfused", "The unfused floor is `FrozenViT(fused_attention=False)` built directly: the model "
-                                  "has no switch for it.")]
+                ("floor:unfused", "The unfused floor is the same frozen tower built with its own switch "
+                                  "`FrozenViT(fused_attention=False)`; a TGCNet always runs attention fused.")]
 
 
 def comparison_table(comparison: dict) -> list[str]:
