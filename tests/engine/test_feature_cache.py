@@ -18,7 +18,7 @@ from tgcnet.engine.trainer import Trainer
 
 from helpers import CAPTIONS, images, tiny
 
-train_mod = importlib.import_module("tgcnet.engine.trainer")
+model_mod = importlib.import_module("tgcnet.model")
 
 
 def config(tmp_path, name: str, **kw) -> TrainConfig:
@@ -34,21 +34,21 @@ class Run:
 
     def __init__(self, cfg: TrainConfig, monkeypatch: pytest.MonkeyPatch, trainer_cls: type = Trainer) -> None:
         self.losses: list[float] = []
-        original = train_mod.dice_bce_loss
+        original = model_mod.dice_bce_loss   # the training loss is computed by TGCNetOutput.loss
 
         def recording_loss(logits, masks):
             loss = original(logits, masks)
             self.losses.append(float(loss.detach()))
             return loss
 
-        monkeypatch.setattr(train_mod, "dice_bce_loss", recording_loss)
+        monkeypatch.setattr(model_mod, "dice_bce_loss", recording_loss)
         self.trainer = trainer_cls(cfg, torch.device("cpu"), DistInfo())
         vit = self.trainer.model.sse.clip_visual
         self.vit_images: list[int] = []
         forward = vit.forward
         vit.forward = lambda x: (self.vit_images.append(x.shape[0]), forward(x))[1]
         self.trainer.run()
-        monkeypatch.setattr(train_mod, "dice_bce_loss", original)
+        monkeypatch.setattr(model_mod, "dice_bce_loss", original)
         self.weights = self.trainer.model.trainable_state_dict()
         self.log = [json.loads(line) for line in (self.trainer.run_dir / "log.jsonl").read_text().splitlines()]
 
