@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qata_report import DATA_EFFICIENCY_PNG, VAL_CURVES_PNG, plots_in, seed_of, to_markdown  # noqa: E402
+from qata_report import DATA_EFFICIENCY_PNG, VAL_CURVES_PNG, mean_sd, plots_in, seed_of, to_markdown  # noqa: E402
 from qata_runs import RUNS, run_name, split_key  # noqa: E402
 
 KINDS = ("tgcnet", "notext", "unet", "clipseg")
@@ -71,8 +70,7 @@ def efficiency_points(rows: list[dict], kinds: Sequence[str] = KINDS) -> dict[tu
         point: dict[str, Any] = {"n": n, "seeds": sorted(m["seed"] for m in members)}
         for metric, _ in METRICS:
             values = [m[metric] for m in members]
-            point[metric] = {"mean": statistics.fmean(values),
-                             "sd": statistics.stdev(values) if len(values) > 1 else None}
+            point[metric] = mean_sd(values)
         out.setdefault((kind, minutes), []).append(point)
     return out
 

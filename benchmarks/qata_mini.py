@@ -453,8 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in runs:
         for seed in seeds:
             run_args = argparse.Namespace(**{**vars(args), "seed": seed})
-            key = run_key(name, seed, args.train_subset, _budget(name, run_args))
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: training for {_budget(name, run_args):g} min", flush=True)
+            minutes = _budget(name, run_args)
+            key = run_key(name, seed, args.train_subset, minutes)
+            print(f"[{time.strftime('%H:%M:%S')}] {key}: training for {minutes:g} min", flush=True)
             if name in FACTORY_RUNS:
                 results[key] = FACTORY_RUNS[name](key, run_args)
             else:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from qata_runs import (GUIDE, NEUTRAL_CAPTION, OT, RUNS, TARGET_DICE, TARGET_MINUTES, TARGET_NOISE_LOSS,
-                       TARGET_POOLED, TARGET_TEXT_GAIN, run_name, seed_group, split_key,
-                       without_budget)
+                       TARGET_POOLED, TARGET_TEXT_GAIN, key_budget, run_name, seed_group,
+                       split_key, without_budget)
 
 #: the figures ``benchmarks/plots.py`` draws; a report links those present in its folder
 DATA_EFFICIENCY_PNG = "qata_mini_data_efficiency.png"
@@ -169,12 +169,17 @@ def result_order(key: str) -> tuple[int, float, float, int]:
     """Report order: the runs in :data:`RUNS` order, then by training subset (whole split first), then
     budget (the standard one first), then seed."""
     name, subset, seed = split_key(key)
-    budget = next((float(m[1:]) for m in key.split("@")[1:] if m[:1] == "m"), 0.0)
-    return list(RUNS).index(name), -1 if subset is None else subset, budget, seed
+    return list(RUNS).index(name), -1 if subset is None else subset, key_budget(key) or 0.0, seed
 
 
 def seed_of(key: str, result: dict) -> int:
     return int(result.get("seed", split_key(key)[2]))
+
+
+def mean_sd(values: list[float]) -> dict[str, Any]:
+    """``values``, their mean and sample standard deviation (None for a single value)."""
+    return {"values": values, "mean": statistics.fmean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None}
 
 
 def seed_groups(results: dict[str, dict]) -> list[dict[str, Any]]:
@@ -191,8 +196,7 @@ def seed_groups(results: dict[str, dict]) -> list[dict[str, Any]]:
         g: dict[str, Any] = {"run": stem, "budget_minutes": minutes, "seeds": [seed_of(k, results[k]) for k in keys]}
         for metric in SEED_METRICS:
             values = [results[k]["test"][metric] for k in keys]
-            g[metric] = {"values": values, "mean": statistics.fmean(values),
-                         "sd": statistics.stdev(values) if len(values) > 1 else None}
+            g[metric] = mean_sd(values)
         out.append(g)
     return out
 

@@ -75,23 +75,41 @@ def run_key(name: str, seed: int = 0, train_subset: Optional[int] = None, minute
             + (f"@s{seed}" if seed else ""))
 
 
-def split_key(key: str) -> tuple[str, Optional[int], int]:
-    """``run_key``'s inverse, less the budget (a result's ``budget_minutes`` holds it): (run name,
-    training subset size or None, seed)."""
+#: one mark of a result key: ``n<N>`` (training subset), ``m<minutes>`` (budget), ``s<seed>``
+_MARK = re.compile(r"(?P<letter>[nms])(?P<value>\d+(?:\.\d+)?)")
+
+
+def key_marks(key: str) -> tuple[str, dict[str, str]]:
+    """A result key's run name and its marks, letter -> value (``unet@n50@m4@s2`` ->
+    ``("unet", {"n": "50", "m": "4", "s": "2"})``); the one parser of :func:`run_key`'s grammar."""
     name, *marks = key.split("@")
-    subset, seed = None, 0
+    found: dict[str, str] = {}
     for mark in marks:
-        if mark[:1] == "n" and mark[1:].isdigit():
-            subset = int(mark[1:])
-        elif mark[:1] == "s" and mark[1:].isdigit():
-            seed = int(mark[1:])
-        elif mark[:1] == "m" and re.fullmatch(r"\d+(\.\d+)?", mark[1:]):
-            continue
-        else:
+        match = _MARK.fullmatch(mark)
+        if match is None or (match["letter"] != "m" and not match["value"].isdigit()):
             raise ValueError(f"result key {key!r}: unknown mark {mark!r} (expected @n<N>, @m<minutes> or @s<seed>)")
+        found[match["letter"]] = match["value"]
     if name not in RUNS:
         raise ValueError(f"result key {key!r}: unknown run {name!r}")
-    return name, subset, seed
+    return name, found
+
+
+def split_key(key: str) -> tuple[str, Optional[int], int]:
+    """``run_key``'s inverse, less the budget (:func:`key_budget`): (run name, training subset size or
+    None, seed)."""
+    name, marks = key_marks(key)
+    return name, int(marks["n"]) if "n" in marks else None, int(marks.get("s", 0))
+
+
+def key_budget(key: str) -> Optional[float]:
+    """The budget a key's ``@m<minutes>`` mark names; None for its group's standard budget."""
+    minutes = key_marks(key)[1].get("m")
+    return None if minutes is None else float(minutes)
+
+
+def _without_mark(key: str, letter: str) -> str:
+    name, *marks = key.split("@")
+    return "@".join([name] + [m for m in marks if m[:1] != letter])
 
 
 def run_name(key: str) -> str:
@@ -101,10 +119,9 @@ def run_name(key: str) -> str:
 
 def without_budget(key: str) -> str:
     """The key without its ``@m<minutes>`` mark (a table with a budget column shows it there)."""
-    name, *marks = key.split("@")
-    return "@".join([name] + [m for m in marks if not re.fullmatch(r"m\d+(\.\d+)?", m)])
+    return _without_mark(key, "m")
 
 
 def seed_group(key: str) -> str:
     """The key without its seed: the results that differ only in their seed share it."""
-    return "@".join(part for part in key.split("@") if not re.fullmatch(r"s\d+", part))
+    return _without_mark(key, "s")

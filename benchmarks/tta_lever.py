@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qata_report import source_commit  # noqa: E402
+from qata_report import mean_sd, source_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "qata-mini"
@@ -49,18 +48,13 @@ def score_run(run_dir: Path, data: Path) -> dict[str, Any]:
     return out
 
 
-def _mean_sd(values: list[float]) -> dict[str, Any]:
-    return {"values": values, "mean": statistics.fmean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else None}
-
-
 def decide(runs: dict[str, dict]) -> dict[str, Any]:
     """The per-image Dice gain of flip TTA on valid over the runs, and whether it beats the spread."""
     plain = [r["valid"]["none"]["dice"] for r in runs.values()]
     gains = [r["valid"]["flip"]["dice"] - r["valid"]["none"]["dice"] for r in runs.values()]
-    gain, spread = _mean_sd(gains), _mean_sd(plain)
+    gain, spread = mean_sd(gains), mean_sd(plain)
     beats = (len(gains) > 1 and gain["mean"] > 0 and gain["mean"] > gain["sd"] and gain["mean"] > spread["sd"])
-    test_gains = {m: _mean_sd([r["test"]["flip"][m] - r["test"]["none"][m] for r in runs.values()])
+    test_gains = {m: mean_sd([r["test"]["flip"][m] - r["test"]["none"][m] for r in runs.values()])
                   for m in METRICS}
     return {"valid_gain": gain, "valid_plain": spread, "beats_spread": beats, "test_gain": test_gains}
 
