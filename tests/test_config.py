@@ -34,6 +34,10 @@ def test_bad_values_rejected():
         get_preset("tgcnet-tiny", sse__fusion="sum")
     with pytest.raises(ValueError, match="one ViT block per CNN"):
         get_preset("tgcnet-tiny", sse__vit_indices=[0, 1])
+    with pytest.raises(ValueError, match=r"loss weights.*'loss.bce_weight': -0.5"):
+        get_preset("tgcnet-tiny", loss__bce_weight=-0.5)
+    with pytest.raises(ValueError, match="at least one > 0"):
+        get_preset("tgcnet-tiny", loss={"dice_weight": 0.0, "bce_weight": 0.0})
 
 
 def test_round_trip_through_json():

@@ -133,3 +133,6 @@ def test_deep_supervision_loss_upsamples_each_level_to_the_mask_and_averages() -
         [torch.full_like(c, -20.0) for c in confident], torch.zeros_like(target))
     with pytest.raises(ValueError, match="at least one level"):
         deep_supervision_loss([], target)
+    bce_free = torch.stack([dice_loss(F.interpolate(s, size=(32, 32), mode="bilinear", align_corners=False),
+                                      target) for s in sides]).mean()
+    torch.testing.assert_close(deep_supervision_loss(sides, target, bce_weight=0.0), bce_free)

@@ -204,3 +204,19 @@ def test_deep_supervision_output_and_its_training_loss():
     assert plain.side_logits == [] and torch.equal(plain.loss(masks), dice_bce_loss(plain.logits, masks))
     with pytest.raises(ValueError, match="deep_supervision_weight must be >= 0"):
         tiny(knowledge=None, decoder__deep_supervision_weight=-1.0)
+
+
+def test_the_loss_weights_of_the_config_weigh_dice_against_bce_on_every_level():
+    from tgcnet.losses import deep_supervision_loss, dice_bce_loss, dice_loss
+
+    x = images(2, 64)
+    masks = (torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(2)) > 0.6).float()
+    dice_only = tiny(knowledge=None, loss__bce_weight=0.0)(x, CAPTIONS[:2], return_aux=True)
+    torch.testing.assert_close(dice_only.loss(masks), dice_loss(dice_only.logits, masks))
+    deep = tiny(knowledge=None, loss__bce_weight=0.25, decoder__deep_supervision_weight=0.5)
+    out = deep(x, CAPTIONS[:2], return_aux=True)
+    expected = (dice_bce_loss(out.logits, masks, bce_weight=0.25)
+                + 0.5 * deep_supervision_loss(out.side_logits, masks, bce_weight=0.25))
+    torch.testing.assert_close(out.loss(masks), expected)
+    assert not torch.allclose(out.loss(masks), dice_bce_loss(out.logits, masks)
+                              + 0.5 * deep_supervision_loss(out.side_logits, masks))

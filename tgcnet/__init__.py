@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "DATEConfig": "tgcnet.config",
     "VLCMConfig": "tgcnet.config",
     "DecoderConfig": "tgcnet.config",
+    "LossConfig": "tgcnet.config",
     "create_model": "tgcnet.factory",
     "list_presets": "tgcnet.config",
     "get_preset": "tgcnet.config",
@@ -39,7 +40,7 @@ __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
     from tgcnet.accel import optimize_for_cpu
-    from tgcnet.config import (ClipConfig, DATEConfig, DecoderConfig, SSAConfig, SSEConfig, TGCNetConfig,
+    from tgcnet.config import (ClipConfig, DATEConfig, DecoderConfig, LossConfig, SSAConfig, SSEConfig, TGCNetConfig,
                                VLCMConfig, add_preset, get_preset, list_presets)
     from tgcnet.factory import create_model
     from tgcnet.model import TGCNet, TGCNetOutput

@@ -127,6 +127,21 @@ class DecoderConfig:
 
 
 @dataclass
+class LossConfig:
+    """The mask loss: ``dice_weight`` times the per-image soft Dice plus ``bce_weight`` times
+    the pixel BCE (:func:`tgcnet.losses.dice_bce_loss`), for the final logits and, with deep
+    supervision, for every side level alike.
+
+    Dice is the metric reported, so it carries the overlap signal on small lesions; BCE keeps a
+    well-conditioned per-pixel gradient while Dice is still flat. Equal weights are the usual
+    text-guided segmentation loss; each must be >= 0 and at least one > 0.
+    """
+
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
+
+
+@dataclass
 class SSAConfig:
     """SSA's spatial ideas (arXiv 2512.22981), each off by default and one flag away.
 
@@ -167,6 +182,7 @@ class TGCNetConfig:
     vlcm: VLCMConfig = field(default_factory=VLCMConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     ssa: SSAConfig = field(default_factory=SSAConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     laterality: str = DEFAULT_LATERALITY
     #: put every caption in one canonical form (case, spacing, location-word typos, "all left
     #: lung", final period: ``tgcnet.captions``) before the text tower and guidance read it
@@ -176,6 +192,9 @@ class TGCNetConfig:
         check_laterality(self.laterality)
         if not self.decoder.deep_supervision_weight >= 0:
             raise ValueError(f"decoder.deep_supervision_weight must be >= 0, got {self.decoder.deep_supervision_weight}")
+        weights = {"loss.dice_weight": self.loss.dice_weight, "loss.bce_weight": self.loss.bce_weight}
+        if not all(w >= 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"loss weights must be >= 0 with at least one > 0, got {weights}")
         if self.ssa.guidance not in ("off", "prior", "loss", "both"):
             raise ValueError(f"ssa.guidance must be 'off', 'prior', 'loss' or 'both', got {self.ssa.guidance!r}")
         if self.sse.fusion not in ("gated", "concat"):

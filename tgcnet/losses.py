@@ -64,8 +64,10 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float
         return dice_weight * dice_loss(logits32, target32, eps=eps) + bce_weight * bce
 
 
-def deep_supervision_loss(side_logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """Dice + BCE of each decoder level's own mask logits, upsampled to the target, averaged over levels.
+def deep_supervision_loss(side_logits: list[torch.Tensor], target: torch.Tensor, dice_weight: float = 1.0,
+                          bce_weight: float = 1.0) -> torch.Tensor:
+    """Dice + BCE (weighted as :func:`dice_bce_loss`) of each decoder level's own mask logits,
+    upsampled to the target, averaged over levels.
 
     The logits are upsampled rather than the mask downsampled, so a small lesion that would vanish
     at a coarse level's resolution still counts there.
@@ -74,7 +76,7 @@ def deep_supervision_loss(side_logits: list[torch.Tensor], target: torch.Tensor)
         raise ValueError("deep_supervision_loss needs at least one level's logits")
     size = target.shape[-2:]
     return torch.stack([dice_bce_loss(F.interpolate(s.float(), size=size, mode="bilinear", align_corners=False),
-                                      target) for s in side_logits]).mean()
+                                      target, dice_weight, bce_weight) for s in side_logits]).mean()
 
 
 def ot_alignment_loss(region_feats: torch.Tensor, token_feats: torch.Tensor,

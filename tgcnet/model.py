@@ -25,7 +25,7 @@ from torch import nn
 from tgcnet.adapters import lora_layers, save_adapter
 from tgcnet.backbone import load_clip
 from tgcnet.captions import normalize_caption
-from tgcnet.config import TGCNetConfig, drop_run_time_fields
+from tgcnet.config import LossConfig, TGCNetConfig, drop_run_time_fields
 from tgcnet.date import DATE, KnowledgeSource
 from tgcnet.decoder import Decoder
 from tgcnet.guidance import guidance_masks
@@ -77,19 +77,22 @@ class TGCNetOutput:
     ``aux_losses`` holds the SSA losses switched on in the config, already multiplied by
     their weights. ``side_logits`` (coarse to fine, each at its level's resolution) and
     ``side_weight`` come from ``decoder.deep_supervision_weight``; empty and 0 when it is off.
+    ``loss_weights`` weigh Dice against BCE (``config.loss``) for the logits and the side logits alike.
     """
 
     logits: torch.Tensor
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     side_logits: list[torch.Tensor] = field(default_factory=list)
     side_weight: float = 0.0
+    loss_weights: LossConfig = field(default_factory=LossConfig)
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
-        """The training loss against the mask ``target``: Dice + BCE of the logits, plus the
-        auxiliary losses, plus ``side_weight`` times the deep-supervision loss of the side logits."""
-        total = dice_bce_loss(self.logits, target) + sum(self.aux_losses.values())
+        """The training loss against the mask ``target``: weighted Dice + BCE of the logits, plus
+        the auxiliary losses, plus ``side_weight`` times the deep-supervision loss of the side logits."""
+        weights = {"dice_weight": self.loss_weights.dice_weight, "bce_weight": self.loss_weights.bce_weight}
+        total = dice_bce_loss(self.logits, target, **weights) + sum(self.aux_losses.values())
         if self.side_logits and self.side_weight > 0:
-            total = total + self.side_weight * deep_supervision_loss(self.side_logits, target)
+            total = total + self.side_weight * deep_supervision_loss(self.side_logits, target, **weights)
         return total
 
 
@@ -274,7 +277,7 @@ class TGCNet(nn.Module, PyTorchModelHubMixin, library_name="tgcnet", pipeline_ta
         if ssa.guidance_loss:
             aux["guidance_outside"] = ssa.guidance_loss_weight * guidance_outside_loss(logits, guidance)
         return TGCNetOutput(logits=logits, aux_losses=aux, side_logits=sides,
-                            side_weight=self.config.decoder.deep_supervision_weight)
+                            side_weight=self.config.decoder.deep_supervision_weight, loss_weights=self.config.loss)
 
     def train(self, mode: bool = True) -> "TGCNet":
         super().train(mode)
