@@ -9,10 +9,10 @@ import json
 import statistics
 import subprocess
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from qata_runs import (GUIDE, NEUTRAL_CAPTION, OT, RUNS, TARGET_DICE, TARGET_MINUTES, TARGET_NOISE_LOSS,
-                       TARGET_POOLED, TARGET_TEXT_GAIN, key_budget, run_name, seed_group,
+from qata_runs import (GUIDE, LEVER_BASELINE, LEVERS, NEUTRAL_CAPTION, OT, RUNS, TARGET_DICE, TARGET_MINUTES,
+                       TARGET_NOISE_LOSS, TARGET_POOLED, TARGET_TEXT_GAIN, key_budget, run_name, seed_group,
                        split_key, without_budget)
 
 #: the figures ``benchmarks/plots.py`` draws; a report links those present in its folder
@@ -155,8 +155,6 @@ def _text_tower_section(results: dict[str, dict]) -> list[str]:
     return lines + ["", "Notes:", ""] + [f"- {n}" for n in notes]
 
 
-DEEPSUP_TEXT = (" `tgcnet_deepsup` = `tgcnet` with deep supervision of the decoder levels "
-                "(`decoder.deep_supervision_weight=0.5`).")
 CLIPSEG_TEXT = (" `clipseg` = transformers' CLIPSeg (rd64-refined decoder) on CLIP towers of tgcnet-cpu's sizes "
                 "(random init, frozen), captions through the same open_clip tokenizer, only its decoder trained "
                 "(benchmarks/clipseg_model.py).")
@@ -194,14 +192,19 @@ def seed_groups(results: dict[str, dict]) -> list[dict[str, Any]]:
     out = []
     for (stem, minutes), keys in groups.items():
         g: dict[str, Any] = {"run": stem, "budget_minutes": minutes, "seeds": [seed_of(k, results[k]) for k in keys]}
-        for metric in SEED_METRICS:
-            values = [results[k]["test"][metric] for k in keys]
-            g[metric] = mean_sd(values)
+        for metric, read in SEED_METRICS.items():
+            g[metric] = mean_sd([read(results[k]) for k in keys])
         out.append(g)
     return out
 
 
-SEED_METRICS = ("dice", "pooled_dice")
+#: what the seed table averages: the best validation per-image Dice (what selection and the levers
+#: are judged on) and the test Dice, per image and pooled
+SEED_METRICS: dict[str, Callable[[dict], float]] = {
+    "val_dice": lambda r: r["best_val_dice"],
+    "dice": lambda r: r["test"]["dice"],
+    "pooled_dice": lambda r: r["test"]["pooled_dice"],
+}
 
 
 def _seeds_section(results: dict[str, dict]) -> list[str]:
@@ -211,16 +214,63 @@ def _seeds_section(results: dict[str, dict]) -> list[str]:
     lines = ["", "## Mean ± sd over seeds", "",
              "Rows trained alike except for the seed (data order, augmentation and the trainable parts' init; "
              "the frozen CLIP init is fixed): mean ± sample standard deviation over the seeds, and the range.", "",
-             "| run | budget | seeds | per-image Dice | pooled Dice | per-image range | pooled range |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | budget | seeds | valid Dice | test Dice | test pooled Dice | test range | test pooled range |",
+             "|---|---|---|---|---|---|---|---|"]
     for g in groups:
         d, p = g["dice"], g["pooled_dice"]
         lines.append(f"| {without_budget(g['run'])} | {g['budget_minutes']:g} min | {', '.join(map(str, g['seeds']))} | "
-                     f"{d['mean']:.4f} ± {d['sd']:.4f} | {p['mean']:.4f} ± {p['sd']:.4f} | "
+                     f"{_pm(g['val_dice'])} | {_pm(d)} | {_pm(p)} | "
                      f"{min(d['values']):.4f}-{max(d['values']):.4f} | {min(p['values']):.4f}-{max(p['values']):.4f} |")
     lines += ["", "A difference between two rows is a finding only where it exceeds the spread over seeds: a gap "
               "smaller than the rows' standard deviations, or inside their ranges, is no measured difference. "
               "Single-seed rows elsewhere in this report carry no such spread."]
+    return lines
+
+
+def _pm(stats: dict[str, Any]) -> str:
+    return f"{stats['mean']:.4f} ± {stats['sd']:.4f}"
+
+
+def lever_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
+    """Each lever of :data:`LEVERS` trained at several seeds, against :data:`LEVER_BASELINE` at the same
+    training set and budget: per metric of :data:`SEED_METRICS` both rows' mean ± sd and the gain of the
+    means, and a verdict read on validation Dice alone (test is not looked at to choose): "better" or
+    "worse" only where the two rows' ranges over seeds do not overlap, else "within the spread"."""
+    groups = {(g["run"], g["budget_minutes"]): g for g in seed_groups(results) if len(set(g["seeds"])) > 1}
+    rows = []
+    for (stem, minutes), lever in groups.items():
+        name = run_name(stem)
+        base = groups.get((LEVER_BASELINE + stem[len(name):], minutes))
+        if name not in LEVERS or base is None:
+            continue
+        row: dict[str, Any] = {"run": stem, "baseline": base["run"], "budget_minutes": minutes,
+                               "change": LEVERS[name], "seeds": lever["seeds"], "baseline_seeds": base["seeds"]}
+        for metric in SEED_METRICS:
+            row[metric] = {"lever": lever[metric], "baseline": base[metric],
+                           "gain": lever[metric]["mean"] - base[metric]["mean"]}
+        ours, theirs = lever["val_dice"]["values"], base["val_dice"]["values"]
+        row["verdict"] = ("better" if min(ours) > max(theirs) else "worse" if max(ours) < min(theirs)
+                          else "within the spread")
+        rows.append(row)
+    return rows
+
+
+def _levers_section(results: dict[str, dict]) -> list[str]:
+    rows = lever_rows(results)
+    if not rows:
+        return []
+    lines = ["", "## Accuracy levers", "",
+             f"Each lever is `{LEVER_BASELINE}` with one change, trained alike over several seeds and compared with "
+             f"`{LEVER_BASELINE}` at the same budget. The verdict reads validation Dice only: \"better\" or "
+             "\"worse\" where the two rows' ranges over seeds do not overlap, else \"within the spread\". Gains are "
+             "differences of the means, in Dice points.", "",
+             "| lever | change | budget | seeds | valid Dice | baseline valid Dice | valid gain | test gain | "
+             "test pooled gain | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {without_budget(r['run'])} | {r['change']} | {r['budget_minutes']:g} min | "
+                     f"{', '.join(map(str, r['seeds']))} | {_pm(r['val_dice']['lever'])} | "
+                     f"{_pm(r['val_dice']['baseline'])} | {100 * r['val_dice']['gain']:+.2f} | "
+                     f"{100 * r['dice']['gain']:+.2f} | {100 * r['pooled_dice']['gain']:+.2f} | {r['verdict']} |")
     return lines
 
 
@@ -291,7 +341,8 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
 
                   "`notext` = every caption replaced by "
                   f"{NEUTRAL_CAPTION!r}, knowledge off; `unet` = smp U-Net (resnet18, no pretrained weights)."
-                  + (DEEPSUP_TEXT if any(run_name(k) == "tgcnet_deepsup" for k in results) else "")
+                  + "".join(f" `{name}` = `{LEVER_BASELINE}` with {change}." for name, change in LEVERS.items()
+                            if name != "tgcnet_lora" and any(run_name(k) == name for k in results))
                   + (CLIPSEG_TEXT if any(run_name(k) == "clipseg" for k in results) else "")
                   + (MARKS_TEXT if any("@" in k for k in results) else ""), "",
                   "## Targets", "", "| target | value | met |", "|---|---|---|"]
@@ -319,6 +370,7 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     lines += _caption_noise_section(results)
     lines += _text_tower_section(results)
     lines += _seeds_section(results)
+    lines += _levers_section(results)
     lines += _plots_section(plots)
     if report["notes"]:
         lines += ["", "## Why / caveats", ""] + [f"- {n}" for n in report["notes"]]

@@ -20,6 +20,9 @@ OT = {"ssa__ot_loss_weight": 0.1, "ssa__ot_attention": True}
 GUIDE = {"ssa__guidance": "both"}
 #: descriptions through the LoRA-tuned text tower, as the ablation rows were measured
 LORA_KNOWLEDGE = {"date__knowledge_encoder": "lora"}
+#: tgcnet-cpu's fusion, knowledge, calibration and decoder widths times 1.5 (32 -> 48); the CNN and
+#: the frozen towers as they are
+WIDE = {"sse__channels": 48, "date__knowledge_dim": 48, "vlcm__attn_dim": 48, "decoder__channels": 48}
 
 #: name -> (group, knowledge, real captions?, model overrides); "main" runs use --minutes,
 #: "ablation" runs --ablation-minutes. A result's key is the name, marked as :func:`run_key` says
@@ -28,8 +31,10 @@ RUNS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
     "tgcnet": ("main", "default", True, {}),
     "tgcnet_lora": ("main", "default", True, LORA_KNOWLEDGE),
     "tgcnet_cached": ("main", "default", True, {}),
-    # accuracy lever: the decoder's coarser levels each predict the mask too (deep supervision)
+    # accuracy levers (LEVERS): deep supervision, a Dice-heavy loss, wider heads
     "tgcnet_deepsup": ("main", "default", True, {"decoder__deep_supervision_weight": 0.5}),
+    "tgcnet_lowbce": ("main", "default", True, {"loss__bce_weight": 0.25}),
+    "tgcnet_wide": ("main", "default", True, WIDE),
     "notext": ("main", "none", False, {}),
     "unet": ("main", "none", False, {}),
     # CLIPSeg at tgcnet-cpu's tower sizes (benchmarks/clipseg_model.py): reads the real captions, no knowledge
@@ -46,6 +51,17 @@ RUNS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
     "randbert": ("text_tower", "default", True, {}),
     "randbert_noknow": ("text_tower", "none", True, {}),
 }
+
+#: accuracy levers of ``tgcnet``: run -> what it changes; each is compared with :data:`LEVER_BASELINE`
+#: trained for the same budget and training set, over the same seeds
+LEVERS: dict[str, str] = {
+    "tgcnet_lora": "descriptions through the LoRA-tuned text tower (`date.knowledge_encoder='lora'`)",
+    "tgcnet_deepsup": "deep supervision of the decoder levels (`decoder.deep_supervision_weight=0.5`)",
+    "tgcnet_lowbce": "a Dice-heavy mask loss (`loss.bce_weight=0.25`, Dice weight 1)",
+    "tgcnet_wide": "1.5 times the fusion, knowledge, calibration and decoder widths (`sse.channels`, "
+                   "`date.knowledge_dim`, `vlcm.attn_dim`, `decoder.channels` 32 -> 48)",
+}
+LEVER_BASELINE = "tgcnet"
 
 #: text-tower runs -> whether the MiniLM encoder starts from its pretrained weights
 TEXT_TOWER_PRETRAINED = {"minilm": True, "minilm_noknow": True, "randbert": False, "randbert_noknow": False}

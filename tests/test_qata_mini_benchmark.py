@@ -139,7 +139,9 @@ def test_seeds_give_one_row_per_seed_and_a_mean_sd_table(bench, tmp_path):
     assert dice[0] != dice[1]   # the seed reached the training
     md = (tmp_path / "out" / "qata_mini.md").read_text()
     assert "## Mean ± sd over seeds" in md and "exceeds the spread" in md
-    row = (f"| unet | 0.02 min | 0, 1 | {statistics.fmean(dice):.4f} ± {statistics.stdev(dice):.4f} | "
+    val = [r["best_val_dice"] for r in results.values()]
+    row = (f"| unet | 0.02 min | 0, 1 | {statistics.fmean(val):.4f} ± {statistics.stdev(val):.4f} | "
+           f"{statistics.fmean(dice):.4f} ± {statistics.stdev(dice):.4f} | "
            f"{statistics.fmean(pooled):.4f} ± {statistics.stdev(pooled):.4f} |")
     assert row in md
     # --collect keeps the seeded keys, and the table
@@ -226,3 +228,38 @@ def test_result_keys_mark_subset_budget_and_seed_and_parse_back(bench):
     assert seed_group(key) == "unet@n50@m4" and without_budget(key) == "unet@n50@s2"
     with pytest.raises(ValueError, match="unknown mark"):
         split_key("unet@x3")
+
+
+def _scored(val: float, dice: float, budget: float = 10.0) -> dict:
+    """A result as qata_mini.py writes it, with the fields the levers read set."""
+    return {"best_val_dice": val, "budget_minutes": budget, "trainable_params": 1, "total_params": 2,
+            "train_seconds": 60 * budget, "epochs": 1, "steps": 1,
+            "test": {"dice": dice, "iou": dice, "pooled_dice": dice + 0.08, "pooled_iou": dice}}
+
+
+def test_levers_are_judged_against_the_baseline_on_validation_ranges_only(bench):
+    from qata_report import lever_rows, to_markdown
+
+    results = {"tgcnet@m10": _scored(0.720, 0.76), "tgcnet@m10@s1": _scored(0.724, 0.77),
+               "tgcnet@m10@s2": _scored(0.722, 0.76),
+               # ranges overlap on valid, however good on test: no finding
+               "tgcnet_deepsup@m10": _scored(0.723, 0.90), "tgcnet_deepsup@m10@s1": _scored(0.726, 0.90),
+               "tgcnet_deepsup@m10@s2": _scored(0.725, 0.90),
+               "tgcnet_wide@m10": _scored(0.730, 0.70), "tgcnet_wide@m10@s1": _scored(0.731, 0.70),
+               "tgcnet_wide@m10@s2": _scored(0.729, 0.70),
+               "tgcnet_lowbce@m10": _scored(0.70, 0.76), "tgcnet_lowbce@m10@s1": _scored(0.71, 0.76),
+               # a single seed, or another budget than the baseline's, makes no lever row
+               "tgcnet_lora@m10": _scored(0.80, 0.80), "tgcnet_deepsup@m4": _scored(0.9, 0.9),
+               "tgcnet_deepsup@m4@s1": _scored(0.9, 0.9)}
+    rows = {r["run"]: r for r in lever_rows(results)}
+    assert set(rows) == {"tgcnet_deepsup@m10", "tgcnet_wide@m10", "tgcnet_lowbce@m10"}
+    assert rows["tgcnet_deepsup@m10"]["verdict"] == "within the spread"
+    assert rows["tgcnet_wide@m10"]["verdict"] == "better"        # valid decides, though test fell
+    assert rows["tgcnet_lowbce@m10"]["verdict"] == "worse"
+    assert rows["tgcnet_wide@m10"]["val_dice"]["gain"] == pytest.approx(0.008)
+    assert rows["tgcnet_wide@m10"]["dice"]["gain"] == pytest.approx(0.70 - statistics.fmean([0.76, 0.77, 0.76]))
+    report = {"date": "d", "device": "cpu", "torch": "t", "threads": 1, "data": "qata-mini", "n_train": 1,
+              "n_valid": 1, "n_test": 1, "image_size": 64, "results": {}, "targets": [], "notes": []}
+    md = to_markdown({**report, "results": {k: {**r, "run": k} for k, r in results.items()}})
+    assert "## Accuracy levers" in md
+    assert "| tgcnet_wide | 1.5 times the fusion" in md and "| +0.80 | -6.33 | -6.33 | better |" in md
