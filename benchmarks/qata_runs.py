@@ -31,10 +31,12 @@ RUNS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
     "tgcnet": ("main", "default", True, {}),
     "tgcnet_lora": ("main", "default", True, LORA_KNOWLEDGE),
     "tgcnet_cached": ("main", "default", True, {}),
-    # accuracy levers (LEVERS): deep supervision, a Dice-heavy loss, wider heads
+    # accuracy levers (LEVERS): deep supervision, a Dice-heavy loss, wider heads, SSA's options
     "tgcnet_deepsup": ("main", "default", True, {"decoder__deep_supervision_weight": 0.5}),
     "tgcnet_lowbce": ("main", "default", True, {"loss__bce_weight": 0.25}),
     "tgcnet_wide": ("main", "default", True, WIDE),
+    "tgcnet_guide": ("main", "default", True, GUIDE),
+    "tgcnet_ot": ("main", "default", True, OT),
     "notext": ("main", "none", False, {}),
     "unet": ("main", "none", False, {}),
     # CLIPSeg at tgcnet-cpu's tower sizes (benchmarks/clipseg_model.py): reads the real captions, no knowledge
@@ -60,6 +62,8 @@ LEVERS: dict[str, str] = {
     "tgcnet_lowbce": "a Dice-heavy mask loss (`loss.bce_weight=0.25`, Dice weight 1)",
     "tgcnet_wide": "1.5 times the fusion, knowledge, calibration and decoder widths (`sse.channels`, "
                    "`date.knowledge_dim`, `vlcm.attn_dim`, `decoder.channels` 32 -> 48)",
+    "tgcnet_guide": "guidance masks from location words, as VLCM prior and loss (`ssa.guidance='both'`)",
+    "tgcnet_ot": "the OT alignment loss and OT-weighted attention (`ssa.ot_loss_weight=0.1`, `ssa.ot_attention`)",
 }
 LEVER_BASELINE = "tgcnet"
 
