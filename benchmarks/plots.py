@@ -119,9 +119,10 @@ def plot_data_efficiency(rows: list[dict], path: Path, kinds: Sequence[str] = KI
     return path
 
 
-def val_curve_rows(rows: list[dict]) -> list[dict]:
-    """The rows the validation-curve figure draws: main runs on the whole split that record a curve."""
-    return [r for r in rows if r["group"] == "main" and r["val_curve"] and not r["subset"]]
+def val_curve_rows(rows: list[dict], kinds: Sequence[str] = KINDS) -> list[dict]:
+    """The rows the validation-curve figure draws: the main models (``kinds``; tgcnet's levers have their
+    own table) on the whole split, where they record a curve."""
+    return [r for r in rows if r["kind"] in kinds and r["val_curve"] and not r["subset"]]
 
 
 def plot_val_curves(rows: list[dict], path: Path) -> Path:

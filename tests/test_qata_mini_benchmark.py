@@ -176,11 +176,12 @@ def test_train_subset_is_the_same_fixed_images_for_every_run(bench, tmp_path):
     assert bench.main(_args(tmp_path, "--runs", "unet", "--train-subset", "999")) == 2
 
 
-def _synthetic(key, dice, n, seed=0, curve=None, minutes=30.0):
+def _synthetic(key, dice, n=600, seed=0, curve=None, minutes=30.0, val=None):
+    """A result as qata_mini.py writes it; its best validation Dice is ``val``, else ``dice``."""
     return {"run": key, "test": {"dice": dice, "iou": dice / 2, "pooled_dice": dice + 0.05, "pooled_iou": dice / 2,
                                  "n_images": 300, "side_error": None, "side_error_n": 0},
             "trainable_params": 10, "total_params": 20, "budget_minutes": minutes, "train_seconds": 60.0 + dice,
-            "epochs": 3, "steps": 30, "best_val_dice": dice, "best_epoch": 2, "seed": seed, "train_images": n,
+            "epochs": 3, "steps": 30, "best_val_dice": dice if val is None else val, "best_epoch": 2, "seed": seed, "train_images": n,
             "val_curve": curve or [], "setup": {}}
 
 
@@ -194,7 +195,8 @@ def test_plots_draws_both_figures_and_the_report_links_them(bench, tmp_path):
             _synthetic("tgcnet@n50@s2", 0.55, 50, 2), _synthetic("tgcnet", 0.70, 600, curve=curve),
             _synthetic("notext", 0.65, 600), _synthetic("unet@n50", 0.40, 50), _synthetic("unet", 0.68, 600),
             _synthetic("clipseg", 0.45, 600, curve=curve), _synthetic("base", 0.9, 600, curve=curve, minutes=10),
-            _synthetic("tgcnet@m10", 0.66, 600, curve=curve, minutes=10)]
+            _synthetic("tgcnet@m10", 0.66, 600, curve=curve, minutes=10),
+            _synthetic("tgcnet_deepsup@m10", 0.67, 600, curve=curve, minutes=10)]
     results = {r["run"]: r for r in rows}
     report = {"date": "2026-01-01 00:00", "data": "qata-mini", "n_train": 600, "n_valid": 150, "n_test": 300,
               "image_size": 224, "device": "cpu", "threads": 1, "torch": "x", "python": "3", "pretrained": None,
@@ -214,7 +216,7 @@ def test_plots_draws_both_figures_and_the_report_links_them(bench, tmp_path):
     assert (at50["n"], at50["seeds"], at600["n"], at600["dice"]["sd"]) == (50, [0, 1, 2], 600, None)
     assert at50["dice"]["mean"] == pytest.approx(0.55) and at50["dice"]["sd"] == pytest.approx(0.05)
     assert at50["pooled_dice"]["mean"] == pytest.approx(0.60)
-    curves = plots.val_curve_rows(plots.load_rows([out / "qata_mini.json"]))   # whole-split main runs only
+    curves = plots.val_curve_rows(plots.load_rows([out / "qata_mini.json"]))   # whole-split main models only
     assert sorted(r["key"] for r in curves) == ["clipseg", "tgcnet", "tgcnet@m10"]
 
 
@@ -230,27 +232,21 @@ def test_result_keys_mark_subset_budget_and_seed_and_parse_back(bench):
         split_key("unet@x3")
 
 
-def _scored(val: float, dice: float, budget: float = 10.0) -> dict:
-    """A result as qata_mini.py writes it, with the fields the levers read set."""
-    return {"best_val_dice": val, "budget_minutes": budget, "trainable_params": 1, "total_params": 2,
-            "train_seconds": 60 * budget, "epochs": 1, "steps": 1,
-            "test": {"dice": dice, "iou": dice, "pooled_dice": dice + 0.08, "pooled_iou": dice}}
-
-
 def test_levers_are_judged_against_the_baseline_on_validation_ranges_only(bench):
     from qata_report import lever_rows, to_markdown
+    from qata_runs import key_budget, split_key
 
-    results = {"tgcnet@m10": _scored(0.720, 0.76), "tgcnet@m10@s1": _scored(0.724, 0.77),
-               "tgcnet@m10@s2": _scored(0.722, 0.76),
-               # ranges overlap on valid, however good on test: no finding
-               "tgcnet_deepsup@m10": _scored(0.723, 0.90), "tgcnet_deepsup@m10@s1": _scored(0.726, 0.90),
-               "tgcnet_deepsup@m10@s2": _scored(0.725, 0.90),
-               "tgcnet_wide@m10": _scored(0.730, 0.70), "tgcnet_wide@m10@s1": _scored(0.731, 0.70),
-               "tgcnet_wide@m10@s2": _scored(0.729, 0.70),
-               "tgcnet_lowbce@m10": _scored(0.70, 0.76), "tgcnet_lowbce@m10@s1": _scored(0.71, 0.76),
-               # a single seed, or another budget than the baseline's, makes no lever row
-               "tgcnet_lora@m10": _scored(0.80, 0.80), "tgcnet_deepsup@m4": _scored(0.9, 0.9),
-               "tgcnet_deepsup@m4@s1": _scored(0.9, 0.9)}
+    scored = {  # key -> (best validation Dice, test Dice)
+        "tgcnet@m10": (0.720, 0.76), "tgcnet@m10@s1": (0.724, 0.77), "tgcnet@m10@s2": (0.722, 0.76),
+        # ranges overlap on valid, however good on test: no finding
+        "tgcnet_deepsup@m10": (0.723, 0.90), "tgcnet_deepsup@m10@s1": (0.726, 0.90),
+        "tgcnet_deepsup@m10@s2": (0.725, 0.90),
+        "tgcnet_wide@m10": (0.730, 0.70), "tgcnet_wide@m10@s1": (0.731, 0.70), "tgcnet_wide@m10@s2": (0.729, 0.70),
+        "tgcnet_lowbce@m10": (0.70, 0.76), "tgcnet_lowbce@m10@s1": (0.71, 0.76),
+        # a single seed, or another budget than the baseline's, makes no lever row
+        "tgcnet_lora@m10": (0.80, 0.80), "tgcnet_deepsup@m4": (0.9, 0.9), "tgcnet_deepsup@m4@s1": (0.9, 0.9)}
+    results = {key: _synthetic(key, dice, seed=split_key(key)[2], minutes=key_budget(key),
+                               val=val) for key, (val, dice) in scored.items()}
     rows = {r["run"]: r for r in lever_rows(results)}
     assert set(rows) == {"tgcnet_deepsup@m10", "tgcnet_wide@m10", "tgcnet_lowbce@m10"}
     assert rows["tgcnet_deepsup@m10"]["verdict"] == "within the spread"
@@ -259,7 +255,7 @@ def test_levers_are_judged_against_the_baseline_on_validation_ranges_only(bench)
     assert rows["tgcnet_wide@m10"]["val_dice"]["gain"] == pytest.approx(0.008)
     assert rows["tgcnet_wide@m10"]["dice"]["gain"] == pytest.approx(0.70 - statistics.fmean([0.76, 0.77, 0.76]))
     report = {"date": "d", "device": "cpu", "torch": "t", "threads": 1, "data": "qata-mini", "n_train": 1,
-              "n_valid": 1, "n_test": 1, "image_size": 64, "results": {}, "targets": [], "notes": []}
-    md = to_markdown({**report, "results": {k: {**r, "run": k} for k, r in results.items()}})
+              "n_valid": 1, "n_test": 1, "image_size": 64, "results": results, "targets": [], "notes": []}
+    md = to_markdown(report)
     assert "## Accuracy levers" in md
     assert "| tgcnet_wide | 1.5 times the fusion" in md and "| +0.80 | -6.33 | -6.33 | better |" in md
