@@ -249,6 +249,8 @@ def lever_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
             row[metric] = {"lever": lever[metric], "baseline": base[metric],
                            "gain": lever[metric]["mean"] - base[metric]["mean"]}
         ours, theirs = lever["val_dice"]["values"], base["val_dice"]["values"]
+        by_seed = dict(zip(base["seeds"], theirs))
+        row["same_seed_val_gains"] = {seed: v - by_seed[seed] for seed, v in zip(lever["seeds"], ours) if seed in by_seed}
         row["verdict"] = ("better" if min(ours) > max(theirs) else "worse" if max(ours) < min(theirs)
                           else "within the spread")
         rows.append(row)
@@ -263,13 +265,15 @@ def _levers_section(results: dict[str, dict]) -> list[str]:
              f"Each lever is `{LEVER_BASELINE}` with one change, trained alike over several seeds and compared with "
              f"`{LEVER_BASELINE}` at the same budget. The verdict reads validation Dice only: \"better\" or "
              "\"worse\" where the two rows' ranges over seeds do not overlap, else \"within the spread\". Gains are "
-             "differences of the means, in Dice points.", "",
-             "| lever | change | budget | seeds | valid Dice | baseline valid Dice | valid gain | test gain | "
-             "test pooled gain | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "differences of the means, in Dice points; the same-seed gains pair each seed of the lever with the "
+             "baseline's run at that seed (same data order and augmentation).", "",
+             "| lever | change | budget | seeds | valid Dice | baseline valid Dice | valid gain | same-seed valid gains | "
+             "test gain | test pooled gain | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        paired = ", ".join(f"{100 * g:+.2f}" for g in r["same_seed_val_gains"].values()) or "-"
         lines.append(f"| {without_budget(r['run'])} | {r['change']} | {r['budget_minutes']:g} min | "
                      f"{', '.join(map(str, r['seeds']))} | {_pm(r['val_dice']['lever'])} | "
-                     f"{_pm(r['val_dice']['baseline'])} | {100 * r['val_dice']['gain']:+.2f} | "
+                     f"{_pm(r['val_dice']['baseline'])} | {100 * r['val_dice']['gain']:+.2f} | {paired} | "
                      f"{100 * r['dice']['gain']:+.2f} | {100 * r['pooled_dice']['gain']:+.2f} | {r['verdict']} |")
     return lines
 

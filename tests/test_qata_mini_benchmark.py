@@ -253,9 +253,10 @@ def test_levers_are_judged_against_the_baseline_on_validation_ranges_only(bench)
     assert rows["tgcnet_wide@m10"]["verdict"] == "better"        # valid decides, though test fell
     assert rows["tgcnet_lowbce@m10"]["verdict"] == "worse"
     assert rows["tgcnet_wide@m10"]["val_dice"]["gain"] == pytest.approx(0.008)
+    assert rows["tgcnet_lowbce@m10"]["same_seed_val_gains"] == pytest.approx({0: -0.02, 1: -0.014})
     assert rows["tgcnet_wide@m10"]["dice"]["gain"] == pytest.approx(0.70 - statistics.fmean([0.76, 0.77, 0.76]))
     report = {"date": "d", "device": "cpu", "torch": "t", "threads": 1, "data": "qata-mini", "n_train": 1,
               "n_valid": 1, "n_test": 1, "image_size": 64, "results": results, "targets": [], "notes": []}
     md = to_markdown(report)
     assert "## Accuracy levers" in md
-    assert "| tgcnet_wide | 1.5 times the fusion" in md and "| +0.80 | -6.33 | -6.33 | better |" in md
+    assert "| tgcnet_wide | 1.5 times the fusion" in md and "| +0.80 | +1.00, +0.70, +0.70 | -6.33 | -6.33 | better |" in md
