@@ -20,9 +20,9 @@ Main runs, ``--minutes`` each:
    ``tgcnet_lora`` is the same with ``date.knowledge_encoder='lora'``;
    ``tgcnet_cached`` the same trained with ``augment="flip"`` and the frozen-ViT feature
    cache (:data:`TRAIN_OVERRIDES`), the recipe behind the cached training speed.
-   ``tgcnet_deepsup``, ``tgcnet_lowbce``, ``tgcnet_wide``, ``tgcnet_guide`` and ``tgcnet_ot`` are
-   ``tgcnet`` with one accuracy lever each (deep supervision, a Dice-heavy loss, wider heads,
-   SSA's guidance masks, SSA's OT alignment: ``qata_runs.LEVERS``); run
+   ``tgcnet_deepsup``, ``tgcnet_lowbce``, ``tgcnet_wide``, ``tgcnet_guide``, ``tgcnet_ot`` and
+   ``tgcnet_noknow`` are ``tgcnet`` with one change each (deep supervision, a Dice-heavy loss,
+   wider heads, SSA's guidance masks, SSA's OT alignment, no knowledge: ``qata_runs.LEVERS``); run
    at several seeds beside ``tgcnet`` at the same budget, the report judges each on validation.
 2. ``notext``: the same model and budget, text path disabled: every caption is replaced by
    one constant neutral string (:data:`NEUTRAL_CAPTION`) and knowledge is off. The text

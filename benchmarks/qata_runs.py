@@ -31,12 +31,13 @@ RUNS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
     "tgcnet": ("main", "default", True, {}),
     "tgcnet_lora": ("main", "default", True, LORA_KNOWLEDGE),
     "tgcnet_cached": ("main", "default", True, {}),
-    # accuracy levers (LEVERS): deep supervision, a Dice-heavy loss, wider heads, SSA's options
+    # accuracy levers (LEVERS): deep supervision, a Dice-heavy loss, wider heads, SSA's options, no knowledge
     "tgcnet_deepsup": ("main", "default", True, {"decoder__deep_supervision_weight": 0.5}),
     "tgcnet_lowbce": ("main", "default", True, {"loss__bce_weight": 0.25}),
     "tgcnet_wide": ("main", "default", True, WIDE),
     "tgcnet_guide": ("main", "default", True, GUIDE),
     "tgcnet_ot": ("main", "default", True, OT),
+    "tgcnet_noknow": ("main", "none", True, {}),
     "notext": ("main", "none", False, {}),
     "unet": ("main", "none", False, {}),
     # CLIPSeg at tgcnet-cpu's tower sizes (benchmarks/clipseg_model.py): reads the real captions, no knowledge
@@ -64,6 +65,7 @@ LEVERS: dict[str, str] = {
                    "`date.knowledge_dim`, `vlcm.attn_dim`, `decoder.channels` 32 -> 48)",
     "tgcnet_guide": "guidance masks from location words, as VLCM prior and loss (`ssa.guidance='both'`)",
     "tgcnet_ot": "the OT alignment loss and OT-weighted attention (`ssa.ot_loss_weight=0.1`, `ssa.ot_attention`)",
+    "tgcnet_noknow": "the knowledge bank off (the captions alone)",
 }
 LEVER_BASELINE = "tgcnet"
 
