@@ -36,8 +36,8 @@ class Run:
         self.losses: list[float] = []
         original = model_mod.dice_bce_loss   # the training loss is computed by TGCNetOutput.loss
 
-        def recording_loss(logits, masks):
-            loss = original(logits, masks)
+        def recording_loss(logits, masks, *args, **kwargs):
+            loss = original(logits, masks, *args, **kwargs)
             self.losses.append(float(loss.detach()))
             return loss
 
