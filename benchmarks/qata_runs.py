@@ -56,7 +56,7 @@ RUNS: dict[str, tuple[str, str, bool, dict[str, Any]]] = {
 }
 
 #: accuracy levers of ``tgcnet``: run -> what it changes; each is compared with :data:`LEVER_BASELINE`
-#: trained for the same budget and training set, over the same seeds
+#: trained for the same budget and training set, each over several seeds
 LEVERS: dict[str, str] = {
     "tgcnet_lora": "descriptions through the LoRA-tuned text tower (`date.knowledge_encoder='lora'`)",
     "tgcnet_deepsup": "deep supervision of the decoder levels (`decoder.deep_supervision_weight=0.5`)",
