@@ -339,14 +339,14 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     if main_runs:
         lines += HEADER + [_row(r) for r in main_runs]
         lines += ["", "Runs: `tgcnet` = captions + knowledge bank, as shipped (descriptions through the frozen "
-                  "text tower); `tgcnet_lora` = the same with `date.knowledge_encoder='lora'`; "
+                  "text tower); "
                   "`tgcnet_cached` = the same as `tgcnet` trained with `--augment flip "
                   "--cache-image-features` (flip only, frozen-ViT features cached); "
 
                   "`notext` = every caption replaced by "
                   f"{NEUTRAL_CAPTION!r}, knowledge off; `unet` = smp U-Net (resnet18, no pretrained weights)."
                   + "".join(f" `{name}` = `{LEVER_BASELINE}` with {change}." for name, change in LEVERS.items()
-                            if name != "tgcnet_lora" and any(run_name(k) == name for k in results))
+                            if any(run_name(k) == name for k in results))
                   + (CLIPSEG_TEXT if any(run_name(k) == "clipseg" for k in results) else "")
                   + (MARKS_TEXT if any("@" in k for k in results) else ""), "",
                   "## Targets", "", "| target | value | met |", "|---|---|---|"]
