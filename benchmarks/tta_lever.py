@@ -6,41 +6,28 @@
 Each run directory (a TGCNet trained by ``benchmarks/qata_mini.py`` or ``tgcnet train``, one per
 seed) is evaluated on ``valid`` and ``test`` twice: plainly and with ``tta="flip"`` (the mirrored
 image read with "left" and "right" swapped in its caption, logits averaged: :mod:`tgcnet.tta`).
-Runs are grouped by their directory name less its seed mark (``tgcnet_deepsup@s1`` belongs to
-``tgcnet_deepsup``, as in ``qata_mini.py``'s result keys), and each group is decided on its own, on
-``valid`` only: flip TTA counts as a gain when its mean per-image Dice gain over the group's runs
-exceeds both the spread of that gain (sd over runs) and the seed-to-seed sd of the plain validation
-Dice. Test is reported beside it, and was not used to decide.
+Runs that differ only in their seed form a group (:mod:`inference_levers`), decided on ``valid``
+only: flip TTA counts as a gain when its mean per-image Dice gain over the group's runs exceeds both
+the spread of that gain (sd over runs) and the seed-to-seed sd of the plain validation Dice. Test is
+reported beside it, and was not used to decide.
 
-Writes ``tta_lever.json`` and ``tta_lever.md`` to ``--out``; with ``--merge`` the runs are added to
-the report already there (a run of the same name is replaced), each run keeping the commit, date
-and machine it was scored with.
+Writes ``tta_lever.json`` and ``tta_lever.md`` to ``--out`` (``--merge``: added to the report there).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import torch  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qata_report import mean_sd, source_commit  # noqa: E402
+from inference_levers import beats_spread, group_runs, lever_main  # noqa: E402
+from qata_report import mean_sd  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "qata-mini"
 SPLITS = ("valid", "test")
 METRICS = ("dice", "pooled_dice")
-#: a run directory's seed mark, as ``qata_mini.py`` names its runs (``@s<seed>``, absent for seed 0)
-_SEED_MARK = re.compile(r"@s\d+(?=@|$)")
 
 
 def score_run(run_dir: Path, data: Path) -> dict[str, Any]:
@@ -56,29 +43,19 @@ def score_run(run_dir: Path, data: Path) -> dict[str, Any]:
     return out
 
 
-def group_name(run: str) -> str:
-    """The run's name without its seed mark: the runs that differ only in their seed share it."""
-    return _SEED_MARK.sub("", run)
-
-
 def decide(runs: dict[str, dict]) -> dict[str, Any]:
     """The per-image Dice gain of flip TTA on valid over the runs, and whether it beats the spread."""
-    plain = [r["valid"]["none"]["dice"] for r in runs.values()]
-    gains = [r["valid"]["flip"]["dice"] - r["valid"]["none"]["dice"] for r in runs.values()]
-    gain, spread = mean_sd(gains), mean_sd(plain)
-    beats = (len(gains) > 1 and gain["mean"] > 0 and gain["mean"] > gain["sd"] and gain["mean"] > spread["sd"])
+    plain = mean_sd([r["valid"]["none"]["dice"] for r in runs.values()])
+    gain = mean_sd([r["valid"]["flip"]["dice"] - r["valid"]["none"]["dice"] for r in runs.values()])
     test_gains = {m: mean_sd([r["test"]["flip"][m] - r["test"]["none"][m] for r in runs.values()])
                   for m in METRICS}
-    return {"runs": list(runs), "valid_gain": gain, "valid_plain": spread, "beats_spread": beats,
+    return {"runs": list(runs), "valid_gain": gain, "valid_plain": plain, "beats_spread": beats_spread(gain, plain),
             "test_gain": test_gains}
 
 
 def decide_groups(runs: dict[str, dict]) -> dict[str, dict[str, Any]]:
-    """:func:`decide` for each group of runs (:func:`group_name`), in the order the groups first appear."""
-    groups: dict[str, dict[str, dict]] = {}
-    for name, scores in runs.items():
-        groups.setdefault(group_name(name), {})[name] = scores
-    return {group: decide(members) for group, members in groups.items()}
+    """:func:`decide` for each group of runs that differ only in their seed."""
+    return {group: decide(members) for group, members in group_runs(runs).items()}
 
 
 def _verdict(group: str, d: dict[str, Any]) -> str:
@@ -93,7 +70,6 @@ def _verdict(group: str, d: dict[str, Any]) -> str:
 
 
 def to_markdown(report: dict) -> str:
-    runs = report["runs"]
     lines = ["# Flip test-time augmentation on qata-mini", "",
              "Written by `benchmarks/tta_lever.py`. Each row is one trained `tgcnet-cpu` run (one seed), evaluated "
              "plainly and with `--tta flip` (the mirrored image with 'left' and 'right' swapped in its caption, "
@@ -102,7 +78,7 @@ def to_markdown(report: dict) -> str:
              f"{report['data']}.", "",
              "| run | valid Dice | valid Dice, flip TTA | gain | test Dice | test Dice, flip TTA | "
              "test pooled | test pooled, flip TTA | scored |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in runs.items():
+    for name, r in report["runs"].items():
         v, t = r["valid"], r["test"]
         lines.append(f"| {name} | {v['none']['dice']:.4f} | {v['flip']['dice']:.4f} | "
                      f"{100 * (v['flip']['dice'] - v['none']['dice']):+.2f} | {t['none']['dice']:.4f} | "
@@ -113,39 +89,9 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _previous_runs(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text())["runs"]
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", type=Path, nargs="+", help="TGCNet run directories (one per seed)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--merge", action="store_true",
-                   help="add the runs to the tta_lever.json already in --out instead of starting a new report")
-    args = p.parse_args(argv)
-    missing = [str(r) for r in args.runs if not (r / "train_config.json").is_file()]
-    if missing:
-        print(f"not run directories (no train_config.json): {', '.join(missing)}", file=sys.stderr)
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    stamp = {"commit": source_commit(REPO), "date": time.strftime("%Y-%m-%d %H:%M"),
-             "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} thread(s), "
-                        f"torch {torch.__version__}"}
-    runs = _previous_runs(args.out / "tta_lever.json") if args.merge else {}
-    runs.update({run.name: {**score_run(run, args.data), **stamp} for run in args.runs})
-    report = {"data": str(args.data), "runs": runs, "decisions": decide_groups(runs)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tta_lever.json").write_text(json.dumps(report, indent=2) + "\n")
-    md = to_markdown(report)
-    (args.out / "tta_lever.md").write_text(md)
-    print(md)
-    return 0
+    return lever_main(argv, doc=__doc__, name="tta_lever", score_run=score_run, decide_groups=decide_groups,
+                      to_markdown=to_markdown)
 
 
 if __name__ == "__main__":
