@@ -48,6 +48,21 @@ def beats_spread(gain: dict[str, Any], plain: dict[str, Any]) -> bool:
             and gain["mean"] > plain["sd"])
 
 
+def verdict_line(label: str, decision: dict[str, Any], gain_name: str) -> str:
+    """One group's verdict for the markdown: its valid gain (``gain_name``) against both spreads, and test.
+
+    ``decision`` holds ``runs``, ``valid_gain`` and ``valid_plain`` (``mean_sd`` of the gains and of the
+    plain valid Dice), ``test_gain`` (``mean_sd`` per ``dice``/``pooled_dice``) and ``beats_spread``."""
+    g, p, test = decision["valid_gain"], decision["valid_plain"], decision["test_gain"]
+    sd = (lambda x: "n/a" if x is None else f"{100 * x:.2f}")
+    verdict = ("the gain exceeds both spreads: a measured improvement" if decision["beats_spread"] else
+               "the gain does not exceed the spread: within noise")
+    return (f"- {label} ({len(decision['runs'])} runs): {gain_name} {100 * g['mean']:+.2f} points (sd over runs "
+            f"{sd(g['sd'])}; seed-to-seed sd of the plain valid Dice {sd(p['sd'])}); test gain per-image "
+            f"{100 * test['dice']['mean']:+.2f}, pooled {100 * test['pooled_dice']['mean']:+.2f} points. "
+            f"Verdict: {verdict}.")
+
+
 def run_stamp() -> dict[str, str]:
     """Where and when a run was scored: commit, date and machine."""
     return {"commit": source_commit(REPO), "date": time.strftime("%Y-%m-%d %H:%M"),

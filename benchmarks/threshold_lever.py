@@ -32,7 +32,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_levers import beats_spread, group_runs, lever_main  # noqa: E402
+from inference_levers import beats_spread, group_runs, lever_main, verdict_line  # noqa: E402
 from qata_report import mean_sd  # noqa: E402
 
 #: the thresholds tried on valid (0.5 among them, so the choice can keep the default)
@@ -110,24 +110,13 @@ def decide(runs: dict[str, dict], tta: str) -> dict[str, Any]:
     plain = mean_sd([r[tta]["valid"]["dice"] for r in runs.values()])
     test = {m: mean_sd([r[tta]["test"]["chosen"][m] - r[tta]["test"]["default"][m] for r in runs.values()])
             for m in ("dice", "pooled_dice")}
-    return {"runs": list(runs), "valid_cv_gain": gains, "valid_plain": plain,
+    return {"runs": list(runs), "valid_gain": gains, "valid_plain": plain,
             "beats_spread": beats_spread(gains, plain), "test_gain": test}
 
 
 def decide_groups(runs: dict[str, dict]) -> dict[str, dict[str, Any]]:
     """{group: {tta: :func:`decide`}} for each group of runs that differ only in their seed."""
     return {group: {tta: decide(members, tta) for tta in TTAS} for group, members in group_runs(runs).items()}
-
-
-def _verdict(group: str, tta: str, d: dict[str, Any]) -> str:
-    g, p = d["valid_cv_gain"], d["valid_plain"]
-    sd = (lambda x: "n/a" if x is None else f"{100 * x:.2f}")
-    verdict = ("exceeds both spreads: a measured improvement" if d["beats_spread"] else
-               "does not exceed the spread: within noise")
-    return (f"- `{group}`, TTA {tta} ({len(d['runs'])} runs): cross-validated valid gain {100 * g['mean']:+.2f} "
-            f"points (sd over runs {sd(g['sd'])}; seed-to-seed sd of the valid Dice {sd(p['sd'])}); test gain "
-            f"per-image {100 * d['test_gain']['dice']['mean']:+.2f}, pooled "
-            f"{100 * d['test_gain']['pooled_dice']['mean']:+.2f} points. The gain {verdict}.")
 
 
 def to_markdown(report: dict) -> str:
@@ -148,8 +137,8 @@ def to_markdown(report: dict) -> str:
                          f"{100 * v['cv_gain']:+.2f} | {t['default']['dice']:.4f} | {t['chosen']['dice']:.4f} | "
                          f"{t['default']['pooled_dice']:.4f} | {t['chosen']['pooled_dice']:.4f} | "
                          f"{r['commit']}, {r['date']}, {r['machine']} |")
-    lines += ["", "## Verdicts", ""] + [_verdict(group, tta, d[tta]) for group, d in report["decisions"].items()
-                                        for tta in TTAS]
+    lines += ["", "## Verdicts", ""] + [verdict_line(f"`{group}`, TTA {tta}", d[tta], "cross-validated valid gain")
+                                        for group, d in report["decisions"].items() for tta in TTAS]
     lines += ["", "A model's threshold is set with `--threshold` at training (selection) or at evaluation and "
               "prediction; 0.5 stays the default."]
     return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ from typing import Any
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_levers import beats_spread, group_runs, lever_main  # noqa: E402
+from inference_levers import beats_spread, group_runs, lever_main, verdict_line  # noqa: E402
 from qata_report import mean_sd  # noqa: E402
 
 SPLITS = ("valid", "test")
@@ -58,17 +58,6 @@ def decide_groups(runs: dict[str, dict]) -> dict[str, dict[str, Any]]:
     return {group: decide(members) for group, members in group_runs(runs).items()}
 
 
-def _verdict(group: str, d: dict[str, Any]) -> str:
-    g, p = d["valid_gain"], d["valid_plain"]
-    sd = (lambda x: "n/a" if x is None else f"{100 * x:.2f}")
-    verdict = ("the gain exceeds both spreads: a measured improvement" if d["beats_spread"] else
-               "the gain does not exceed the spread: within noise")
-    return (f"- `{group}` ({len(d['runs'])} runs): valid per-image Dice gain {100 * g['mean']:+.2f} points (sd over "
-            f"runs {sd(g['sd'])}; seed-to-seed sd of the plain valid Dice {sd(p['sd'])}); test gain per-image "
-            f"{100 * d['test_gain']['dice']['mean']:+.2f}, pooled {100 * d['test_gain']['pooled_dice']['mean']:+.2f} "
-            f"points. Verdict: {verdict}.")
-
-
 def to_markdown(report: dict) -> str:
     lines = ["# Flip test-time augmentation on qata-mini", "",
              "Written by `benchmarks/tta_lever.py`. Each row is one trained `tgcnet-cpu` run (one seed), evaluated "
@@ -84,7 +73,8 @@ def to_markdown(report: dict) -> str:
                      f"{100 * (v['flip']['dice'] - v['none']['dice']):+.2f} | {t['none']['dice']:.4f} | "
                      f"{t['flip']['dice']:.4f} | {t['none']['pooled_dice']:.4f} | {t['flip']['pooled_dice']:.4f} | "
                      f"{r['commit']}, {r['date']}, {r['machine']} |")
-    lines += ["", "## Verdicts", ""] + [_verdict(group, d) for group, d in report["decisions"].items()]
+    lines += ["", "## Verdicts", ""] + [verdict_line(f"`{group}`", d, "valid per-image Dice gain")
+                                        for group, d in report["decisions"].items()]
     lines += ["", "Flip TTA stays opt-in (`--tta flip`) whatever the verdict: it doubles inference time."]
     return "\n".join(lines) + "\n"
 
