@@ -87,10 +87,10 @@ def cross_validated_gain(dice: dict[float, torch.Tensor]) -> float:
 
 def score_run(run_dir: Path, data: Path) -> dict[str, Any]:
     """{tta: {valid: {...}, test: {...}}}: the choice, its cross-validated valid gain, and test at both cuts."""
-    from tgcnet.engine.inference import load_inference_model
+    from tgcnet.engine.inference import DEFAULT_IMAGE_SIZE, load_inference_model
 
     model, info = load_inference_model(run_dir, device="cpu")
-    info.setdefault("image_size", 224)
+    info.setdefault("image_size", DEFAULT_IMAGE_SIZE)
     out: dict[str, Any] = {}
     for tta in TTAS:
         valid = {t: scores(c)[0] for t, c in split_counts(model, info, data, "valid", tta).items()}
