@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from helpers import TINY_TRAIN_ARGS, benchmark_module
+from helpers import BENCHMARKS, TINY_TRAIN_ARGS, benchmark_module
 from tgcnet.cli import main as tgcnet_main
 from tgcnet.data import sample_root
 from tgcnet.engine import evaluate
@@ -68,3 +68,11 @@ def test_scores_trained_runs_and_writes_the_report(lever, tmp_path):
     md = (out / "threshold_lever.md").read_text()
     assert "| tgcnet@s1 | flip |" in md and "cross-validated valid gain" in md
     assert lever.main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_the_committed_report_is_its_json_rendered(lever):
+    results = BENCHMARKS / "results"
+    report = json.loads((results / "threshold_lever.json").read_text())
+    assert report["thresholds"] == list(lever.THRESHOLDS)
+    assert report["decisions"] == lever.decide_groups(report["runs"])
+    assert (results / "threshold_lever.md").read_text() == lever.to_markdown(report)
