@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -21,16 +20,16 @@ from typing import Any, Callable
 import torch
 
 from qata_report import source_commit
+from qata_runs import seed_group
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "qata-mini"
-#: a run directory's seed mark, as ``qata_mini.py`` names its runs (``@s<seed>``, absent for seed 0)
-_SEED_MARK = re.compile(r"@s\d+(?=@|$)")
 
 
 def group_name(run: str) -> str:
-    """The run's name without its seed mark: the runs that differ only in their seed share it."""
-    return _SEED_MARK.sub("", run)
+    """The run's name without its seed mark (``@s<seed>``, as ``qata_mini.py`` names its run
+    directories): the runs that differ only in their seed share it."""
+    return seed_group(run)
 
 
 def group_runs(runs: dict[str, dict]) -> dict[str, dict[str, dict]]:

@@ -130,8 +130,9 @@ def key_budget(key: str) -> Optional[float]:
 
 
 def _without_mark(key: str, letter: str) -> str:
+    """``key`` less its ``@<letter><value>`` marks; anything else after an ``@`` is kept as it is."""
     name, *marks = key.split("@")
-    return "@".join([name] + [m for m in marks if m[:1] != letter])
+    return "@".join([name] + [m for m in marks if not (m[:1] == letter and _MARK.fullmatch(m))])
 
 
 def run_name(key: str) -> str:

@@ -70,6 +70,11 @@ def scores(counts: torch.Tensor) -> tuple[torch.Tensor, float]:
     return per_image, float(pooled)
 
 
+def _summary(counts: torch.Tensor) -> dict[str, float]:
+    per_image, pooled = scores(counts)
+    return {"dice": float(per_image.mean()), "pooled_dice": pooled}
+
+
 def best_threshold(dice: dict[float, torch.Tensor], images: torch.Tensor) -> float:
     """The threshold with the best mean per-image Dice over ``images`` (indices); the lowest on a tie."""
     return max(THRESHOLDS, key=lambda t: (float(dice[t][images].mean()), -t))
@@ -99,8 +104,7 @@ def score_run(run_dir: Path, data: Path) -> dict[str, Any]:
         out[tta] = {"valid": {"threshold": chosen, "dice": float(valid[DEFAULT_THRESHOLD].mean()),
                               "dice_at_threshold": float(valid[chosen].mean()),
                               "cv_gain": cross_validated_gain(valid)},
-                    "test": {cut: {"dice": float(scores(test[t])[0].mean()), "pooled_dice": scores(test[t])[1]}
-                             for cut, t in (("default", DEFAULT_THRESHOLD), ("chosen", chosen))}}
+                    "test": {cut: _summary(test[t]) for cut, t in (("default", DEFAULT_THRESHOLD), ("chosen", chosen))}}
     return out
 
 
