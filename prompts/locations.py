@@ -91,6 +91,20 @@ class LocationPart:
         if self.unit not in (None, "lung", "lobe"):
             raise ValueError(f"unit must be None, 'lung' or 'lobe', got {self.unit!r}")
 
+    @property
+    def phrase(self) -> str:
+        """The part in plain words ("upper and lower left lung", "both lungs", "right lower lobe"),
+        so a user can check how a caption was read: zones in top-to-bottom order, whatever
+        order or spelling the caption used."""
+        named = [z for z in ZONES if z in self.zones]
+        zones = " and ".join(filter(None, (", ".join(named[:-1]), *named[-1:])))
+        if self.side == "both":
+            noun = "lobes of both lungs" if self.unit == "lobe" else "both lungs"
+            return f"{zones} {noun}" if zones else "both lungs"
+        if self.unit == "lobe" and zones:
+            return f"{self.side} {zones} lobe"
+        return f"{zones} {self.side} lung" if zones else f"{self.side} lung"
+
 
 @dataclass(frozen=True)
 class LocationSpec:
@@ -119,6 +133,11 @@ class LocationSpec:
         for part in self.parts:
             out.update(("left", "right") if part.side == "both" else (part.side,))
         return frozenset(out)
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        """Each part in plain words (:attr:`LocationPart.phrase`); empty when the caption names no place."""
+        return tuple(dict.fromkeys(part.phrase for part in self.parts))
 
     @property
     def single_side(self) -> Optional[Literal["left", "right"]]:

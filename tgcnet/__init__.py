@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "count_parameters": "tgcnet.params",
     "format_parameter_table": "tgcnet.params",
     "optimize_for_cpu": "tgcnet.accel",
+    "segment": "tgcnet.segmentation",
+    "Segmentation": "tgcnet.segmentation",
 }
 
 __all__ = list(_EXPORTS)
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from tgcnet.factory import create_model
     from tgcnet.model import TGCNet, TGCNetOutput
     from tgcnet.params import count_parameters, format_parameter_table
+    from tgcnet.segmentation import Segmentation, segment
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:

@@ -60,3 +60,16 @@ def test_concepts_and_guidance_read_the_same_locations(qata_mini_root):
         parsed = {f"zone:{z} {s} lung" for p in parse_location(caption).parts
                   for s in ((L, R) if p.side == B else (p.side,)) for z in p.zones}
         assert parsed == {k for k in extract_concepts(caption) if k.startswith("zone:")}, caption
+
+
+@pytest.mark.parametrize("caption, phrases", [
+    ("Bilateral pulmonary infection, upper left lung and lower right lung.", ("upper left lung", "lower right lung")),
+    ("infection in lower middle upper left lung", ("upper, middle and lower left lung",)),
+    ("left lower lobe consolidation", ("left lower lobe",)),
+    ("opacities in the lower lobes of both lungs", ("lower lobes of both lungs",)),
+    ("bilateral pulmonary infection", ("both lungs",)),
+    ("right lung", ("right lung",)),
+    ("pulmonary infection, all infected areas", ()),
+])
+def test_phrases_say_how_a_caption_was_read(caption, phrases):
+    assert parse_location(caption).phrases == phrases

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["PRED_COLOR", "GT_COLOR", "erode", "contour", "render_overlay"]
+__all__ = ["PRED_COLOR", "GT_COLOR", "erode", "contour", "draw_contours", "render_overlay"]
 
 PRED_COLOR = (255, 48, 48)  # red: prediction
 GT_COLOR = (48, 220, 80)  # green: ground truth
@@ -40,30 +40,50 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def render_overlay(image: np.ndarray, pred: np.ndarray, caption: str = "", gt: Optional[np.ndarray] = None,
-                   dice: Optional[float] = None) -> Image.Image:
-    """RGB overlay: contours drawn on the image, caption and legend in a band below it.
-
-    ``image`` is uint8 HxW or HxWx3; ``pred`` and ``gt`` are HxW binary masks of the same size.
-    """
+def _rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
-    image = np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+    return np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+
+
+def _check_sizes(image: np.ndarray, pred: np.ndarray, gt: Optional[np.ndarray]) -> None:
     for what, m in (("prediction", pred), ("ground truth", gt)):
         if m is not None and m.shape[:2] != image.shape[:2]:
             raise ValueError(f"{what} mask is {m.shape[1]}x{m.shape[0]} but the image is "
                              f"{image.shape[1]}x{image.shape[0]}")
-    scale = max(1, -(-_MIN_WIDTH // image.shape[1]))
-    if scale > 1:  # nearest-neighbour upscaling keeps masks binary and contours crisp
-        image = image.repeat(scale, 0).repeat(scale, 1)
-        pred = pred.repeat(scale, 0).repeat(scale, 1)
-        gt = gt.repeat(scale, 0).repeat(scale, 1) if gt is not None else None
-    h, w = image.shape[:2]
-    thickness = max(2, round(w / 224))
-    canvas = image.copy()
+
+
+def draw_contours(image: np.ndarray, pred: np.ndarray, gt: Optional[np.ndarray] = None) -> np.ndarray:
+    """uint8 HxWx3: the image with the prediction's contour in red (and the ground truth's in
+    green), at the image's own size; lines are about one 224th of the width, at least 2 pixels.
+
+    ``image`` is uint8 HxW or HxWx3; ``pred`` and ``gt`` are HxW binary masks of the same size.
+    """
+    canvas = _rgb(image).copy()
+    _check_sizes(canvas, pred, gt)
+    thickness = max(2, round(canvas.shape[1] / 224))
     if gt is not None:
         canvas[contour(gt, thickness)] = GT_COLOR
     canvas[contour(pred, thickness)] = PRED_COLOR
+    return canvas
+
+
+def render_overlay(image: np.ndarray, pred: np.ndarray, caption: str = "", gt: Optional[np.ndarray] = None,
+                   dice: Optional[float] = None) -> Image.Image:
+    """RGB overlay: contours drawn on the image (:func:`draw_contours`), caption and legend in a
+    band below it; small scans are upscaled first so the lines and the text stay legible.
+
+    ``image`` is uint8 HxW or HxWx3; ``pred`` and ``gt`` are HxW binary masks of the same size.
+    """
+    image = _rgb(image)
+    _check_sizes(image, pred, gt)
+    scale = max(1, -(-_MIN_WIDTH // image.shape[1]))
+    if scale > 1:  # nearest-neighbour: masks stay binary, contours crisp
+        image = image.repeat(scale, 0).repeat(scale, 1)
+        pred = pred.repeat(scale, 0).repeat(scale, 1)
+        gt = gt.repeat(scale, 0).repeat(scale, 1) if gt is not None else None
+    canvas = draw_contours(image, pred, gt)
+    h, w = canvas.shape[:2]
 
     font_size = max(12, w // 32)
     font = _font(font_size)

@@ -19,14 +19,17 @@ from tgcnet.data.dataset import load_image, load_mask
 from tgcnet.captions import tidy_text
 from tgcnet.data.readers import DataError, format_problems
 from tgcnet.io import read_table
+from tgcnet.laterality import DEFAULT_LATERALITY
+from tgcnet.prompts.locations import parse_location
+from tgcnet.segmentation import Segmentation
 from tgcnet.tta import check_tta, tta_logits
 
 from .files import PREDICTIONS_NAME
 from .inference import DEFAULT_IMAGE_SIZE, autocast_context, load_inference_model
 from .metrics import dice_iou, write_per_image_csv
-from .overlay import render_overlay
+from .overlay import draw_contours, render_overlay
 
-__all__ = ["Predictor", "PredictItem", "predict", "predict_items", "read_captions"]
+__all__ = ["OUTPUT_FORMATS", "Predictor", "PredictItem", "predict", "predict_items", "read_captions"]
 
 
 @dataclass
@@ -68,18 +71,33 @@ def _read_mask(path: Path, shape: tuple[int, int], image: Path) -> np.ndarray:
 class Predictor:
     """A trained model ready for single images; loads once, predicts many.
 
-    ``predictor(image, caption)`` takes a uint8 HxW or HxWx3 array and returns the
-    foreground probability (float32 HxW) at the image's own resolution: the model sees
-    the image resized to its training size, as in evaluation, and the logits are
+    ``predictor(image, caption)`` takes an HxW or HxWx3 array (uint8, or float32 in [0, 1])
+    and returns the foreground probability (float32 HxW) at the image's own resolution: the
+    model sees the image resized to its training size, as in evaluation, and the logits are
     resized back bilinearly. ``tta="flip"`` averages in the mirrored image with its caption's
-    sides swapped (:mod:`tgcnet.tta`).
+    sides swapped (:mod:`tgcnet.tta`). :meth:`segment` adds the mask, overlay and the location
+    the caption was read as (:class:`tgcnet.Segmentation`).
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", image_size: Optional[int] = None,
                  threshold: Optional[float] = None, knowledge: Optional[str] = None,
                  pretrained: Optional[str] = None, amp: str = "none", tta: str = "none") -> None:
+        model, info = load_inference_model(checkpoint, device=device, knowledge=knowledge, pretrained=pretrained)
+        self._setup(model, info, image_size, threshold, amp, tta)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, image_size: Optional[int] = None, threshold: Optional[float] = None,
+                   amp: str = "none", tta: str = "none") -> "Predictor":
+        """A predictor over a model already in memory (used as it is: its device, its kernels);
+        ``image_size`` defaults to 224, ``threshold`` to 0.5."""
+        predictor = cls.__new__(cls)
+        predictor._setup(model, {}, image_size, threshold, amp, tta)
+        return predictor
+
+    def _setup(self, model: torch.nn.Module, info: dict[str, Any], image_size: Optional[int],
+               threshold: Optional[float], amp: str, tta: str) -> None:
         self.tta = check_tta(tta)
-        self.model, info = load_inference_model(checkpoint, device=device, knowledge=knowledge, pretrained=pretrained)
+        self.model = model
         self.device = next(self.model.parameters()).device
         self.image_size = int(image_size or info.get("image_size") or DEFAULT_IMAGE_SIZE)
         self.threshold = float(threshold if threshold is not None else info.get("threshold", 0.5))
@@ -88,47 +106,78 @@ class Predictor:
         self.amp = amp
         self.transform = build_transforms(False, self.image_size)
 
-    def _check_length(self, caption: str, what: str) -> None:
+    @property
+    def laterality(self) -> str:
+        """Which image half the caption word "left" denotes for this model (tgcnet.laterality)."""
+        config = getattr(self.model, "config", None)
+        return getattr(config, "laterality", DEFAULT_LATERALITY)
+
+    def _check_caption(self, caption: str, what: str) -> str:
+        """The caption tidied, or a ValueError when it is empty or longer than the text context."""
+        caption = tidy_text(caption)
+        if not caption:
+            raise ValueError(f"{what} is empty; describe what to segment, e.g. "
+                             "'bilateral pulmonary infection, lower left lung and lower right lung.'")
         overlong = self.model.overlong_captions([caption])
         if overlong:
             raise ValueError(f"{what} has {overlong[0][1]} tokens, more than the {self.model.max_caption_tokens} "
                              "the text context holds; shorten it")
+        return caption
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, caption: str) -> np.ndarray:
-        caption = tidy_text(caption)
-        if not caption:
-            raise ValueError("the text prompt is empty; describe what to segment, e.g. "
-                             "'bilateral pulmonary infection, lower left lung and lower right lung.'")
-        self._check_length(caption, "the text prompt")
+        caption = self._check_caption(caption, "the text prompt")
         h, w = image.shape[:2]
         resized, _, _ = self.transform(image, np.zeros((h, w), np.uint8), caption)
-        x = torch.from_numpy(np.ascontiguousarray(resized)).float().div_(255.0)
+        x = torch.from_numpy(np.ascontiguousarray(resized)).float()
+        if image.dtype == np.uint8:
+            x = x.div_(255.0)
         x = x.unsqueeze(0).repeat(3, 1, 1) if x.ndim == 2 else x.permute(2, 0, 1)
-        with autocast_context(self.device, self.amp):
-            logits = tta_logits(self.model, x.unsqueeze(0).to(self.device), [caption], self.tta)
+        was_training = self.model.training
+        self.model.eval()   # a model handed in while training must not segment with dropout on
+        try:
+            with autocast_context(self.device, self.amp):
+                logits = tta_logits(self.model, x.unsqueeze(0).to(self.device), [caption], self.tta)
+        finally:
+            self.model.train(was_training)
         logits = torch.nn.functional.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)[0, 0].cpu().numpy()
 
-    def predict_item(self, item: PredictItem, out: Path) -> dict[str, Any]:
-        """Write the mask and overlay of one item; returns a summary row."""
+    def segment(self, image: np.ndarray, caption: str, source: Optional[Path] = None,
+                what: str = "the text prompt", threshold: Optional[float] = None) -> Segmentation:
+        """The :class:`~tgcnet.Segmentation` of one image array (uint8, or float32 in [0, 1]) and its
+        caption; ``threshold`` defaults to the predictor's. ``what`` names the caption in errors."""
+        threshold = self.threshold if threshold is None else float(threshold)
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        caption = self._check_caption(caption, what)
+        probability = self(image, caption)
+        mask = probability > threshold
+        display = image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+        return Segmentation(mask=mask, probability=probability, overlay=draw_contours(display, mask),
+                            caption=caption, location=parse_location(caption), threshold=threshold,
+                            laterality=self.laterality, source=source)
+
+    def predict_item(self, item: PredictItem, out: Path, output_format: str = "png") -> dict[str, Any]:
+        """Write the mask (PNG, or a DICOM SEG referencing a DICOM source) and overlay of one item;
+        returns a summary row."""
         image = _read_image(item.image)
         gt = _read_mask(item.mask, image.shape[:2], item.image) if item.mask is not None else None
-        caption = tidy_text(item.caption)
-        if not caption:
-            raise ValueError(f"empty caption for image {item.image}")
-        self._check_length(caption, f"the caption of image {item.image}")
-        prob = self(image, caption)
-        pred = prob > self.threshold
+        result = self.segment(image, item.caption, source=item.image, what=f"the caption of image {item.image}")
         out.mkdir(parents=True, exist_ok=True)
-        mask_path, overlay_path = out / f"{item.name}_mask.png", out / f"{item.name}_overlay.png"
-        Image.fromarray(pred.astype(np.uint8) * 255).save(mask_path)
-        row: dict[str, Any] = {"name": item.name, "caption": caption, "mask": str(mask_path),
-                               "overlay": str(overlay_path), "foreground": float(pred.mean())}
+        overlay_path = out / f"{item.name}_overlay.png"
+        if output_format == "dicom-seg":
+            mask_path = result.to_dicom_seg(item.image, out / f"{item.name}_seg.dcm")
+        else:
+            mask_path = out / f"{item.name}_mask.png"
+            Image.fromarray(result.mask.astype(np.uint8) * 255).save(mask_path)
+        row: dict[str, Any] = {"name": item.name, "caption": result.caption, "mask": str(mask_path),
+                               "overlay": str(overlay_path), "foreground": result.foreground,
+                               "location": "; ".join(result.location.phrases)}
         if gt is not None:
-            d, i = dice_iou(torch.from_numpy(pred)[None], torch.from_numpy(gt > 0)[None])
+            d, i = dice_iou(torch.from_numpy(result.mask)[None], torch.from_numpy(gt > 0)[None])
             row.update(dice=float(d[0]), iou=float(i[0]))
-        render_overlay(image, pred, caption, gt=gt, dice=row.get("dice")).save(overlay_path)
+        render_overlay(image, result.mask, result.caption, gt=gt, dice=row.get("dice")).save(overlay_path)
         return row
 
 
@@ -166,13 +215,34 @@ def read_captions(images: str | Path, captions: str | Path, masks: str | Path | 
     return items
 
 
+#: what ``predict`` writes per image: a mask PNG, or a DICOM Segmentation of a DICOM source
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "dicom-seg")
+
+
+def _check_output_format(output_format: str, items: Sequence[PredictItem]) -> None:
+    """A DICOM SEG references its source image, so every input must be DICOM: say which are not, at once."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}; got {output_format!r}")
+    if output_format != "dicom-seg":
+        return
+    from tgcnet.data.dicom import is_dicom
+
+    others = [item.image for item in items if not is_dicom(item.image)]
+    if others:
+        listed = format_problems([(path, "not a DICOM file") for path in others])
+        raise ValueError(f"--format dicom-seg writes a DICOM Segmentation that references its source image, so it "
+                         f"needs DICOM inputs; {len(others)} input(s) are not DICOM (use --format png for them):\n"
+                         f"{listed}")
+
+
 def predict(checkpoint: str | Path, out: str | Path, *, image: str | Path | None = None, text: Optional[str] = None,
             mask: str | Path | None = None, images: str | Path | None = None, captions: str | Path | None = None,
             masks: str | Path | None = None, device: str = "auto", image_size: Optional[int] = None,
             threshold: Optional[float] = None, knowledge: Optional[str] = None, pretrained: Optional[str] = None,
-            amp: str = "none", tta: str = "none") -> list[dict[str, Any]]:
+            amp: str = "none", tta: str = "none", output_format: str = "png") -> list[dict[str, Any]]:
     """Segment one image (``image`` + ``text`` [+ ``mask``]) or a folder (``images`` + ``captions`` CSV
-    [+ ``masks`` folder]); writes masks and overlays under ``out`` and returns one row per image.
+    [+ ``masks`` folder]); writes masks (``output_format``: PNG, or DICOM SEG for DICOM inputs) and
+    overlays under ``out`` and returns one row per image.
     """
     single, folder = image is not None, images is not None
     if single == folder:
@@ -186,20 +256,23 @@ def predict(checkpoint: str | Path, out: str | Path, *, image: str | Path | None
         if captions is None:
             raise ValueError("--images needs --captions CSV (columns Image, Description)")
         items = list(read_captions(images, captions, masks))
+    _check_output_format(output_format, items)
     predictor = Predictor(checkpoint, device=device, image_size=image_size, threshold=threshold,
                           knowledge=knowledge, pretrained=pretrained, amp=amp, tta=tta)
-    return predict_items(predictor, items, Path(out))
+    return predict_items(predictor, items, Path(out), output_format)
 
 
-def predict_items(predictor: Predictor, items: Sequence[PredictItem], out: Path) -> list[dict[str, Any]]:
+def predict_items(predictor: Predictor, items: Sequence[PredictItem], out: Path,
+                  output_format: str = "png") -> list[dict[str, Any]]:
     """Masks and overlays of ``items`` under ``out`` (plus ``predictions.csv`` for several), one row each."""
+    _check_output_format(output_format, items)
     overlong = predictor.model.overlong_captions([tidy_text(item.caption) for item in items])
     if overlong:  # all of them named at once, before any output is written
         listed = format_problems([(items[i].image, f"caption has {n} tokens") for i, n in overlong])
         raise ValueError(f"{len(overlong)} caption(s) longer than the {predictor.model.max_caption_tokens} "
                          f"tokens the text context holds; shorten them:\n{listed}")
-    rows = [predictor.predict_item(item, out) for item in items]
+    rows = [predictor.predict_item(item, out, output_format) for item in items]
     if len(rows) > 1:
-        columns = ("name", "caption", "foreground", "dice", "iou", "mask", "overlay")
+        columns = ("name", "caption", "location", "foreground", "dice", "iou", "mask", "overlay")
         write_per_image_csv([{k: r.get(k) for k in columns} for r in rows], out / PREDICTIONS_NAME)
     return rows
