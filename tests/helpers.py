@@ -78,7 +78,7 @@ def write_bert_tokenizer(folder) -> str:
 
 
 def _onednn_available() -> bool:
-    from tgcnet.kernels import onednn_linear_available
+    from tgcnet.accel import onednn_linear_available
 
     return onednn_linear_available()
 
@@ -117,3 +117,25 @@ def make_run_dir(run: Path) -> Path:
     model.save_pretrained(run / "best")
     save_json_atomic({"train": {"image_size": 64, "knowledge": "none", "threshold": 0.5}}, run / "train_config.json")
     return run
+
+
+def dicom_xray(pixels, bits_stored: int | None = None):
+    """A pydicom Dataset of a computed radiograph holding ``pixels`` (HxW uint8/uint16, or a stack
+    of frames): the patient, study, series and instance attributes a real CR image carries, with
+    no Frame of Reference or Pixel Spacing, as chest X-rays come from a PACS."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "P0001", "19700101", "F"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101500", "1", "A1"
+    ds.ReferringPhysicianName = ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CR", 1, 1
+    pixels = np.asarray(pixels)
+    ds.set_pixel_data(pixels, "MONOCHROME2", bits_stored or 8 * pixels.dtype.itemsize)  # new SOP Instance UID
+    return ds

@@ -59,3 +59,31 @@ def test_evaluate_with_flip_tta_scores_the_averaged_views(run_dir, tmp_path):
     assert flip["dice"] != plain["dice"] and flip["n_images"] == plain["n_images"] == 8
     with pytest.raises(ValueError, match="tta must be one of"):
         evaluate(run_dir, sample_root(), "test", progress=False, tta="rotate")
+
+
+def test_evaluate_reads_dicom_images_as_their_pngs(run_dir, tmp_path):
+    """The embedded test split with every image converted to DICOM (masks stay PNG, found by the
+    image's stem) scores exactly as the PNGs do."""
+    pytest.importorskip("pydicom")
+    from helpers import dicom_xray
+
+    from tgcnet.data.dataset import load_image
+
+    source = sample_root() / "test"
+    split = tmp_path / "test"
+    (split / "images").mkdir(parents=True)
+    shutil.copytree(source / "masks", split / "masks")
+    with open(source / "prompts.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        png = source / "images" / row["Image"]
+        row["Image"] = png.stem + ".dcm"
+        dicom_xray(load_image(png)).save_as(split / "images" / row["Image"], enforce_file_format=True)
+    with open(split / "prompts.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    as_png = evaluate(run_dir, sample_root(), "test", progress=False)
+    as_dicom = evaluate(run_dir, tmp_path, "test", progress=False)
+    for key in ("n_images", "dice", "iou", "pooled_dice", "pooled_iou"):
+        assert as_dicom[key] == as_png[key], key

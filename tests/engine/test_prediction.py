@@ -101,3 +101,34 @@ def test_predict_with_flip_tta_averages_the_mirrored_view(run_dir, tmp_path):
     assert not np.allclose(plain(image, caption), flip(image, caption), atol=1e-4)
     with pytest.raises(ValueError, match="tta must be one of"):
         Predictor(run_dir, tta="rotate")
+
+
+def test_predict_writes_a_dicom_seg_for_a_dicom_input_equal_to_the_png_mask(run_dir, tmp_path):
+    """A DICOM holding a PNG's pixels gives the PNG's mask, written as a SEG that references it."""
+    highdicom = pytest.importorskip("highdicom")
+    from helpers import dicom_xray
+
+    from tgcnet.data.dataset import load_image
+
+    png = sorted((sample_root() / "test" / "images").iterdir())[0]
+    source = dicom_xray(load_image(png))
+    dcm = tmp_path / "chest.dcm"
+    source.save_as(dcm, enforce_file_format=True)
+    caption = "Unilateral pulmonary infection, one infected area, lower left lung."
+    png_rows = predict(run_dir, tmp_path / "png", image=png, text=caption)
+    rows = predict(run_dir, tmp_path / "seg", image=dcm, text=caption, output_format="dicom-seg")
+    assert rows[0]["mask"].endswith("chest_seg.dcm") and (tmp_path / "seg" / "chest_overlay.png").is_file()
+    seg = highdicom.seg.segread(rows[0]["mask"])
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.SegmentSequence[0].SegmentDescription == caption
+    written = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])[0, ..., 0]
+    expected = np.asarray(Image.open(png_rows[0]["mask"])) > 0
+    assert expected.any()
+    np.testing.assert_array_equal(written > 0, expected)
+
+
+def test_dicom_seg_output_needs_dicom_inputs(run_dir, tmp_path):
+    png = sorted((sample_root() / "test" / "images").iterdir())[0]
+    with pytest.raises(ValueError, match=f"(?s)needs DICOM inputs; 1 input.*{png.name}: not a DICOM file"):
+        predict(run_dir, tmp_path, image=png, text="lower left lung.", output_format="dicom-seg")
+    assert not any(tmp_path.iterdir())

@@ -1,4 +1,4 @@
-"""``tgcnet predict``: segment images from a text prompt; writes mask and overlay PNGs."""
+"""``tgcnet predict``: segment images (PNG, JPEG, TIFF or DICOM) from a text prompt; writes masks and overlays."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     many.add_argument("--images", default=None, help="folder of images")
     many.add_argument("--captions", default=None, help="CSV with columns Image, Description")
     many.add_argument("--masks", default=None, help="folder of ground-truth masks (mask_<image> or <image>)")
+    p.add_argument("--format", dest="output_format", choices=("png", "dicom-seg"), default="png",
+                   help="mask output: png (0/255), or dicom-seg: a DICOM Segmentation referencing each DICOM input, "
+                   "for viewers and PACS (needs tgcnet[dicom])")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--knowledge", default=None)
@@ -42,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     rows = predict(args.checkpoint, args.out, image=args.image, text=args.text, mask=args.mask, images=args.images,
                    captions=args.captions, masks=args.masks, device=args.device, image_size=args.image_size,
                    threshold=args.threshold, knowledge=args.knowledge, pretrained=args.pretrained,
-                   tta=args.tta)
+                   tta=args.tta, output_format=args.output_format)
     for r in rows:
         extra = f" Dice {r['dice']:.4f}" if "dice" in r else ""
-        print(f"{r['name']}: foreground {100 * r['foreground']:.1f}%{extra} -> {r['overlay']}")
+        where = r["location"] or "no location words"
+        print(f"{r['name']}: foreground {100 * r['foreground']:.1f}%{extra} [read as: {where}] -> {r['mask']}, "
+              f"{r['overlay']}")
     return 0

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .readers import DataError, Triple, describe_error
+from .dicom import is_dicom, read_dicom
+from .readers import DICOM_MASK_ADVICE, DataError, Triple, describe_error
 
 __all__ = ["SegmentationDataset", "collate", "load_image", "load_mask", "binarize_mask", "full_scale",
            "HIGH_BIT_DEPTHS"]
@@ -118,8 +119,13 @@ def load_image(path: str | Path) -> np.ndarray:
     as 10-bit (255 -> 64): save such data as 8-bit. Float images and values outside
     0..65535 are a DataError. Palette, alpha and other modes become RGB (or L for 8-bit
     grayscale with alpha), so the transforms see only the two layouts they are written
-    for. A file that cannot be read is a DataError naming it.
+    for. DICOM files (see :func:`~tgcnet.data.dicom.is_dicom`) are read by
+    :func:`~tgcnet.data.dicom.read_dicom`, which scales by the depth the file states
+    (Bits Stored), so 8-bit DICOM pixels come back as a PNG's would. A file that cannot
+    be read is a DataError naming it.
     """
+    if is_dicom(path):
+        return read_dicom(path)
     return _decode(path, "image", _image_pixels)
 
 
@@ -158,7 +164,11 @@ def load_mask(path: str | Path) -> tuple[np.ndarray, bool]:
 
     Decoded like images (:func:`load_image`): 16-bit files keep their values, so the
     threshold follows their bit depth. A file that cannot be read is a DataError naming it.
+    Masks must be image files: a DICOM mask is refused rather than windowed like an image,
+    which could move the boundary between lesion and background.
     """
+    if is_dicom(path):
+        raise DataError(f"mask {path} is a DICOM file; {DICOM_MASK_ADVICE}", [(Path(path), "DICOM mask")])
     return _decode(path, "mask", _mask_pixels)
 
 

@@ -23,12 +23,19 @@ from PIL import Image
 from tgcnet.captions import tidy_text
 from tgcnet.io import DataError, read_table
 
-__all__ = ["Triple", "DataError", "LAYOUTS", "SPLITS", "IMAGE_SUFFIXES", "detect_layout", "read_split",
-           "format_problems", "describe_error"]
+from .dicom import DICOM_SUFFIXES, dicom_size, is_dicom
+
+__all__ = ["Triple", "DataError", "LAYOUTS", "SPLITS", "IMAGE_SUFFIXES", "MASK_SUFFIXES", "detect_layout",
+           "read_split", "format_problems", "describe_error"]
 
 LAYOUTS: tuple[str, ...] = ("simple", "lvit", "guidedecoder", "sgseg")
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Suffixes of the image files a mask can be; masks are never DICOM (see DICOM_MASK_ADVICE).
+MASK_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Suffixes of the files an image folder is scanned for (images without a caption are reported).
+IMAGE_SUFFIXES: tuple[str, ...] = MASK_SUFFIXES + DICOM_SUFFIXES
+DICOM_MASK_ADVICE = (f"masks must be image files ({', '.join(MASK_SUFFIXES)}): save it as a PNG with 0 for "
+                     "background and 255 for the lesion")
 # GuideDecoder / LanGuideMedSeg keep the last 20% of train.csv as validation.
 GUIDEDECODER_TRAIN_FRACTION = 0.8
 MAX_LISTED = 20  # problems spelled out in an error message; the rest are counted
@@ -134,16 +141,30 @@ def _with_orphans(rows: list[_Row], image_dir: Path, source: Path) -> list[_Row]
 
 
 def _find_mask(folder: Path, mask_name: str) -> Path:
-    """``folder / mask_name``, or the same stem with another suffix (a .jpg image, its mask in .png).
+    """``folder / mask_name``, or the same stem with a mask suffix (a .jpg or .dcm image, its mask in .png).
 
-    Masks are saved losslessly while images are often JPEG, so the image's suffix is a
-    poor guess for the mask's. A mask found under no suffix stays the exact name, so the
-    error reports the name that was expected.
+    Masks are saved losslessly while images are often JPEG or DICOM, so the image's
+    suffix is a poor guess for the mask's. A mask found under no suffix stays the exact
+    name, so the error reports the name that was expected.
     """
     exact = folder / mask_name
     if exact.exists():
         return exact
     stem = Path(mask_name).stem
+    return _first_existing(*(folder / f"{stem}{s}" for s in MASK_SUFFIXES)) or exact
+
+
+def _find_image(folder: Path, name: str) -> Path:
+    """``folder / name``, or the same stem with another image suffix.
+
+    GuideDecoder and SGSeg annotations name the mask (mask_x.png) and the image is found
+    by dropping the prefix, so an image kept as x.dcm or x.jpg beside PNG masks is
+    found by its stem. A missing image stays the exact name, for the error.
+    """
+    exact = folder / name
+    if exact.exists():
+        return exact
+    stem = Path(name).stem
     return _first_existing(*(folder / f"{stem}{s}" for s in IMAGE_SUFFIXES)) or exact
 
 
@@ -188,12 +209,12 @@ def _guidedecoder(root: Path, split: str) -> list[_Row]:
         entries = entries[:cut] if split == "train" else entries[cut:]
     rows = []
     for mask_name, caption in entries:
-        name = _strip_mask_prefix(mask_name)
-        rows.append(_Row(name, folder / "Images" / name, folder / "GTs" / mask_name, caption))
+        image = _find_image(folder / "Images", _strip_mask_prefix(mask_name))
+        rows.append(_Row(image.name, image, _find_mask(folder / "GTs", mask_name), caption))
     if split == "test":
         return _with_orphans(rows, folder / "Images", table)
     # Orphans belong to neither part of the cut: check them against the whole train.csv.
-    named = {_strip_mask_prefix(m) for m, _ in _read_table(table)}
+    named = {_find_image(folder / "Images", _strip_mask_prefix(m)).name for m, _ in _read_table(table)}
     return rows + _orphans(folder / "Images", named, table)
 
 
@@ -230,8 +251,8 @@ def _sgseg(root: Path, split: str) -> list[_Row]:
             rows.append(_Row(f"<entry {i}>", table, table, None, problem=f"{key}[{i}] has no image_path"))
             continue
         mask_name = Path(str(item["image_path"])).name
-        name = _strip_mask_prefix(mask_name)
-        rows.append(_Row(name, folder / "images" / name, folder / "masks" / mask_name,
+        image = _find_image(folder / "images", _strip_mask_prefix(mask_name))
+        rows.append(_Row(image.name, image, _find_mask(folder / "masks", mask_name),
                          tidy_text(item.get("caption"))))
     return _with_orphans(rows, folder / "images", table)
 
@@ -249,12 +270,15 @@ def _probe(path: Path, what: str, listed: bool) -> tuple[tuple[int, int] | None,
     Reads the header and verifies the file's structure (PNG chunk CRCs, truncation)
     without decoding pixels, so checking a whole split stays cheap. Pillow's verify does
     not look at JPEG data, so a JPEG without its end marker is decoded to tell a truncated
-    file (which would fail mid-training) from one with trailing bytes. ``listed``: the
-    error line already starts with this path, so do not repeat it.
+    file (which would fail mid-training) from one with trailing bytes. DICOM images are
+    checked from their header by :func:`~tgcnet.data.dicom.dicom_size`; a DICOM mask is
+    refused. ``listed``: the error line already starts with this path, so do not repeat it.
     """
     where = "" if listed else f" ({path})"
     if not path.is_file():
         return None, f"{what} not found{where}"
+    if is_dicom(path):
+        return _probe_dicom(path, what, where)
     try:
         with Image.open(path) as im:
             size, is_jpeg = im.size, im.format == "JPEG"
@@ -265,6 +289,15 @@ def _probe(path: Path, what: str, listed: bool) -> tuple[tuple[int, int] | None,
     except Exception as exc:  # PIL raises many types for broken files
         return None, f"cannot read {what}{where}: {describe_error(exc, path)}"
     return size, None
+
+
+def _probe_dicom(path: Path, what: str, where: str) -> tuple[tuple[int, int] | None, str | None]:
+    if what == "mask":
+        return None, f"{what}{where} is a DICOM file; {DICOM_MASK_ADVICE}"
+    try:
+        return dicom_size(path), None
+    except DataError as exc:
+        return None, f"cannot read DICOM {what}{where}: {exc.problems[0][1]}"
 
 
 def describe_error(exc: Exception, path: Path) -> str:
