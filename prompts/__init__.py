@@ -18,7 +18,8 @@ from .cache import (
     save_cache,
 )
 from .concepts import LOCATION_KINDS, all_concepts, concept_kind, extract_concepts
-from .generate import GenerationError, GenerationReport, MalformedReplyError, generate_cache
+from .generate import GenerationReport, generate_cache
+from .generation_errors import EndpointUnreachableError, GenerationError, MalformedReplyError
 from .locations import LocationPart, LocationSpec, parse_location
 from .prompt_templates import PromptTemplates, load_templates
 
@@ -26,6 +27,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CacheEntry",
     "CacheError",
+    "EndpointUnreachableError",
     "GenerationError",
     "GenerationReport",
     "KnowledgeBank",

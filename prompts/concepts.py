@@ -48,7 +48,7 @@ from functools import lru_cache
 from typing import Iterable
 
 from .locations import LocationPart, parse_location
-from .words import LEVELS, NUMBERS, SIDES, caption_words
+from .words import NUMBERS, SIDES, ZONES, caption_words
 
 __all__ = [
     "KINDS",
@@ -70,13 +70,13 @@ _FINDINGS = (
 _LATERALITIES = ("bilateral", "unilateral", "left", "right")
 _COUNTS = tuple(f"{n} area" if n == "one" else f"{n} areas" for n in NUMBERS) + ("multiple areas",)
 _DISTRIBUTIONS = ("peripheral", "central", "diffuse")
-_ZONES = tuple(f"{lv} {side} lung" for side in SIDES for lv in LEVELS)
+_ZONE_LABELS = tuple(f"{zone} {side} lung" for side in SIDES for zone in ZONES)
 _LOBES = ("left upper lobe", "lingula", "left lower lobe", "right upper lobe", "right middle lobe",
           "right lower lobe")
 
 _VOCAB: dict[str, tuple[str, ...]] = {
     "modality": _MODALITIES, "finding": _FINDINGS, "laterality": _LATERALITIES, "count": _COUNTS,
-    "distribution": _DISTRIBUTIONS, "zone": _ZONES, "lobe": _LOBES,
+    "distribution": _DISTRIBUTIONS, "zone": _ZONE_LABELS, "lobe": _LOBES,
 }
 # Rank of every key: kind first, then vocabulary position; sorting by it gives the stable order.
 _RANK: dict[str, int] = {
@@ -141,9 +141,9 @@ _COUNT_WORDS = {"zero": "no", "none": "no", "single": "one", "several": "multipl
 
 # --------------------------------------------------------------------------- locations
 
-def _lobe(side: str, level: str) -> str:
-    """Anatomical lobe for a side and level; the left lung has a lingula, not a middle lobe."""
-    return "lingula" if (side, level) == ("left", "middle") else f"{side} {level} lobe"
+def _lobe(side: str, zone: str) -> str:
+    """Anatomical lobe for a side and zone; the left lung has a lingula, not a middle lobe."""
+    return "lingula" if (side, zone) == ("left", "middle") else f"{side} {zone} lobe"
 
 
 def _part_keys(part: LocationPart) -> list[str]:
@@ -155,13 +155,13 @@ def _part_keys(part: LocationPart) -> list[str]:
     with neither side nor noun ("upper and lower") is too vague to name a concept.
     """
     sides = SIDES if part.side == "both" else (part.side,)
-    levels = [lv for lv in LEVELS if lv in part.zones]
-    if part.unit == "lobe" and levels:
-        return [f"lobe:{_lobe(s, lv)}" for s in sides for lv in levels
-                if not (part.side == "both" and (s, lv) == ("left", "middle"))]
-    if levels and (part.side != "both" or part.unit is not None):
-        return [f"zone:{lv} {s} lung" for s in sides for lv in levels]
-    if not levels and part.side != "both" and part.unit is not None:
+    zones = [z for z in ZONES if z in part.zones]
+    if part.unit == "lobe" and zones:
+        return [f"lobe:{_lobe(s, z)}" for s in sides for z in zones
+                if not (part.side == "both" and (s, z) == ("left", "middle"))]
+    if zones and (part.side != "both" or part.unit is not None):
+        return [f"zone:{z} {s} lung" for s in sides for z in zones]
+    if not zones and part.side != "both" and part.unit is not None:
         return [f"laterality:{part.side}"]
     return []
 

@@ -17,8 +17,8 @@ A caption is read as *parts*, one per location phrase:
 * "bilateral" with no zone is a flag, not a part, so "bilateral infection, lower left lung
   and lower right lung" does not also claim both whole lungs; a caption that names only
   "bilateral" gets one both-sides part;
-* "all / whole / entire" name all three zones, unless a non-location word follows
-  ("all infected areas").
+* "all / whole / entire" (:data:`.words.WHOLE_WORDS`) name all three zones, unless a
+  non-location word follows ("all infected areas").
 
 The parser is a small state machine over :func:`.words.caption_words`, so it reads the
 verbatim text data sets ship (capitals, double spaces, "midlle", "lowerleft") like the
@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, Optional
 
-from .words import caption_words
+from .words import WHOLE_WORDS, ZONES, caption_words
 
 __all__ = ["ZONES", "Side", "Unit", "LocationPart", "LocationSpec", "parse_location"]
 
 Side = Literal["left", "right", "both"]
 Unit = Literal["lung", "lobe"]
-ZONES: tuple[str, ...] = ("upper", "middle", "lower")
 
 # Word classes over typo-corrected words (misspellings are words.fix_word's job).
 _SIDE_WORDS: dict[str, Side] = {
@@ -49,7 +48,7 @@ _ZONE_WORDS: dict[str, tuple[str, ...]] = {
     "upper": ("upper",), "top": ("upper",), "superior": ("upper",),
     "middle": ("middle",),
     "lower": ("lower",), "bottom": ("lower",), "inferior": ("lower",),
-    "all": ZONES, "entire": ZONES, "whole": ZONES,
+    **dict.fromkeys(WHOLE_WORDS, ZONES),
 }
 # Words that name a side and a zone at once: lobes by name and their abbreviations.
 _FIXED_PARTS: dict[str, tuple[Side, tuple[str, ...]]] = {

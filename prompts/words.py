@@ -1,30 +1,39 @@
 """Caption words: the one tokenizer and typo fixer that every reader of caption text shares.
 
-The location parser (:mod:`.locations`), the concept extraction (:mod:`.concepts`) and the
-canonical caption the model reads (``tgcnet.captions.normalize_caption``) must agree on what
-a word is and on how a misspelt word is read, or "midlle left lung" would be a location for
-one of them and noise for another. Data sets ship captions with capitals, double spaces,
-hyphens, glued words ("lowerleft") and single-letter typos ("midlle", "rigth", "lef");
-:func:`fix_word` corrects those towards a closed vocabulary of words that carry a concept,
-and never "corrects" a real word that happens to be one edit away ("eight" is not "right").
+The location parser (:mod:`.locations`), the concept extraction (:mod:`.concepts`), the
+canonical caption the model reads (``tgcnet.captions.normalize_caption``) and the left/right
+swap of a flipped image (``tgcnet.laterality.swap_left_right``) must agree on what a word is
+and on how a misspelt word is read, or "midlle left lung" would be a location for one of them
+and noise for another. A word is a run of ASCII letters and digits; each reader takes the view
+of the text it needs from here: :func:`caption_words` (the parsers), :func:`caption_tokens`
+(the canonical caption), :func:`replace_words` (edits that keep everything else).
+
+Data sets ship captions with capitals, double spaces, hyphens, glued words ("lowerleft") and
+single-letter typos ("midlle", "rigth", "lef"); :func:`fix_word` corrects those towards a
+closed vocabulary of words that carry a concept, and never "corrects" a real word that
+happens to be one edit away ("eight" is not "right").
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 from functools import lru_cache
+from typing import Callable
 
-__all__ = ["SIDES", "LEVELS", "NUMBERS", "NUMBER_WORDS", "caption_words", "fix_word"]
+__all__ = ["SIDES", "ZONES", "WHOLE_WORDS", "NUMBERS", "NUMBER_WORDS", "caption_words", "caption_tokens",
+           "replace_words", "fix_word"]
 
 SIDES: tuple[str, ...] = ("left", "right")
-LEVELS: tuple[str, ...] = ("upper", "middle", "lower")
+ZONES: tuple[str, ...] = ("upper", "middle", "lower")
+# Words that name every zone of the lung they qualify: "all left lung" is "upper middle lower left lung".
+WHOLE_WORDS: tuple[str, ...] = ("all", "whole", "entire")
 NUMBERS: tuple[str, ...] = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 NUMBER_WORDS: tuple[str, ...] = NUMBERS + ("zero", "none", "single", "eleven", "twelve", "multiple", "several",
                                            "many", "numerous", "multifocal")
 
 # Words typos are corrected towards (only words that carry a concept or structure a phrase).
 _TARGETS = frozenset(
-    SIDES + LEVELS + NUMBER_WORDS + (
+    SIDES + ZONES + NUMBER_WORDS + (
         "lung", "lungs", "lobe", "lobes", "zone", "zones", "field", "fields", "bilateral", "unilateral",
         "bilaterally", "unilaterally", "pulmonary", "infection", "infected", "infections", "area", "areas",
         "region", "regions", "lesion", "lesions", "consolidation", "opacity", "opacities", "ground",
@@ -51,7 +60,14 @@ _ALIASES = {
     "biapical": "both upper zones",
 }
 _SEPARATORS = re.compile(r"[-_/&+]")
-_WORD = re.compile(r"[a-z0-9]+|[,.;:()]")
+_WORD_CHARS = "a-z0-9"
+_WORD = f"[{_WORD_CHARS}]+"
+# Words in any case, for edits that must leave the rest of the text exactly as it was.
+_CASED_WORD = re.compile(_WORD, re.ASCII | re.IGNORECASE)
+# What the parsers read: words, and the marks that end a location phrase.
+_PARSER_TOKEN = re.compile(rf"{_WORD}|[,.;:()]")
+# What the canonical caption is rebuilt from: hyphen- or apostrophe-joined words whole, and every other mark.
+_LAYOUT_TOKEN = re.compile(rf"{_WORD}(?:[-']{_WORD})*|[^\s{_WORD_CHARS}]")
 
 
 def _edit_distance(a: str, b: str) -> int:
@@ -88,6 +104,13 @@ def fix_word(word: str) -> str:
     return near[0] if len(near) == 1 else word
 
 
+def _folded(caption: str) -> str:
+    """Compatibility form, lower case: "ＬＥＦＴ" and "Left" are the same word to every reader."""
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a str, got {type(caption).__name__}")
+    return unicodedata.normalize("NFKC", caption).lower()
+
+
 @lru_cache(maxsize=8192)
 def caption_words(caption: str) -> tuple[str, ...]:
     """The words and punctuation marks of ``caption``, lower case and typo-corrected.
@@ -95,7 +118,24 @@ def caption_words(caption: str) -> tuple[str, ...]:
     Hyphens, slashes, ``&`` and ``+`` separate words ("right-sided" -> "right", "sided");
     ``, . ; : ( )`` are kept as tokens because they end location phrases.
     """
-    if not isinstance(caption, str):
-        raise TypeError(f"caption must be a str, got {type(caption).__name__}")
-    text = _SEPARATORS.sub(" ", unicodedata.normalize("NFKC", caption).lower())
-    return tuple(w for token in _WORD.findall(text) for w in fix_word(token).split())
+    text = _SEPARATORS.sub(" ", _folded(caption))
+    return tuple(w for token in _PARSER_TOKEN.findall(text) for w in fix_word(token).split())
+
+
+def caption_tokens(caption: str) -> list[str]:
+    """``caption`` lower case, split into words and single marks, nothing corrected or dropped but spaces.
+
+    Unlike :func:`caption_words` this keeps the caption's own spelling to rebuild it from:
+    "right-sided" and "patient's" stay one token (a text tower reads them so), and every
+    non-space mark is a token of its own.
+    """
+    return _LAYOUT_TOKEN.findall(_folded(caption))
+
+
+def replace_words(text: str, replace: Callable[[str], str]) -> str:
+    """``text`` with each word (any case) replaced by ``replace(word)``, every other character kept.
+
+    For edits of a caption the user wrote ("left" <-> "right" when an image is flipped), which
+    must change the words the parsers read and nothing else.
+    """
+    return _CASED_WORD.sub(lambda match: replace(match.group(0)), text)

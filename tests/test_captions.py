@@ -2,6 +2,8 @@
 import pytest
 
 from tgcnet.captions import normalize_caption, tidy_text
+from tgcnet.prompts.locations import parse_location
+from tgcnet.prompts.words import WHOLE_WORDS
 
 
 @pytest.mark.parametrize("noisy, canonical", [
@@ -44,3 +46,11 @@ def test_tidy_text_collapses_whitespace_and_keeps_words_and_case():
     assert tidy_text("  Upper  left\tlung. ") == "Upper left lung."
     assert tidy_text(float("nan")) == ""
     assert tidy_text(None) == ""
+
+
+@pytest.mark.parametrize("word", WHOLE_WORDS)
+def test_whole_lung_words_read_alike_by_the_caption_form_and_the_location_parser(word):
+    caption = f"{word} left lung"
+    assert normalize_caption(caption) == "upper middle lower left lung."
+    assert parse_location(caption).parts == parse_location("upper middle lower left lung").parts
+    assert parse_location(f"{word} infected areas").everywhere  # not a location when no lung follows

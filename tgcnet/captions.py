@@ -13,13 +13,15 @@ are trained on: capitalised, double spaces, "midlle", "infection areas", "all le
 never saw and the guidance parser location words in another form, so the caption is put in
 one canonical form first, for both:
 
-- Unicode compatibility form, lower case, single spaces, no space before ``, . ; :`` and one after;
+- Unicode compatibility form, lower case, single spaces, no space before ``, . ; :`` and one after
+  (the words are :func:`tgcnet.prompts.words.caption_tokens`, the tokenizer every caption reader shares);
 - typos of the location, count and finding vocabulary corrected word by word (the word
   fixer that the location parser and the knowledge-concept extraction also use,
   :func:`tgcnet.prompts.words.fix_word`: "midlle" -> "middle", "rigth" -> "right",
   "lowerleft" -> "lower left"; real words one edit from a target, such as "eight", are kept);
 - "all / whole / entire <side> lung" -> "upper middle lower <side> lung" (what the cleaned
-  captions say), "infection area(s)" -> "infected area(s)";
+  captions say, and how the location parser reads those words:
+  :data:`tgcnet.prompts.words.WHOLE_WORDS`), "infection area(s)" -> "infected area(s)";
 - a final period.
 
 A caption already in that form (all cleaned QaTa captions) is returned unchanged.
@@ -27,15 +29,13 @@ A caption already in that form (all cleaned QaTa captions) is returned unchanged
 from __future__ import annotations
 
 import re
-import unicodedata
 
-from tgcnet.prompts.words import fix_word
+from tgcnet.prompts.words import SIDES, WHOLE_WORDS, ZONES, caption_tokens, fix_word
 
 __all__ = ["normalize_caption", "tidy_text"]
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*|[^\sa-z0-9]")
 _PHRASES = (
-    (re.compile(r"\b(?:all|whole|entire) (left|right) lung\b"), r"upper middle lower \1 lung"),
+    (re.compile(rf"\b(?:{'|'.join(WHOLE_WORDS)}) ({'|'.join(SIDES)}) lung\b"), rf"{' '.join(ZONES)} \1 lung"),
     (re.compile(r"\binfection (areas?)\b"), r"infected \1"),
 )
 _NO_SPACE_BEFORE = frozenset(",.;:)")
@@ -43,8 +43,7 @@ _NO_SPACE_BEFORE = frozenset(",.;:)")
 
 def normalize_caption(caption: str) -> str:
     """``caption`` in the canonical form described in the module docstring."""
-    text = unicodedata.normalize("NFKC", caption).lower()
-    words = [fix_word(t) if t.isalpha() else t for t in _TOKEN.findall(text)]
+    words = [fix_word(t) if t.isalpha() else t for t in caption_tokens(caption)]
     text = ""
     for word in words:
         if text and word not in _NO_SPACE_BEFORE and not text.endswith("("):

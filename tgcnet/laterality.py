@@ -9,16 +9,14 @@ read the same setting so they can never disagree.
 """
 from __future__ import annotations
 
-import re
 from typing import Literal
 
-from tgcnet.prompts.words import fix_word
+from tgcnet.prompts.words import fix_word, replace_words
 
 Laterality = Literal["image", "patient"]
 LATERALITIES: tuple[str, ...] = ("image", "patient")
 DEFAULT_LATERALITY: Laterality = "image"
 
-_WORD = re.compile(r"[A-Za-z]+")
 _OTHER_SIDE = {"left": "right", "right": "left"}
 
 
@@ -40,21 +38,22 @@ def swap_left_right(caption: str) -> str:
 
     A horizontal flip of the image moves the lesion to the other side, so the caption
     must move with it whichever convention is in use. A side word is whatever the location
-    parser reads as one (:func:`tgcnet.prompts.words.fix_word`): a misspelt "rigth" or a
-    glued "lowerleft" is swapped too (to "left", "lower right"), or the parser would read the
-    flipped caption's side on the wrong half. Other words are kept exactly.
+    parser reads as one (:func:`tgcnet.prompts.words.fix_word` over the shared word
+    tokenizer): a misspelt "rigth" or a glued "lowerleft" is swapped too (to "left", "lower
+    right"), or the parser would read the flipped caption's side on the wrong half. Other
+    words and everything between words are kept exactly.
     """
+    return replace_words(caption, _swapped)
 
-    def _swap(match: re.Match[str]) -> str:
-        word = match.group(0)
-        if word.lower() in _OTHER_SIDE:
-            return _cased_like(word, _OTHER_SIDE[word.lower()])
-        parts = fix_word(word.lower()).split()
-        if not any(p in _OTHER_SIDE for p in parts):
-            return word
-        return _cased_like(word, " ".join(_OTHER_SIDE.get(p, p) for p in parts))
 
-    return _WORD.sub(_swap, caption)
+def _swapped(word: str) -> str:
+    """``word`` with the side it names swapped, in its own case; any other word unchanged."""
+    if word.lower() in _OTHER_SIDE:
+        return _cased_like(word, _OTHER_SIDE[word.lower()])
+    parts = fix_word(word.lower()).split()
+    if not any(p in _OTHER_SIDE for p in parts):
+        return word
+    return _cased_like(word, " ".join(_OTHER_SIDE.get(p, p) for p in parts))
 
 
 def image_half(side: Literal["left", "right"], laterality: Laterality = DEFAULT_LATERALITY) -> Literal["left", "right"]:

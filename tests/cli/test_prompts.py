@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tgcnet.prompts import load_cache
-from tgcnet.prompts.captions import read_captions
+from tgcnet.prompts.harvest import harvest_captions
 from tgcnet.cli import main
 from tgcnet.cli.prompts import add_parser as add_prompts_parser
 
@@ -25,19 +25,19 @@ CAPS = ["Bilateral pulmonary infection, two infected areas, lower left lung and 
 def test_captions_from_csv_text_json_and_xlsx(tmp_path):
     rows = "".join(f'{i}.png,"{c}"\n' for i, c in enumerate([CAPS[0], CAPS[1], CAPS[0]]))
     (tmp_path / "a.csv").write_text("Image,Description\n" + rows)
-    assert read_captions(tmp_path / "a.csv") == CAPS
+    assert harvest_captions(tmp_path / "a.csv") == CAPS
     (tmp_path / "a.txt").write_text(f"{CAPS[1]}\n\n  {CAPS[0]}  \n")
-    assert read_captions(tmp_path / "a.txt") == [CAPS[1], CAPS[0]]
+    assert harvest_captions(tmp_path / "a.txt") == [CAPS[1], CAPS[0]]
     sgseg = {"train": [{"image_path": "mask_a.png", "caption": CAPS[0]}], "test": [{"caption": CAPS[1]}]}
     (tmp_path / "annotation.json").write_text(json.dumps(sgseg))
-    assert read_captions(tmp_path / "annotation.json") == CAPS
+    assert harvest_captions(tmp_path / "annotation.json") == CAPS
     from openpyxl import Workbook
 
     wb = Workbook()
     wb.active.append(["Image", "Description"])
     wb.active.append(["a.png", CAPS[1]])
     wb.save(tmp_path / "Train_text.xlsx")
-    assert read_captions(tmp_path / "Train_text.xlsx") == [CAPS[1]]
+    assert harvest_captions(tmp_path / "Train_text.xlsx") == [CAPS[1]]
 
 
 def test_captions_from_data_directories(tmp_path):
@@ -46,23 +46,23 @@ def test_captions_from_data_directories(tmp_path):
     (tmp_path / "test").mkdir()
     (tmp_path / "test" / "prompts.csv").write_text(f'Image,Description\nb.png,"{CAPS[1]}"\n')
     (tmp_path / "ignored.csv").write_text("Image,Description\nc.png,not harvested\n")
-    assert sorted(read_captions(tmp_path)) == sorted(CAPS)
+    assert sorted(harvest_captions(tmp_path)) == sorted(CAPS)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty: no caption files found"):
-        read_captions(empty)
+        harvest_captions(empty)
 
 
 def test_captions_errors_name_the_file(tmp_path):
     (tmp_path / "bad.csv").write_text("Image,Label\na.png,1\n")
     with pytest.raises(ValueError, match=r"bad\.csv: no caption column"):
-        read_captions(tmp_path / "bad.csv")
+        harvest_captions(tmp_path / "bad.csv")
     with pytest.raises(FileNotFoundError, match="nope"):
-        read_captions(tmp_path / "nope")
+        harvest_captions(tmp_path / "nope")
 
 
 def test_captions_from_qata_mini(qata_mini_root):
-    caps = read_captions(qata_mini_root)
+    caps = harvest_captions(qata_mini_root)
     assert 40 <= len(caps) <= 63 and all(c.endswith(".") for c in caps)
 
 

@@ -19,7 +19,8 @@ from tgcnet.prompts import (
     load_cache,
     load_templates,
 )
-from tgcnet.prompts.generate import backoff_delay, endpoint_host, parse_descriptions
+from tgcnet.prompts.chat import backoff_delay, endpoint_host
+from tgcnet.prompts.replies import parse_descriptions
 
 CONCEPTS = ["finding:pulmonary infection", "laterality:bilateral", "zone:lower left lung", "count:two areas"]
 LABELS = [c.split(":", 1)[1] for c in CONCEPTS]
@@ -194,7 +195,7 @@ def free_port() -> int:
 
 def test_unreachable_endpoint_fails_at_once_naming_host_and_port(api_key, tmp_path):
     """Connection refused is not retried: every concept would fail the same way, and backoff only adds minutes."""
-    from tgcnet.prompts.generate import EndpointUnreachableError
+    from tgcnet.prompts.generation_errors import EndpointUnreachableError
 
     port = free_port()
     t0 = time.monotonic()
@@ -210,7 +211,7 @@ def test_unreachable_endpoint_fails_at_once_naming_host_and_port(api_key, tmp_pa
 
 
 def test_default_port_is_named(api_key, tmp_path, monkeypatch):
-    from tgcnet.prompts.generate import EndpointUnreachableError
+    from tgcnet.prompts.generation_errors import EndpointUnreachableError
 
     with pytest.raises(EndpointUnreachableError, match="host no-such-host.invalid, port 443"):
         generate_cache(CONCEPTS[:1], "m", tmp_path / "c.json", base_url="https://no-such-host.invalid/v1",
@@ -243,7 +244,7 @@ def test_dropped_connection_is_still_retried(api_key, tmp_path):
                            base_url=f"http://127.0.0.1:{server.getsockname()[1]}/v1", **{**FAST, "max_retries": 2})
     finally:
         server.close()
-    from tgcnet.prompts.generate import EndpointUnreachableError
+    from tgcnet.prompts.generation_errors import EndpointUnreachableError
 
     assert not isinstance(info.value, EndpointUnreachableError) and len(accepted) == 3
 

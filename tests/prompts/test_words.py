@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tgcnet.prompts.words import caption_words, fix_word
+from tgcnet.prompts.words import caption_tokens, caption_words, fix_word, replace_words
 
 
 def test_typo_correction_does_not_invent_words():
@@ -29,3 +29,16 @@ def test_hyphens_split_words_and_phrase_marks_stay_tokens():
 def test_non_string_is_a_type_error():
     with pytest.raises(TypeError, match="caption must be a str"):
         caption_words(None)  # type: ignore[arg-type]
+
+
+def test_caption_tokens_keep_joined_words_and_every_mark():
+    assert caption_tokens("Ground-glass opacity (GGO), patient's  LEFT lung.") == [
+        "ground-glass", "opacity", "(", "ggo", ")", ",", "patient's", "left", "lung", "."]
+
+
+def test_replace_words_changes_words_only_and_reads_them_as_the_parsers_do():
+    text = "Left-sided,  l3ft\tlung (RUL)!"
+    assert replace_words(text, str.upper) == "LEFT-SIDED,  L3FT\tLUNG (RUL)!"
+    seen: list[str] = []
+    replace_words(text, lambda w: seen.append(w.lower()) or w)
+    assert [fix_word(w) for w in seen] == [w for w in caption_words(text) if w.isalnum()]

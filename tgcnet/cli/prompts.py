@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 from tgcnet.prompts.cache import KnowledgeCache, load_cache
-from tgcnet.prompts.captions import read_captions
 from tgcnet.prompts.concepts import all_concepts, concept_kind, extract_concepts
-from tgcnet.prompts.generate import EndpointUnreachableError, GenerationError, generate_cache
+from tgcnet.prompts.generate import generate_cache
+from tgcnet.prompts.generation_errors import EndpointUnreachableError, GenerationError
+from tgcnet.prompts.harvest import harvest_captions
 from tgcnet.prompts.prompt_templates import load_templates
 
 from .common import CommandError
@@ -80,7 +81,7 @@ def _concepts_from(args: argparse.Namespace) -> list[str]:
     wanted: dict[str, None] = {}
     if args.all_concepts:
         wanted.update(dict.fromkeys(all_concepts()))
-    captions = read_captions(args.captions)
+    captions = harvest_captions(args.captions)
     empty = 0
     for caption in captions:
         keys = extract_concepts(caption)

@@ -1,7 +1,8 @@
-"""Harvest captions from a file or a data directory, for `prompts generate --captions`.
+"""Harvest the distinct captions of a file or a data directory, for `prompts generate --captions`.
 
-Deliberately independent of tgcnet.data (prompts must not import the model side): it only
-needs the caption strings, so a glob over the known layouts is enough. Tables are read by
+Only the caption strings are wanted (to find the concepts they name), not the image and
+mask each caption belongs to, so this stays independent of tgcnet.data (prompts must not
+import the model side): a glob over the known layouts is enough. Tables are read by
 :func:`tgcnet.io.read_table`, the reader of every Image/Description table.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Iterator
 
 from tgcnet.io import read_table
 
-__all__ = ["read_captions", "DATA_DIR_PATTERNS"]
+__all__ = ["harvest_captions", "caption_files", "DATA_DIR_PATTERNS"]
 
 # Caption files of the layouts tgcnet reads: QaTa-mini, LViT, SGSeg, GuideDecoder.
 DATA_DIR_PATTERNS: tuple[str, ...] = ("**/prompts.csv", "**/*_text.xlsx", "**/annotation.json", "**/prompt/*.csv")
@@ -50,7 +51,7 @@ def _from_text(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def _read_file(path: Path) -> list[str]:
+def _from_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
     reader = {".csv": _from_table, ".xlsx": _from_table, ".xls": _from_table, ".json": _from_json}.get(suffix, _from_text)
     return reader(path)
@@ -62,7 +63,7 @@ def caption_files(directory: Path) -> list[Path]:
     return sorted(found)
 
 
-def read_captions(source: str | Path) -> list[str]:
+def harvest_captions(source: str | Path) -> list[str]:
     """Distinct non-empty captions, in first-seen order, from a CSV/XLSX/JSON/text file or a data directory."""
     source = Path(source)
     if source.is_dir():
@@ -75,7 +76,7 @@ def read_captions(source: str | Path) -> list[str]:
         raise FileNotFoundError(f"{source}: no such file or directory")
     seen: dict[str, None] = {}
     for f in files:
-        for caption in _read_file(f):
+        for caption in _from_file(f):
             caption = caption.strip()
             if caption and not caption.startswith("#"):
                 seen.setdefault(caption, None)
