@@ -157,7 +157,7 @@ def device_name(device: str) -> str:
 def _meta(args: argparse.Namespace, settings: Settings, rows: list[dict], start: float, load: tuple) -> dict:
     import torch
 
-    from tgcnet.kernels import cpu_vendor
+    from tgcnet.accel import cpu_vendor
 
     kinds = [m["memory_kind"] for c in rows for m in c.get("members", []) if "memory_kind" in m]
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "preset": settings.preset,

@@ -70,7 +70,7 @@ VARIANTS = {
     "feature_cache": "cached frozen-ViT features (FeatureCache, ViT skipped)",
     "bf16": "bfloat16 autocast",
     "compile": "torch.compile of frozen ViT, CNN, VLCM, decoder",
-    "onednn": "CLIP linears through oneDNN (tgcnet.kernels.use_onednn_linears)",
+    "onednn": "CLIP linears through oneDNN (tgcnet.accel.use_onednn_linears)",
 }
 
 CONFIG_VARIANTS: dict[str, dict[str, Any]] = {"lora_knowledge": {"date__knowledge_encoder": "lora"},
@@ -325,7 +325,7 @@ def build_clipseg(member: Member, comparison: Comparison, settings: Settings, de
     model = _clipseg(settings, comparison.size)
     model.clip.requires_grad_(False)
     if "onednn" in parts:
-        from tgcnet.kernels import use_onednn_linears
+        from tgcnet.accel import use_onednn_linears
 
         use_onednn_linears(model.clip)
     model = model.to(device)
@@ -378,6 +378,6 @@ def build(member: Member, comparison: Comparison, settings: Settings, device: to
 
 def default_linear() -> Optional[str]:
     """What ``optimize_for_cpu(linear='auto')`` picks on this machine's CPU ('onednn' or 'torch')."""
-    from tgcnet.kernels import resolve_cpu_linear
+    from tgcnet.accel import resolve_cpu_linear
 
     return "onednn" if resolve_cpu_linear("auto") else "torch"

@@ -44,13 +44,13 @@ def one_thread():
 @pytest.fixture
 def onednn_calls(monkeypatch):
     """Counts calls that really went through oneDNN (a silent fallback must not pass as speed)."""
-    from tgcnet import kernels
+    from tgcnet import accel
 
     calls = []
-    real = kernels._onednn_linear
+    real = accel._onednn_linear
 
     def counted(*args):
         calls.append(args[0].shape)
         return real(*args)
-    monkeypatch.setattr(kernels, "_onednn_linear", counted)
+    monkeypatch.setattr(accel, "_onednn_linear", counted)
     return calls

@@ -131,6 +131,18 @@ def test_frozen_and_eval_whatever_the_caller_does():
     assert not any(p.requires_grad for p in tower.parameters())
 
 
+@pytest.mark.parametrize("build", [lambda: FrozenViT(native_clip(224).visual, (0, 1)),
+                                   lambda: image_tower(timm_clip("", "linear").visual, (0, 1))],
+                         ids=["open_clip", "timm"])
+def test_frozen_linears_are_the_blocks_gemms(build):
+    """Every linear layer of the blocks (q/k/v, attention output, MLP), for a caller to route."""
+    tower = build()
+    linears = tower.frozen_linears()
+    assert len(linears) == 4 * 2 and all(isinstance(m, nn.Linear) for m in linears)
+    assert {id(m) for m in linears} == {id(m) for m in tower.blocks().modules() if isinstance(m, nn.Linear)}
+    assert not any(m.weight.requires_grad for m in linears)
+
+
 @pytest.mark.parametrize("vision,kind", [
     ({"layers": [1, 1, 1, 1], "width": 16, "image_size": 64}, "ModifiedResNet"),
     ({"timm_model_name": "convnext_atto", "timm_pool": "avg", "timm_proj": "linear", "image_size": 224}, "ConvNeXt"),

@@ -204,12 +204,12 @@ def test_tgcnet_variants_build_and_step(speed, variant):
 
 def test_linear_variants_go_through_optimize_for_cpu(speed):
     """The kernel variants are optimize_for_cpu's choices on the built model: same numbers to float rounding."""
-    from tgcnet.kernels import onednn_linear_available
+    from tgcnet.accel import has_onednn_linears, onednn_linear_available
 
     torch_model = _build(speed, "tgcnet", "infer", "torch_linear").model
     onednn_model = _build(speed, "tgcnet", "infer", "onednn_linear").model
-    assert torch_model.sse.clip_visual.onednn_linear is False
-    assert onednn_model.sse.clip_visual.onednn_linear is onednn_linear_available()
+    assert not has_onednn_linears(torch_model.sse.clip_visual)
+    assert has_onednn_linears(onednn_model.sse.clip_visual) is onednn_linear_available()
     x, captions = images(2, 64), ["bilateral pulmonary infection, lower left lung."] * 2
     with torch.no_grad():
         torch.testing.assert_close(onednn_model(x, captions), torch_model(x, captions), rtol=1e-4, atol=1e-4)

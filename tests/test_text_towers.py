@@ -106,6 +106,19 @@ def test_bert_lora_targets_every_layer_and_no_image_module(tmp_path):
     assert all(p.grad is None for n, p in model.sse.clip_visual.named_parameters())
 
 
+@pytest.mark.parametrize("preset", ["tgcnet-tiny", "tgcnet-tiny-biomedclip"])
+def test_frozen_linears_are_lora_base_layers_not_adapters(tmp_path, preset):
+    """The transformer's frozen GEMMs include LoRA's base layers; the adapters, which train, stay out."""
+    tower = (biomedclip_model(tmp_path) if "biomedclip" in preset else create_model(preset, knowledge=None)
+             ).date.text_tower
+    linears = {id(m) for m in tower.frozen_linears()}
+    layers = lora_layers(tower)
+    assert layers and all(id(layer.base_layer) in linears for layer in layers.values())
+    adapters = [m for layer in layers.values() for m in (*layer.lora_A.values(), *layer.lora_B.values())]
+    assert adapters and not any(id(m) in linears for m in adapters)
+    assert not any(m.weight.requires_grad for m in tower.frozen_linears())
+
+
 def test_biomedclip_shaped_model_trains_saves_and_reloads_bit_identically(tmp_path):
     from tgcnet import TGCNet
 

@@ -139,11 +139,11 @@ class DATE(nn.Module):
         self._caption_cache.clear()
         return super().train(mode)
 
-    def set_cpu_linear(self, onednn: bool) -> None:
-        """The text tower's frozen linear layers through oneDNN or ``F.linear`` on a CPU
-        (:meth:`FrozenTextTower.set_cpu_linear`). Kept encodings are dropped: they were made
-        with the other kernels, and serving them would make the output depend on history."""
-        self.text_tower.set_cpu_linear(onednn)
+    def clear_caches(self) -> None:
+        """Drop every kept encoding. The caches notice a changed weight by themselves, but not the
+        same weights run through another kernel (:func:`tgcnet.accel.optimize_for_cpu`), which
+        rounds differently: whoever switches calls this, or a result would depend on what ran
+        before it, down to the last bit."""
         self._caption_cache.clear()
         self._description_cache.clear()
 

@@ -23,7 +23,6 @@ from timm.models.vision_transformer import _create_vision_transformer
 from torch import nn
 
 from tgcnet.adapters import project_attention
-from tgcnet.kernels import has_onednn_linears, use_onednn_linears, use_torch_linears
 
 ViTOutput = tuple[list[torch.Tensor], torch.Tensor]
 
@@ -39,8 +38,6 @@ class FrozenImageTower(nn.Module):
     patch_size: int      # pixels per patch side
     width: int           # channels of the intermediate maps
     output_dim: int      # D, the joint image-text space
-    #: whether the blocks' linear layers run through oneDNN on a CPU (:meth:`set_cpu_linear`)
-    onednn_linear: bool = False
 
     def __init__(self, indices: tuple[int, ...], depth: int) -> None:
         super().__init__()
@@ -65,15 +62,10 @@ class FrozenImageTower(nn.Module):
         """The transformer blocks: where the tower's GEMMs, hence its CPU time, are."""
         raise NotImplementedError
 
-    def set_cpu_linear(self, onednn: bool) -> None:
-        """Run the blocks' frozen linear layers through oneDNN (True) or ``F.linear`` (False) on a
-        CPU in float32 (:mod:`tgcnet.kernels`). The same weights and state-dict names either way;
-        the numbers agree to float rounding. Off the CPU every call uses ``F.linear`` regardless."""
-        if onednn:
-            use_onednn_linears(self.blocks())
-        else:
-            use_torch_linears(self.blocks())
-        self.onednn_linear = has_onednn_linears(self.blocks())
+    def frozen_linears(self) -> list[nn.Linear]:
+        """The blocks' linear layers, all frozen: the tower's GEMMs, which a caller may route to
+        the kernel fastest on its machine (:func:`tgcnet.accel.optimize_for_cpu`)."""
+        return [m for m in self.blocks().modules() if isinstance(m, nn.Linear)]
 
     def forward(self, x: torch.Tensor) -> ViTOutput:
         """Maps (B, width, h, w) at ``indices`` and dense joint embeddings (B, D, h, w)."""
@@ -98,9 +90,6 @@ class FrozenViT(FrozenImageTower):
     (``attn.in_proj_weight`` -> ``attn.in_proj.weight``), so an open_clip checkpoint no
     longer loads into it afterwards. tgcnet loads CLIP weights in ``backbone.load_clip``,
     before this, and never saves the frozen tower.
-
-    The blocks' linear layers run ``F.linear`` until :meth:`set_cpu_linear` (for a whole
-    model: :func:`tgcnet.accel.optimize_for_cpu`) picks oneDNN for a CPU.
     """
 
     def __init__(self, visual: VisionTransformer, indices: tuple[int, ...], fused_attention: bool = True) -> None:

@@ -20,8 +20,7 @@ from open_clip.model import CLIP
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from tgcnet.adapters import lora_parameters, project_attention
-from tgcnet.kernels import has_onednn_linears, use_onednn_linears, use_torch_linears
+from tgcnet.adapters import lora_parameters
 
 #: LoRA target presets ("auto" picks one per tower), as regexes over names inside the tower
 OPEN_CLIP_TEXT_TARGETS = "open_clip_text"
@@ -43,8 +42,6 @@ class FrozenTextTower(nn.Module):
     trims_padding: bool = False
     #: pad every batch to the full context (towers trained on full-length padded input)
     pads_to_context: bool = False
-    #: whether the transformer's frozen linear layers run through oneDNN on a CPU (:meth:`set_cpu_linear`)
-    onednn_linear: bool = False
     transformer: nn.Module   # the encoder blocks: where the tower's GEMMs, hence its CPU time, are
 
     @property
@@ -57,17 +54,12 @@ class FrozenTextTower(nn.Module):
         adapters = set(lora_parameters(self))
         return [name for name in self.state_dict() if name not in adapters]
 
-    def set_cpu_linear(self, onednn: bool) -> None:
-        """Run the transformer's frozen linear layers through oneDNN (True) or ``F.linear`` (False)
-        on a CPU in float32 (:mod:`tgcnet.kernels`). LoRA's base layers are swapped, its adapters
-        (trainable) are not, so LoRA trains as before. Off the CPU every call uses ``F.linear``."""
-        if onednn:
-            # MultiheadAttention hands its raw weights to one fused op: split it into Linears first
-            project_attention(self.transformer)
-            use_onednn_linears(self.transformer, skip=_is_lora_adapter)
-        else:
-            use_torch_linears(self.transformer)
-        self.onednn_linear = has_onednn_linears(self.transformer)
+    def frozen_linears(self) -> list[nn.Linear]:
+        """The transformer's frozen linear layers: the tower's GEMMs, which a caller may route to the
+        kernel fastest on its machine (:func:`tgcnet.accel.optimize_for_cpu`). LoRA's base layers
+        are among them; its adapters, which DATE trains, are not."""
+        return [m for name, m in self.transformer.named_modules()
+                if isinstance(m, nn.Linear) and not _is_lora_adapter(name)]
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token features (B, L, D) and pooled embedding (B, D), both in the joint space."""

@@ -101,6 +101,16 @@ def test_accumulator_over_batches_matches_one_batch_and_writes_csv(tmp_path):
         parts.compute()
 
 
+def test_per_image_csv_is_all_or_nothing(tmp_path):
+    """A write that fails half-way leaves the previous table whole and no temporary file beside it."""
+    path = write_per_image_csv([{"name": "a", "dice": 1.0, "iou": 1.0}], tmp_path / "per_image.csv")
+    before = path.read_bytes()
+    with pytest.raises(ValueError):   # a row with a column the header lacks: csv refuses it mid-table
+        write_per_image_csv([{"name": "b", "dice": 0.5, "iou": 0.3}, {"name": "c", "extra": 1}], path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["per_image.csv"]
+
+
 def test_unnamed_rows_then_named():
     acc = MetricAccumulator(from_logits=False)
     acc.update(_masks("1"), _masks("1"))

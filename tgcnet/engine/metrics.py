@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
+from tgcnet.io import atomic_write
+
 __all__ = ["binarize_prediction", "confusion_counts", "dice_iou_from_counts", "dice_iou", "MetricAccumulator",
            "write_per_image_csv"]
 
@@ -157,13 +159,14 @@ def write_per_image_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Pat
 
     Takes :attr:`MetricAccumulator.rows` or the rows of an evaluation (name, caption,
     dice, iou, side_error); a None value (no side error for a caption naming no side)
-    is written as an empty cell.
+    is written as an empty cell. All or nothing: an evaluation stopped mid-write leaves the
+    previous file, never a table that silently lacks images.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(rows[0]) if rows else ["name", "dice", "iou"]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-    return path
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    return atomic_write(path, write)
