@@ -19,8 +19,9 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from tgcnet import onnx_export  # noqa: E402
-from tgcnet.onnx_export import (DEFAULT_OPSET, collect_captions, export_onnx, prepare_captions,  # noqa: E402
-                                read_onnx_captions, read_onnx_metadata)
+from tgcnet.caption_set import prepare_captions  # noqa: E402
+from tgcnet.onnx_export import (DEFAULT_OPSET, collect_captions, export_onnx, read_onnx_captions,  # noqa: E402
+                                read_onnx_metadata)
 
 SIZE = 64
 PROMPTS = sample_root() / "test" / "prompts.csv"
