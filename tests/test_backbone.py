@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from tgcnet import create_model
-from tgcnet.backbone import instantiate, load_checkpoint, read_checkpoint
+from tgcnet.backbone import instantiate
 from tgcnet.config import get_preset
 from tgcnet.text_towers import HFTextTower
 
@@ -321,17 +321,6 @@ def test_torchscript_of_an_open_clip_model_loads(tmp_path, how):
     assert activations(model) == {"GELU"}
     assert_same_clip(model, source.state_dict(), "")
     assert_same_outputs(model, source)
-
-
-def test_load_checkpoint_into_an_open_clip_model(tmp_path):
-    """The module's own API, as other code calls it (a ``Path`` will do): the same tensors, by name."""
-    source = source_clip(BIOMED, seed=91)
-    path = write_weights(tmp_path / PYTORCH_BIN, source.state_dict())
-    assert sorted(read_checkpoint(path)) == sorted(source.state_dict())
-    model = instantiate(model_cfg(BIOMED))
-    load_checkpoint(model, path)
-    for name, tensor in source.state_dict().items():
-        assert torch.equal(model.state_dict()[name], tensor), name
 
 
 @pytest.mark.parametrize("key", ["visual.transformer.resblocks.1.attn.in_proj_weight",   # renamed: fused attention

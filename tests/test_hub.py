@@ -6,13 +6,15 @@ Repo ids are served from a Hugging Face cache the test writes itself (the layout
 import shutil
 from pathlib import Path
 
+import huggingface_hub.hub_mixin
 import pytest
 import torch
 from huggingface_hub import ModelHubMixin, PyTorchModelHubMixin
 
-import tgcnet.model
+import tgcnet.hub
 from helpers import CAPTIONS, StaticKnowledge, images, tiny, wake_lora
 from tgcnet import TGCNet
+from tgcnet.hub import TGCNetHubMixin, is_hub_repo_id
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -49,7 +51,8 @@ def same_outputs(a: TGCNet, b: TGCNet) -> bool:
 
 
 def test_tgcnet_is_a_hub_mixin_model():
-    assert issubclass(TGCNet, PyTorchModelHubMixin) and issubclass(TGCNet, ModelHubMixin)
+    assert issubclass(TGCNet, TGCNetHubMixin) and issubclass(TGCNet, PyTorchModelHubMixin)
+    assert issubclass(TGCNet, ModelHubMixin)
     info = TGCNet._hub_mixin_info.model_card_data
     assert info.library_name == "tgcnet" and info.pipeline_tag == "image-segmentation"
 
@@ -69,15 +72,19 @@ def test_repo_id_is_read_from_the_hugging_face_cache_offline(saved, tmp_path):
 
 
 def test_repo_id_goes_through_hf_hub_download(saved, monkeypatch):
+    """The mixin fetches config.json, tgcnet's hook config.json (for its format version) and the
+    weights: every download names the repo, the revision and the token given."""
     model, directory = saved
     calls = []
 
     def download(repo_id, filename, **kwargs):
         calls.append((repo_id, filename, kwargs["revision"], kwargs["token"]))
         return str(directory / filename)
-    monkeypatch.setattr(tgcnet.model, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "hf_hub_download", download)
+    monkeypatch.setattr(tgcnet.hub, "hf_hub_download", download)
     again = TGCNet.from_pretrained("org/name", None, StaticKnowledge(), "cpu", revision="v1", token="t")
-    assert calls == [("org/name", "config.json", "v1", "t"), ("org/name", "model.safetensors", "v1", "t")]
+    assert {call[1] for call in calls} == {"config.json", "model.safetensors"}
+    assert all(call[0] == "org/name" and call[2:] == ("v1", "t") for call in calls)
     assert same_outputs(model, again)
 
 
@@ -138,3 +145,35 @@ def test_a_config_other_than_the_models_is_refused(saved, tmp_path):
     model, _ = saved
     with pytest.raises(ValueError, match="writes the model's own config"):
         model.save_pretrained(tmp_path, config={"name": "other"})
+
+
+def test_a_repo_that_cannot_be_fetched_names_the_file_and_the_cause(saved, monkeypatch):
+    """Online, the mixin logs a Hub error on config.json and goes on; the hook's own look-up
+    then says which file of which repo, and why."""
+    import httpx2
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def download(repo_id, filename, **kwargs):
+        url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+        raise RepositoryNotFoundError("404", response=httpx2.Response(404, request=httpx2.Request("GET", url)))
+    monkeypatch.setattr(huggingface_hub.hub_mixin, "hf_hub_download", download)
+    monkeypatch.setattr(tgcnet.hub, "hf_hub_download", download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(FileNotFoundError, match=r"config\.json of 'org/private' not found.*"
+                                                r"RepositoryNotFoundError.*your access \(token=\)"):
+        TGCNet.from_pretrained("org/private", knowledge=None)
+
+
+def test_a_config_json_not_written_by_save_pretrained_is_named(saved, tmp_path):
+    _, directory = saved
+    shutil.copytree(directory, tmp_path / "copy")
+    (tmp_path / "copy" / "config.json").write_text('{"name": "tgcnet-tiny"}')
+    with pytest.raises(ValueError, match=r"config\.json is not a tgcnet config\.json: expected 'format_version' "
+                                         r"and 'config'"):
+        TGCNet.from_pretrained(tmp_path / "copy", knowledge=None)
+
+
+@pytest.mark.parametrize("model_id, is_repo", [("org/name", True), ("name", True), ("/a/b/c", False),
+                                               ("out/run/best", False), ("org/na me", False)])
+def test_is_hub_repo_id(model_id, is_repo):
+    assert is_hub_repo_id(model_id) is is_repo

@@ -20,8 +20,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: choices that belong to the machine a model runs on, not to the model, with where each is
-#: made: a saved config.json may carry them (:func:`drop_run_time_fields`), a preset or an
-#: override may not
+#: made: a config naming one is refused with that hint
 RUN_TIME_FIELDS: dict[tuple[str, ...], str] = {
     ("clip", "cpu_linear"): "tgcnet.accel.optimize_for_cpu(model, linear=...)",
 }
@@ -242,19 +241,6 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
-
-
-def drop_run_time_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a saved config's dict without :data:`RUN_TIME_FIELDS`, so a config.json that
-    records how its machine ran still loads; the choice is made again where the model runs."""
-    data = copy.deepcopy(data)
-    for path in RUN_TIME_FIELDS:
-        node = data
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    return data
 
 
 # ---------------------------------------------------------------------------- presets

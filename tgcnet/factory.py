@@ -6,7 +6,8 @@ from typing import Any, Optional
 import torch
 
 from tgcnet.config import get_preset
-from tgcnet.model import DEFAULT_KNOWLEDGE, KnowledgeArg, TGCNet
+from tgcnet.hub import DEFAULT_KNOWLEDGE, KnowledgeArg
+from tgcnet.model import TGCNet
 
 
 def create_model(name: str, pretrained: Optional[str] = None, clip_model: Optional[str] = None,

@@ -1,70 +1,32 @@
 """TGCNet: SSE -> DATE -> VLCM -> decoder, with only the adapters trainable.
 
-TGCNet is a huggingface_hub ``PyTorchModelHubMixin`` (as segmentation_models_pytorch's
-models are): ``save_pretrained``, ``from_pretrained`` (a directory or an ``org/name`` Hub repo,
-through the Hugging Face cache) and ``push_to_hub`` keep the mixin's arguments and run through
-its ``_save_pretrained`` / ``_from_pretrained`` hooks. What is written: ``config.json`` plus
-``model.safetensors`` of the trainable weights only (the frozen CLIP is rebuilt from the
-config), and the text tower's LoRA adapter once more in peft's own format under
-``text_adapter/``, so peft alone can put it on the bare open_clip text tower.
+What the model is and computes: the checks at its door, the forward and its training loss,
+and which parameters train. Saving and loading (``save_pretrained``, ``from_pretrained``,
+``push_to_hub``) come from :class:`tgcnet.hub.TGCNetHubMixin`.
 """
 from __future__ import annotations
 
 import copy
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
-from tgcnet.adapters import lora_layers, save_adapter
 from tgcnet.backbone import load_clip
 from tgcnet.captions import normalize_caption
-from tgcnet.config import LossConfig, TGCNetConfig, drop_run_time_fields
+from tgcnet.config import LossConfig, TGCNetConfig
 from tgcnet.date import DATE, KnowledgeSource
 from tgcnet.decoder import Decoder
 from tgcnet.guidance import guidance_masks
+from tgcnet.hub import DEFAULT_KNOWLEDGE, KnowledgeArg, TGCNetHubMixin
 from tgcnet.image_towers import FrozenImageTower, ViTOutput
-from tgcnet.io import atomic_write_text, load_json, load_safetensors, save_json_atomic, save_safetensors_atomic
 from tgcnet.losses import deep_supervision_loss, dice_bce_loss, guidance_outside_loss, ot_alignment_loss
 from tgcnet.sse import SSE
 from tgcnet.text_towers import FrozenTextTower
 from tgcnet.vlcm import VLCM
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-#: the text tower's LoRA adapter in peft's format (adapter_config.json + adapter_model.safetensors)
-TEXT_ADAPTER_DIR = "text_adapter"
-FORMAT_VERSION = 1
-DEFAULT_KNOWLEDGE = "default"
-
-#: the README.md that ``push_to_hub`` uploads beside the weights (huggingface_hub's template syntax)
-MODEL_CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# TGC-Net
-
-Text-guided medical image segmentation on a frozen CLIP, made with the `tgcnet` library
-(paper: {{ paper_url }}). This repository holds the trainable weights only
-(`model.safetensors`) and `config.json`; the frozen CLIP towers are rebuilt from the
-config's `clip` section.
-
-```python
-from tgcnet import TGCNet
-
-model = TGCNet.from_pretrained("{{ repo_id | default("<this repository>", true) }}")
-# if the CLIP checkpoint recorded in config.json lives elsewhere on your machine:
-# model = TGCNet.from_pretrained("...", pretrained="/path/to/clip/checkpoint")
-```
-"""
-
-KnowledgeArg = Union[KnowledgeSource, str, None]
 #: ``frozen_vit_features`` output: ViT maps (one per ``sse.vit_indices`` entry) and dense joint embeddings
 ViTFeatures = ViTOutput
 
@@ -110,21 +72,7 @@ def resolve_knowledge(knowledge: KnowledgeArg) -> Optional[KnowledgeSource]:
                      f"descriptions_for(caption), got {type(knowledge).__name__}")
 
 
-def _saved_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config dict of a saved model as this version reads it: a config without
-    ``date.knowledge_encoder`` was trained with "lora"; machine-specific choices
-    (:data:`tgcnet.config.RUN_TIME_FIELDS`) are dropped."""
-    config = drop_run_time_fields(config)
-    date = config.setdefault("date", {})
-    if isinstance(date, dict):
-        date.setdefault("knowledge_encoder", "lora")
-    return config
-
-
-class TGCNet(nn.Module, PyTorchModelHubMixin, library_name="tgcnet", pipeline_tag="image-segmentation",
-             license="mit", paper_url="https://arxiv.org/abs/2512.21135",
-             tags=["medical-imaging", "clip", "lora", "text-guided-segmentation"],
-             model_card_template=MODEL_CARD_TEMPLATE):
+class TGCNet(nn.Module, TGCNetHubMixin):
     """Text-guided segmentation from a frozen CLIP.
 
     ``forward(images, captions)`` takes images (B, 3 or 1, H, W) with values in [0, 1]
@@ -133,6 +81,7 @@ class TGCNet(nn.Module, PyTorchModelHubMixin, library_name="tgcnet", pipeline_ta
 
     A built model runs the frozen towers' linear layers through ``F.linear``; on a CPU,
     :func:`tgcnet.accel.optimize_for_cpu` picks the fastest kernel for the machine.
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``: :class:`tgcnet.hub.TGCNetHubMixin`.
     """
 
     def __init__(self, config: TGCNetConfig, knowledge: KnowledgeArg = DEFAULT_KNOWLEDGE) -> None:
@@ -311,9 +260,10 @@ class TGCNet(nn.Module, PyTorchModelHubMixin, library_name="tgcnet", pipeline_ta
                 names.update(f"{prefix}.{name}" for name in module.frozen_state_names())
         return names
 
-    # ------------------------------------------------------------------ save / load
+    # ------------------------------------------------------------------ trainable state
     def _saved_names(self) -> list[str]:
-        """Trainable parameters plus the buffers outside the frozen towers (e.g. BatchNorm stats)."""
+        """Trainable parameters plus the buffers outside the frozen towers (e.g. BatchNorm stats):
+        what ``save_pretrained`` writes, since the frozen towers are rebuilt from the config."""
         frozen = self.frozen_state_names()
         state = self.state_dict()
         names = [n for n, p in self.named_parameters() if p.requires_grad]
@@ -321,98 +271,9 @@ class TGCNet(nn.Module, PyTorchModelHubMixin, library_name="tgcnet", pipeline_ta
         return names
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state that training changes (see :meth:`_saved_names`)."""
         state = self.state_dict()
         return {n: state[n] for n in self._saved_names()}
-
-    def save_pretrained(self, save_directory: str | Path, *, config: Optional[dict] = None,
-                        repo_id: Optional[str] = None, push_to_hub: bool = False,
-                        model_card_kwargs: Optional[dict[str, Any]] = None, **push_to_hub_kwargs: Any
-                        ) -> Union[Path, str]:
-        """``config.json`` + ``model.safetensors`` of the trainable weights only, each written
-        atomically (temp file + rename), so a crash mid-save never leaves a truncated file and
-        an existing save stays readable until it is replaced.
-
-        The frozen CLIP is not copied: ``config.json`` records where it came from (a checkpoint
-        path, an hf-hub id, or the seed of a random init). ``model_card_kwargs`` also writes a
-        model card (``README.md``; ``push_to_hub`` always does). ``push_to_hub=True`` uploads
-        the folder to ``repo_id`` (default: the folder's name) and returns the commit URL;
-        otherwise the directory is returned. The mixin's ``config`` argument is refused: the
-        saved config is always the model's own (``model.config``), the one that rebuilds it.
-        """
-        if config is not None:
-            raise ValueError("save_pretrained writes the model's own config (model.config), the one that "
-                             "rebuilds it; do not pass config=. To save another configuration, build a model "
-                             "from it (TGCNet(config)) and save that")
-        directory = Path(save_directory)
-        self._save_pretrained(directory)
-        if model_card_kwargs is not None:
-            card = str(self.generate_model_card(**model_card_kwargs))
-            atomic_write_text(directory / "README.md", card)
-        if push_to_hub:
-            return self.push_to_hub(repo_id or directory.name, model_card_kwargs=model_card_kwargs,
-                                    **push_to_hub_kwargs)
-        return directory
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """The mixin's hook: trainable weights first, then the config that names them."""
-        meta = {"format_version": FORMAT_VERSION, "library": "tgcnet"}
-        save_safetensors_atomic(self.trainable_state_dict(), save_directory / WEIGHTS_NAME,
-                                metadata={"format": "pt", **{k: str(v) for k, v in meta.items()}})
-        save_json_atomic({**meta, "config": self.config.to_dict()}, save_directory / CONFIG_NAME)
-        if lora_layers(self.date.text_tower):
-            save_adapter(self.date.text_tower, save_directory / TEXT_ADAPTER_DIR)
-
-    def push_to_hub(self, repo_id: str, *, model_card_kwargs: Optional[dict[str, Any]] = None,
-                    **kwargs: Any) -> str:
-        """Upload what ``save_pretrained`` writes, plus a model card, to the Hub repo ``repo_id``
-        (huggingface_hub's ``push_to_hub``: ``token``, ``private``, ``branch``, ``create_pr``...)."""
-        kwargs.setdefault("model_card_kwargs", {"repo_id": repo_id, **(model_card_kwargs or {})})
-        return super().push_to_hub(repo_id, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, pretrained: Optional[str] = None,
-                        knowledge: KnowledgeArg = DEFAULT_KNOWLEDGE, map_location: str | torch.device = "cpu", *,
-                        revision: Optional[str] = None, cache_dir: str | Path | None = None,
-                        force_download: bool = False, token: str | bool | None = None,
-                        local_files_only: bool = False) -> "TGCNet":
-        """Rebuild a model saved with :meth:`save_pretrained`, from a directory or a Hub repo.
-
-        ``pretrained_model_name_or_path``: a directory written by ``save_pretrained``, or a
-        Hugging Face Hub repo id (``"org/name"``) fetched through ``hf_hub_download`` (and its
-        cache: with ``HF_HUB_OFFLINE=1`` a repo must already be cached). ``pretrained``
-        overrides the recorded CLIP checkpoint path (the run moved machines); ``knowledge`` as
-        in :func:`tgcnet.create_model`; the model is moved to ``map_location``. ``revision``,
-        ``cache_dir``, ``force_download``, ``token`` and ``local_files_only`` go to the Hub download.
-        """
-        return cls._from_pretrained(model_id=str(pretrained_model_name_or_path), revision=revision,
-                                    cache_dir=cache_dir, force_download=force_download,
-                                    local_files_only=local_files_only, token=token, pretrained=pretrained,
-                                    knowledge=knowledge, map_location=map_location)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: Optional[str], cache_dir: str | Path | None,
-                         force_download: bool, local_files_only: bool, token: str | bool | None,
-                         pretrained: Optional[str] = None, knowledge: KnowledgeArg = DEFAULT_KNOWLEDGE,
-                         map_location: str | torch.device = "cpu") -> "TGCNet":
-        """The mixin's hook: read the config, rebuild the frozen CLIP and the modules, load the
-        trainable weights, checking the format version and the knowledge the model needs."""
-        hub = {"revision": revision, "cache_dir": cache_dir, "force_download": force_download,
-               "local_files_only": local_files_only, "token": token}
-        config_path = _model_file(model_id, CONFIG_NAME, hub)
-        saved = load_json(config_path, f"{CONFIG_NAME} (a directory written by save_pretrained)")
-        if saved.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{config_path} has format version {saved['format_version']}, newer than this "
-                             f"tgcnet understands ({FORMAT_VERSION}); upgrade tgcnet")
-        config = TGCNetConfig.from_dict(_saved_config(saved.get("config", saved)))
-        if config.date.use_knowledge and knowledge is None:
-            raise ValueError(f"the model in {model_id} was trained with knowledge descriptions "
-                             "(date.use_knowledge is true) and needs them: load it with knowledge='default' (the "
-                             "shipped bank) or the knowledge cache or source it was trained with")
-        if pretrained is not None:
-            config.clip.pretrained = pretrained
-        model = cls(config, knowledge=knowledge)
-        model.load_trainable_state_dict(load_safetensors(_model_file(model_id, WEIGHTS_NAME, hub)), source=model_id)
-        return model.to(map_location)
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
         """Load exactly the trainable weights, with a clear error on an architecture mismatch."""
@@ -435,29 +296,3 @@ class TGCNet(nn.Module, PyTorchModelHubMixin, library_name="tgcnet", pipeline_ta
         self.load_state_dict(state, strict=False)
         self.date.train(self.date.training)  # drop cached description embeddings
 
-
-def _is_hub_repo_id(model_id: str) -> bool:
-    try:
-        validate_repo_id(model_id)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _model_file(model_id: str, filename: str, hub: dict[str, Any]) -> Path:
-    """``filename`` of a saved model: in the directory ``model_id``, or downloaded (through the
-    Hugging Face cache) from the Hub repo ``model_id``. A path that is no directory, and a repo
-    that cannot be had, are one FileNotFoundError saying which and what to do."""
-    local = Path(model_id)
-    if local.is_dir() or local.exists() or not _is_hub_repo_id(model_id):
-        return local / filename
-    try:
-        return Path(hf_hub_download(repo_id=model_id, filename=filename, **hub))
-    except (EntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = ("downloads are off (HF_HUB_OFFLINE) and it is not in the Hugging Face cache: run "
-                f"`hf download {model_id}` where there is network, or pass a local directory") if offline else \
-            "check the repo id, its revision and your access (token=), or pass a local directory"
-        raise FileNotFoundError(f"{filename} of {model_id!r} not found: there is no directory of that name here, "
-                                f"and as a Hugging Face Hub repo it could not be fetched ({type(exc).__name__}); "
-                                f"{hint}") from exc

@@ -206,14 +206,14 @@ def _local_key(path: Path, settings: tuple) -> tuple:
 
 def _load(model: str | Path, device: str, image_size: Optional[int], tta: str) -> "Predictor":
     from tgcnet.engine.prediction import Predictor
-    from tgcnet.model import _is_hub_repo_id
+    from tgcnet.hub import is_hub_repo_id
 
     settings = (device, image_size, tta)
     path = Path(model)
     if path.exists():
         key = _local_key(path, settings)
         make = lambda: Predictor(path, device=device, image_size=image_size, tta=tta)  # noqa: E731
-    elif isinstance(model, str) and _is_hub_repo_id(model):
+    elif isinstance(model, str) and is_hub_repo_id(model):
         key = ("hub", model, *settings)
         make = lambda: Predictor.from_model(_hub_model(model, device), image_size=image_size, tta=tta)  # noqa: E731
     else:
