@@ -14,7 +14,7 @@ import torch
 
 from tgcnet.io import load_safetensors
 from tgcnet.data import sample_root
-from tgcnet.engine.checkpoint import find_checkpoint
+from tgcnet.engine.run_dir import RunDir
 
 # 32 train images / batch 8 = 4 steps per epoch; 2 epochs; a checkpoint after every step.
 RUN_ARGS = ["--image-size", "64", "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "1",
@@ -53,14 +53,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, args):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
-        while find_checkpoint(killed) is None and proc.poll() is None and time.monotonic() < deadline:
+        while RunDir(killed).find_checkpoint() is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"training ended before it could be killed: {err.decode()[-2000:]}"
-    at_kill = json.loads((find_checkpoint(killed) / "trainer_state.json").read_text())
+    at_kill = json.loads((RunDir(killed).find_checkpoint() / "trainer_state.json").read_text())
     assert at_kill["global_step"] < 8, "the kill must interrupt the run"
 
     subprocess.run(_cmd("--resume", str(killed)), env=_env(), check=True, capture_output=True, timeout=300)
@@ -85,19 +85,19 @@ def test_resume_refuses_a_changed_data_order(tmp_path):
 
 def test_checkpoint_interrupted_mid_swap_is_found(tmp_path):
     """A crash between the two renames of a checkpoint swap leaves last.old/, which still resumes."""
-    from tgcnet.engine.checkpoint import load_checkpoint, save_checkpoint, capture_rng
+    from tgcnet.engine.train_state import capture_rng
 
     model = torch.nn.Linear(2, 2)
     model.save_pretrained = lambda d: torch.save({}, Path(d) / "dummy.pt")  # checkpoint wants save_pretrained
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    save_checkpoint(tmp_path, model, opt, sched, None, {"epoch": 1, "global_step": 5}, [capture_rng()])
+    RunDir(tmp_path).save_checkpoint(model, opt, sched, None, {"epoch": 1, "global_step": 5}, [capture_rng()])
     assert not any(p.name.startswith(".last.tmp") for p in tmp_path.iterdir())
     os.replace(tmp_path / "last", tmp_path / "last.old")
-    path, state, optim = load_checkpoint(tmp_path)
+    path, state, optim = RunDir(tmp_path).load_checkpoint()
     assert path.name == "last.old" and state["global_step"] == 5 and "optimizer" in optim
     with pytest.raises(FileNotFoundError, match="no resumable checkpoint"):
-        load_checkpoint(tmp_path / "nowhere")
+        RunDir(tmp_path / "nowhere").load_checkpoint()
 
 
 # --------------------------------------------------------------------------- damaged checkpoints

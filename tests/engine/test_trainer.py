@@ -12,7 +12,7 @@ from tgcnet.data import sample_root
 from tgcnet.engine import TrainConfig, train
 from tgcnet.engine.distributed import DistInfo, ShardedEpochSampler, epoch_order
 from tgcnet.engine.train_config import parse_overrides
-from tgcnet.engine.trainer import Trainer, lr_factor
+from tgcnet.engine.trainer import Trainer
 
 
 
@@ -112,15 +112,6 @@ def test_model_overrides_reach_the_model(tmp_path):
     assert parse_overrides(["date.lora.r=2", "laterality=patient"]) == {"date__lora__r": 2, "laterality": "patient"}
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["sse.channels"])
-
-
-def test_lr_schedule_warmup_then_cosine():
-    f = [lr_factor(s, total_steps=10, warmup_steps=2, min_ratio=0.1) for s in range(11)]
-    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0) and f[2] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[2:], f[3:]))  # monotone decay after warmup
-    assert f[10] == pytest.approx(0.1)
-    # a wall-clock budget half used anneals at least half way
-    assert lr_factor(3, 100, 2, 0.0, time_fraction=0.5) == pytest.approx(0.5)
 
 
 def test_sampler_order_sharding_and_skip():

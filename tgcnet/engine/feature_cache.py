@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from tgcnet.model import ViTFeatures
 
-__all__ = ["FeatureCache", "bytes_per_image", "CACHE_DTYPES"]
+__all__ = ["FeatureCache", "bytes_per_image", "describe_cache_size", "CACHE_DTYPES"]
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _STORAGE = torch.device("cpu")
@@ -43,6 +43,28 @@ def bytes_per_image(model: torch.nn.Module, image_size: int, dtype: torch.dtype)
     grid = (image_size // vit.patch_size) ** 2
     values = (len(set(vit.indices)) * vit.width + vit.output_dim) * grid
     return values * torch.empty((), dtype=dtype).element_size()
+
+
+def _size(nbytes: float) -> str:
+    """1536 -> '1.5 KiB': sizes from bytes to terabytes readable in one log line."""
+    if nbytes < 1024:
+        return f"{int(nbytes)} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        nbytes /= 1024
+        if nbytes < 1024:
+            return f"{nbytes:.1f} {unit}"
+    return f"{nbytes / 1024:.1f} TiB"
+
+
+def describe_cache_size(model: torch.nn.Module, image_size: int, dtype_name: str, n_images: int, versions: int,
+                        max_gb: Optional[float]) -> str:
+    """The cache's expected size in one line, so a run that will not fit says so before the
+    first epoch, not in swap."""
+    per_image = bytes_per_image(model, image_size, CACHE_DTYPES[dtype_name])
+    total = per_image * versions * n_images
+    cap = "no limit" if max_gb is None else f"limit {max_gb:g} GiB"
+    return (f"feature cache: {_size(per_image)} per image ({dtype_name}) x {n_images} training images x {versions} "
+            f"version(s) = up to {_size(total)} of CPU memory per process ({cap})")
 
 
 class FeatureCache:
@@ -136,3 +158,9 @@ class FeatureCache:
         counts = (self.hits, self.misses)
         self.hits = self.misses = 0
         return counts
+
+    def epoch_stats(self) -> dict[str, Any]:
+        """This rank's hit rate since the last call and the cache's size, for log.jsonl."""
+        hits, misses = self.reset_counts()
+        return {"cache_hit_rate": hits / (hits + misses) if hits + misses else None,
+                "cache_images": len(self), "cache_gib": round(self.nbytes / 2**30, 4)}

@@ -236,7 +236,7 @@ def read_saved_config(run: str | Path) -> dict[str, Any]:
         if isinstance(saved, dict) and isinstance(saved.get("train"), dict):
             return saved["train"]
         problem = 'does not hold training settings (expected a JSON object with a "train" object)'
-    from .checkpoint import recovery_hint  # torch: only on this error path
+    from .run_dir import recovery_hint  # run_dir imports this module
 
     raise ValueError(f"{path} {problem}: the run's settings are damaged, so {run} cannot be resumed; "
                      f"{recovery_hint(run)}")

@@ -7,148 +7,63 @@ the same weights as an uninterrupted run: the data order is a pure function of
 checkpoint records the optimizer, scheduler, scaler, RNG states and how many batches of
 the current epoch were consumed.
 
-The run directory's files are listed in tgcnet.engine.files. ``train(cfg, model_factory=make)``
-trains another model through the same loop (see tgcnet.engine.factory_model).
+What goes where in the run directory, and which process may write there, is
+tgcnet.engine.run_dir's. ``train(cfg, model_factory=make)`` trains another model through
+the same loop (see tgcnet.engine.factory_model).
 
 Everything a run can be refused for (settings, data, model build, image size against the
-patch size, amp on the device) is checked before anything is written there. A directory
-with no checkpoint and no best/ holds no run: a new run replaces its train_config.json and
-log.jsonl (left by a start that failed before its first checkpoint) instead of asking for
---resume.
+patch size, amp on the device, a directory in use or holding another run) is checked
+before anything is written there.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import random
 import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from tgcnet.io import atomic_write_text, save_json_atomic
 from tgcnet.data import SegmentationDataset, build_transforms, collate, read_split
 from tgcnet.model import ViTFeatures
 
-from . import checkpoint as ckpt
 from .distributed import (DistInfo, ShardedEpochSampler, all_gather_rows, broadcast_object, cleanup_distributed,
                           resolve_device, setup_distributed)
 from .factory_model import ModelFactory, build_factory_model
-from .feature_cache import CACHE_DTYPES, FeatureCache, bytes_per_image
-from .files import BEST_DIR, INFERENCE_NAME, LAST_DIR, LOG_NAME, TRAIN_CONFIG_NAME
+from .feature_cache import CACHE_DTYPES, FeatureCache, describe_cache_size
 from .inference import (autocast_context, check_caption_lengths, knowledge_arg, make_loader, override_captions,
                         prepare_for_device, run_inference, summarize)
-from .train_config import RESUME_FIXED, TrainConfig, read_saved_config
+from .run_dir import RunDir
+from .schedule import TrainingClock, lr_factor
+from .train_config import TrainConfig
+from .train_state import capture_rng, restore_optimizers, restore_rng, seed_rng
 
-__all__ = ["Trainer", "train", "lr_factor"]
+__all__ = ["Trainer", "train"]
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0,
-              time_fraction: float = 0.0) -> float:
-    """Linear warmup to 1, then cosine to ``min_ratio`` at the end of training.
-
-    "The end" is whichever comes first of ``total_steps`` and the wall-clock budget
-    (``time_fraction`` of it used), so a time-bounded run still anneals.
-    """
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max((step - warmup_steps) / span, time_fraction))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def _resolve_config(config: TrainConfig) -> TrainConfig:
+    """The config to run, once its directory allows it: a resume writes into the directory it continues."""
+    RunDir(config.out if config.resume is None else config.resume).check_start(config)
+    return config if config.resume is None else dataclasses.replace(config, out=str(Path(config.resume)))
 
 
-class _Clock:
-    """Wall-clock budget shared with the LR schedule; elapsed time survives a resume."""
-
-    def __init__(self, budget_s: Optional[float], elapsed: float = 0.0) -> None:
-        self.budget_s = budget_s
-        self.offset = elapsed
-        self.start = time.monotonic()
-        self.synced = elapsed
-
-    def elapsed(self) -> float:
-        return self.offset + time.monotonic() - self.start
-
-    def sync(self) -> None:
-        """Agree on rank 0's time, so every rank sees the same LR and the same stop decision."""
-        t = self.elapsed()
-        if self.budget_s is not None and dist.is_available() and dist.is_initialized():
-            box = torch.tensor([t], dtype=torch.float64)
-            dist.broadcast(box, src=0)
-            t = float(box.item())
-        self.synced = t
-
-    @property
-    def fraction(self) -> float:
-        return 0.0 if self.budget_s is None else min(1.0, self.synced / self.budget_s)
-
-    @property
-    def out_of_time(self) -> bool:
-        return self.budget_s is not None and self.synced >= self.budget_s
-
-
-def _size(nbytes: float) -> str:
-    """1536 -> '1.5 KiB': sizes from bytes to terabytes readable in one log line."""
-    if nbytes < 1024:
-        return f"{int(nbytes)} B"
-    for unit in ("KiB", "MiB", "GiB"):
-        nbytes /= 1024
-        if nbytes < 1024:
-            return f"{nbytes:.1f} {unit}"
-    return f"{nbytes / 1024:.1f} TiB"
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _check_fresh(out: Path) -> None:
-    """Refuse a directory holding a run's checkpoint or model; leftovers of a run that never
-    saved one (train_config.json, log.jsonl of a failed start) are no run, and are replaced."""
-    if ckpt.has_run(out):
-        raise ValueError(f"{out} already holds a training run; pass --resume {out} to continue it, "
-                         "or choose another --out")
-    best = out / BEST_DIR
-    if best.exists():
-        raise ValueError(f"{out} already holds a training run: a model in {best}, but no checkpoint to resume; "
-                         f"choose another --out (--init-from {best} starts from that model), or delete {out}")
-
-
-def _check_resumable(run: Path) -> None:
-    """Fail before building anything when there is no checkpoint at all (a damaged one is
-    reported, with what survives, by checkpoint.load_checkpoint)."""
-    if ckpt.find_checkpoint(run) is not None or (run / LAST_DIR).exists():
-        return
-    if (run / BEST_DIR).exists():
-        raise FileNotFoundError(f"cannot resume {run}: it holds no checkpoint, only a model in {run / BEST_DIR}; "
-                                f"start a new run from it with --init-from {run / BEST_DIR} --out NEW_DIR")
-    raise FileNotFoundError(f"cannot resume {run}: it holds no checkpoint (the run stopped before saving its "
-                            f"first); start it afresh: the same command without --resume, with --out {run}")
-
-
-def _resolve_config(config: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
-    """The effective config and, when resuming, the saved one it was checked against."""
-    if config.resume is None:
-        _check_fresh(Path(config.out))
-        return config, None
-    run = Path(config.resume)
-    saved = read_saved_config(run)
-    _check_resumable(run)
-    changed = [f"{k}: saved {saved.get(k)!r}, now {getattr(config, k)!r}"
-               for k in RESUME_FIXED if k in saved and saved[k] != getattr(config, k)]
-    if changed:
-        raise ValueError(f"cannot resume {run} with a different data order or model: " + "; ".join(changed))
-    config = dataclasses.replace(config, out=str(run))
-    return config, saved
+def _decided_by_rank0(is_main: bool, decide: Callable[[], Any]) -> Any:
+    """What rank 0's ``decide()`` returns, on every rank; if it refuses, every rank raises its error,
+    instead of the others waiting for it in the next collective."""
+    outcome: Any = None
+    if is_main:
+        try:
+            outcome = decide()
+        except (ValueError, OSError) as exc:
+            outcome = exc
+    outcome = broadcast_object(outcome)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 class Trainer:
@@ -158,9 +73,9 @@ class Trainer:
                  model_factory: Optional[ModelFactory] = None) -> None:
         self.cfg, self.device, self.dist = config, device, dist_info
         self.model_factory = model_factory
-        self.run_dir = Path(config.out)
+        self.dir = RunDir(config.out)
         self.amp_ctx = lambda: autocast_context(device, config.amp)
-        _seed_everything(config.seed)  # identical trainable init on every rank
+        seed_rng(config.seed)  # identical trainable init on every rank
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         autocast_context(device, config.amp)  # refuses fp16 on the CPU now, not at the first batch
@@ -168,8 +83,10 @@ class Trainer:
         self._build_model()
         self._check_image_size()
         self._build_data()  # after the model: captions are checked against its text context
-        self.feature_cache = self._build_feature_cache()
-        _seed_everything(config.seed + 1000 * dist_info.rank)
+        self.feature_cache = None if not config.cache_image_features else FeatureCache(
+            CACHE_DTYPES[config.cache_dtype],
+            max_bytes=None if config.cache_max_gb is None else int(config.cache_max_gb * 2**30))
+        seed_rng(config.seed + 1000 * dist_info.rank)
         self._build_optimizer()
         self.state: dict[str, Any] = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_dice": None,
                                       "best_epoch": None, "validated": False, "loss_sum": 0.0, "loss_count": 0,
@@ -247,23 +164,6 @@ class Trainer:
             raise ValueError(f"image_size {size} is not a multiple of the patch size {patch} of preset "
                              f"{self.cfg.preset!r}; use --image-size {sizes}")
 
-    def _build_feature_cache(self) -> Optional[FeatureCache]:
-        cfg = self.cfg
-        if not cfg.cache_image_features:
-            return None
-        max_bytes = None if cfg.cache_max_gb is None else int(cfg.cache_max_gb * 2**30)
-        return FeatureCache(CACHE_DTYPES[cfg.cache_dtype], max_bytes=max_bytes)
-
-    def _describe_feature_cache(self) -> str:
-        """Expected size, so a run that will not fit says so before the first epoch, not in swap."""
-        cfg = self.cfg
-        per_image = bytes_per_image(self.model, cfg.image_size, CACHE_DTYPES[cfg.cache_dtype])
-        versions = 2 if cfg.augment == "flip" else 1
-        total = per_image * versions * len(self.train_set)
-        cap = "no limit" if cfg.cache_max_gb is None else f"limit {cfg.cache_max_gb:g} GiB"
-        return (f"feature cache: {_size(per_image)} per image ({cfg.cache_dtype}) x {len(self.train_set)} training "
-                f"images x {versions} version(s) = up to {_size(total)} of CPU memory per process ({cap})")
-
     def _vit_features(self, images: torch.Tensor) -> Optional[ViTFeatures]:
         """Cached frozen-ViT features of a CPU batch on the training device (None: no cache)."""
         if self.feature_cache is None:
@@ -277,100 +177,45 @@ class Trainer:
         no_decay = [p for p in self.params if p.ndim < 2]  # norms, biases, gates, scales
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-        self.clock = _Clock(cfg.max_minutes * 60 if cfg.max_minutes else None)
+        self.clock = TrainingClock(cfg.max_minutes * 60 if cfg.max_minutes else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg.warmup_steps, cfg.min_lr_ratio,
                                                 self.clock.fraction))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
 
     def resume(self) -> None:
-        path, state, optim = ckpt.load_checkpoint(self.run_dir, rank=self.dist.rank)
-        if state["rng_world_size"] != self.dist.world_size:
-            raise ValueError(f"{path} was written by {state['rng_world_size']} process(es) but this run has "
-                             f"{self.dist.world_size}; resume with the same number of processes")
-        weights = ckpt.load_weights(path, self.run_dir)
+        path, state, optim = self.dir.load_checkpoint(rank=self.dist.rank, world_size=self.dist.world_size)
+        weights = self.dir.load_weights(path)
         self.model.load_trainable_state_dict({k: v.to(self.device) for k, v in weights.items()}, source=str(path))
-        self.optimizer.load_state_dict(optim["optimizer"])
-        self.scheduler.load_state_dict(optim["scheduler"])
-        if optim["scaler"] is not None:
-            self.scaler.load_state_dict(optim["scaler"])
-        ckpt.restore_rng(state.pop("rng"))
-        state.pop("rng_world_size")
-        state.pop("version", None)
+        restore_optimizers(optim, self.optimizer, self.scheduler, self.scaler)
+        restore_rng(state.pop("rng"))
         self.state.update(state)
-        self.clock = _Clock(self.clock.budget_s, self.state["elapsed"])
+        self.clock = TrainingClock(self.clock.budget_s, self.state["elapsed"])
         self.clock.synced = self.state["elapsed"]
-        self._trim_log(self.state["epoch"])
+        if self.is_main:
+            self.dir.trim_log(self.state["epoch"], keep_epoch=self.state["validated"])
 
     # ------------------------------------------------------------------ bookkeeping
     @property
     def is_main(self) -> bool:
         return self.dist.is_main
 
-    def _start_fresh(self) -> None:
-        """Replace what a start that never reached a checkpoint left (see _check_fresh)."""
-        if not self.is_main:
-            return
-        stale = [p for p in (self.run_dir / TRAIN_CONFIG_NAME, self.run_dir / LOG_NAME) if p.exists()]
-        if stale:
-            print(f"note: {self.run_dir} holds no checkpoint; replacing {', '.join(p.name for p in stale)} of an "
-                  "earlier start", file=sys.stderr, flush=True)
-            (self.run_dir / LOG_NAME).unlink(missing_ok=True)
-        self._write_config()
-
-    def _write_config(self) -> None:
-        if self.is_main:
-            save_json_atomic({"train": self.cfg.to_dict(), "model": self.model.config.to_dict(),
-                              "world_size": self.dist.world_size,
-                              "trainable_params": sum(p.numel() for p in self.params),
-                              "total_params": sum(p.numel() for p in self.model.parameters())},
-                             self.run_dir / TRAIN_CONFIG_NAME)
-
-    def _trim_log(self, epoch: int) -> None:
-        """Drop log lines of epochs the resumed run will redo (written after the last checkpoint)."""
-        log = self.run_dir / LOG_NAME
-        if not self.is_main or not log.is_file():
-            return
-        lines = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        keep = []
-        for ln in lines:
-            try:
-                if json.loads(ln).get("epoch", -1) < epoch or (json.loads(ln).get("epoch") == epoch
-                                                               and self.state["validated"]):
-                    keep.append(ln)
-            except json.JSONDecodeError:
-                continue  # a line cut by the kill
-        atomic_write_text(log, "".join(k + "\n" for k in keep))
-
-    def _log(self, entry: dict[str, Any]) -> None:
-        if self.is_main:
-            with open(self.run_dir / LOG_NAME, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry) + "\n")
+    @property
+    def run_dir(self) -> Path:
+        return self.dir.path
 
     def _checkpoint(self) -> None:
         self.state["elapsed"] = self.clock.synced
-        rng = ckpt.capture_rng()
+        rng = capture_rng()
+        rng_states: list[Any] = [rng]
         if self.dist.enabled:
-            shards: list[Any] = [None] * self.dist.world_size
-            dist.all_gather_object(shards, rng)
-            rng_states = shards
-        else:
-            rng_states = [rng]
+            rng_states = [None] * self.dist.world_size
+            dist.all_gather_object(rng_states, rng)
         if self.is_main:
-            ckpt.save_checkpoint(self.run_dir, self.model, self.optimizer, self.scheduler, self.scaler,
-                                 dict(self.state), rng_states)
+            self.dir.save_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, dict(self.state),
+                                     rng_states)
         if self.dist.enabled:
             dist.barrier()
-
-    def _save_best(self) -> None:
-        if self.is_main:
-            best = self.run_dir / BEST_DIR
-            self.model.save_pretrained(best)
-            save_json_atomic({"image_size": self.cfg.image_size, "knowledge": self.cfg.knowledge,
-                              "caption_override": self.cfg.caption_override,
-                              "threshold": self.cfg.threshold, "pretrained": self.cfg.pretrained,
-                              "epoch": self.state["epoch"], "global_step": self.state["global_step"],
-                              "val_dice": self.state["best_dice"]}, best / INFERENCE_NAME)
 
     # ------------------------------------------------------------------ loop
     def _done(self) -> bool:
@@ -453,14 +298,6 @@ class Trainer:
             dist.all_reduce(total)
         return float(total[0] / total[1]) if total[1] > 0 else None
 
-    def _cache_stats(self) -> dict[str, Any]:
-        """This rank's feature-cache hit rate over the epoch and its size, for log.jsonl."""
-        if self.feature_cache is None:
-            return {}
-        hits, misses = self.feature_cache.reset_counts()
-        return {"cache_hit_rate": hits / (hits + misses) if hits + misses else None,
-                "cache_images": len(self.feature_cache), "cache_gib": round(self.feature_cache.nbytes / 2**30, 4)}
-
     def _end_epoch(self, epoch: int, epoch_start: float) -> None:
         s, cfg = self.state, self.cfg
         complete = s["batches_done"] >= self.batches_per_epoch
@@ -474,15 +311,16 @@ class Trainer:
                 s["best_dice"], s["best_epoch"], improved = metrics["dice"], epoch, True
         elif self.val_loader is None:
             improved = True  # no validation split: best = latest
-        if improved:
-            self._save_best()
+        if improved and self.is_main:
+            self.dir.save_best(self.model, cfg, epoch=s["epoch"], global_step=s["global_step"], val_dice=s["best_dice"])
         entry = {"epoch": epoch, "step": s["global_step"], "train_loss": self._train_loss(),
                  "lr": self.scheduler.get_last_lr()[0], "time": round(self.clock.elapsed(), 3),
                  "epoch_time": round(time.monotonic() - epoch_start, 3)}
         entry.update({f"val_{k}": v for k, v in metrics.items()})
-        entry.update(self._cache_stats())
+        entry.update({} if self.feature_cache is None else self.feature_cache.epoch_stats())
         entry.update({"best_dice": s["best_dice"], "best_epoch": s["best_epoch"]})
-        self._log(entry)
+        if self.is_main:
+            self.dir.append_log(entry)
         if complete:
             s.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, loss_count=0, validated=False)
         else:
@@ -496,15 +334,23 @@ class Trainer:
                   f"{'n/a' if loss is None else f'{loss:.4f}'}{val}{cache} ({entry['epoch_time']:.1f}s)", flush=True)
 
     def run(self) -> Path:
+        """Train to the end (or resume and train to the end); the run directory is held meanwhile."""
+        _decided_by_rank0(self.is_main, lambda: self.dir.claim(new_run=self.cfg.resume is None))  # rank 0 writes
+        try:
+            self._run()
+        finally:
+            self.dir.unlock()
+        return self.run_dir
+
+    def _run(self) -> None:
         cfg, s = self.cfg, self.state
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume is not None:
             self.resume()
-        else:
-            self._start_fresh()
+        elif self.is_main:
+            self.dir.start(cfg, self.model, self.dist.world_size)
         if self.feature_cache is not None and self.is_main and cfg.progress:
-            print(self._describe_feature_cache(), flush=True)
+            print(describe_cache_size(self.model, cfg.image_size, cfg.cache_dtype, len(self.train_set),
+                                      2 if cfg.augment == "flip" else 1, cfg.cache_max_gb), flush=True)
         self.clock.sync()
         while s["epoch"] < cfg.epochs:
             if self._done():
@@ -516,8 +362,7 @@ class Trainer:
             self._end_epoch(epoch, start)
         if self.is_main and cfg.progress:
             best = "n/a" if s["best_dice"] is None else f"{s['best_dice']:.4f}"
-            print(f"done: {s['global_step']} steps, best val dice {best} -> {self.run_dir / BEST_DIR}", flush=True)
-        return self.run_dir
+            print(f"done: {s['global_step']} steps, best val dice {best} -> {self.dir.best}", flush=True)
 
 
 def train(config: TrainConfig, model_factory: Optional[ModelFactory] = None) -> Path:
@@ -533,16 +378,7 @@ def train(config: TrainConfig, model_factory: Optional[ModelFactory] = None) -> 
     owns_group = not (dist.is_available() and dist.is_initialized())
     info = setup_distributed(device)
     try:
-        # rank 0 decides whether the run directory is fresh or resumable, before anyone writes to it
-        resolved: Any = None
-        if info.is_main:
-            try:
-                resolved = _resolve_config(config)[0]
-            except (ValueError, FileNotFoundError) as exc:
-                resolved = exc
-        resolved = broadcast_object(resolved)
-        if isinstance(resolved, BaseException):
-            raise resolved
+        resolved = _decided_by_rank0(info.is_main, lambda: _resolve_config(config))
         return Trainer(resolved, device, info, model_factory=model_factory).run()
     finally:
         if owns_group:
