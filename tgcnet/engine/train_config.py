@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tgcnet.recipes import recipe_path, recipe_values
+
 __all__ = ["TrainConfig", "GROUPS", "AUGMENT_CHOICES", "AMP_CHOICES", "CACHE_DTYPE_CHOICES", "RESUME_FIXED",
            "parse_overrides", "read_saved_config"]
 
@@ -173,11 +175,13 @@ class TrainConfig:
         Explicit values win over the recipe's, which win over the defaults; ``model_overrides``
         are merged key by key (yours win). ``recipe`` records the name in train_config.json.
         """
-        from tgcnet.recipes import recipe_values
-
         if "recipe" in overrides:
             raise ValueError("from_recipe takes the recipe by name as its first argument, not as recipe=")
         values = recipe_values(name)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = [key for key in values if key not in fields]
+        if unknown:
+            raise ValueError(f"recipe {recipe_path(name)}: {', '.join(map(repr, unknown))} is not a TrainConfig field")
         if "data" not in overrides:
             raise ValueError(f"recipe {name!r}: give the data set folder, data=DIR (--data DIR)")
         model_overrides = {**values.get("model_overrides", {}), **overrides.pop("model_overrides", {})}
