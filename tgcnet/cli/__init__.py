@@ -1,4 +1,4 @@
-"""``tgcnet train | evaluate | predict | demo | params | prompts`` (also ``python -m tgcnet.cli``).
+"""``tgcnet train | evaluate | predict | demo | params | prompts | serve | export`` (also ``python -m tgcnet.cli``).
 
 Multi-GPU training: ``torchrun --nproc_per_node=K -m tgcnet.cli train ...``.
 One module per command; each has ``add_parser(subparsers)`` and sets ``func`` to the function
@@ -17,14 +17,14 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import demo, evaluate, params, predict, prompts, train
+from . import demo, evaluate, export, params, predict, prompts, serve, train
 from .common import CommandError
 
 __all__ = ["build_parser", "main", "CommandError"]
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-_COMMANDS = (train, evaluate, predict, demo, params, prompts)
+_COMMANDS = (train, evaluate, predict, demo, params, prompts, serve, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
