@@ -1,6 +1,7 @@
 """Trainable and total parameters: TGCNet (per module) beside CLIPSeg and LViT.
 
-    python benchmarks/params.py [--presets tgcnet-vit-b16,tgcnet-biomedclip] [--out benchmarks/results]
+    python -m benchmarks.params [--presets tgcnet-vit-b16,tgcnet-biomedclip] [--out benchmarks/results]
+    python -m benchmarks.params --report benchmarks/results/params.json
 
 Counts are of the architectures at random init (no weights or tokenizer files needed):
 ``tgcnet-vit-b16`` wraps OpenAI's ViT-B/16 CLIP, ``tgcnet-biomedclip`` BiomedCLIP (a timm
@@ -13,14 +14,13 @@ not re-counted here. Writes params.json and params.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from . import RESULTS
+from .report_files import rerender, write_report
 
 TARGET_TRAINABLE = 8_000_000
 LVIT_PUBLISHED = 29_700_000
@@ -51,7 +51,8 @@ def _total(rows: list[dict]) -> dict:
 def to_markdown(result: dict) -> str:
     presets = result["tgcnet"]
     lines = [f"# Parameters ({', '.join(presets)})", "",
-             f"Written by `benchmarks/params.py` on {result['date']} ({result['python']}, torch {result['torch']}).", ""]
+             f"Written by `python -m benchmarks.params` on {result['date']} ({result['python']}, "
+             f"torch {result['torch']}).", ""]
     for preset, rows in presets.items():
         lines += [f"## {preset}", "", "| module | trainable | total | status |", "|---|---:|---:|---|"]
         for r in rows:
@@ -77,8 +78,12 @@ def to_markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="tgcnet-vit-b16,tgcnet-biomedclip", help="comma list of presets")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--report", default=None, metavar="PARAMS_JSON", help="count nothing: re-render its markdown")
     args = parser.parse_args(argv)
+    if args.report:
+        print(rerender(Path(args.report), Path(args.out), "params", "tgcnet", to_markdown))
+        return 0
 
     import torch
 
@@ -91,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "lvit": {"trainable": LVIT_PUBLISHED, "source": "published"},
         "target_trainable": TARGET_TRAINABLE, "target_met": met,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "params.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "params.md").write_text(to_markdown(result))
+    write_report(Path(args.out), "params", result, to_markdown(result))
     print(to_markdown(result))
     return 0 if all(met.values()) else 1
 

@@ -1,17 +1,10 @@
 """Small shared builders for the tests (tiny models only, so the suite runs on a CPU)."""
 from __future__ import annotations
 
-import importlib
-import sys
-from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
-from typing import Iterator
 
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 CAPTIONS = [
     "bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
@@ -90,16 +83,6 @@ needs_onednn = pytest.mark.skipif(not _onednn_available(), reason="this PyTorch 
 #: ``tgcnet train`` options for a run of seconds on the embedded sample
 TINY_TRAIN_ARGS = ["--image-size", "64", "--batch-size", "8", "--knowledge", "none", "--device", "cpu",
                    "--no-progress", "--warmup-steps", "1"]
-
-
-@contextmanager
-def benchmark_module(name: str) -> Iterator[ModuleType]:
-    """``benchmarks/<name>.py`` imported with benchmarks/ on the path (its sibling modules import each other)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def make_run_dir(run: Path) -> Path:

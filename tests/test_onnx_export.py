@@ -12,7 +12,7 @@ from tgcnet import create_model
 from tgcnet.captions import normalize_caption
 from tgcnet.data import build_transforms, sample_root
 from tgcnet.data.dataset import load_image
-from tgcnet.engine.inference import load_inference_model
+from tgcnet.engine.loading import load_inference_model
 from tgcnet.io import read_table, save_json_atomic
 
 ort = pytest.importorskip("onnxruntime")

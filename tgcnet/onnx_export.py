@@ -298,10 +298,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, captions_file: str |
     file ``out``, answering the captions of ``captions_file`` and ``captions``.
 
     ``image_size``: the graph's input size (default: the run's, else 224). ``knowledge`` and
-    ``pretrained`` as in :func:`tgcnet.engine.inference.load_inference_model`. Every input
+    ``pretrained`` as in :func:`tgcnet.engine.loading.load_inference_model`. Every input
     problem is raised before the slow part (tracing) starts.
     """
-    from tgcnet.engine.inference import DEFAULT_IMAGE_SIZE, load_inference_model
+    from tgcnet.engine.loading import DEFAULT_IMAGE_SIZE, load_inference_model
 
     _require_onnx()
     out = _check_out(Path(out))

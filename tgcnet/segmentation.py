@@ -196,7 +196,7 @@ def _local_key(path: Path, settings: tuple) -> tuple:
     """A path's model, identified by where its weights are and their size and time: a model saved
     again into the same directory is loaded again rather than served stale."""
     from tgcnet.engine.files import WEIGHTS_NAME
-    from tgcnet.engine.inference import resolve_checkpoint
+    from tgcnet.engine.loading import resolve_checkpoint
 
     model_dir, _ = resolve_checkpoint(path)
     weights = model_dir / WEIGHTS_NAME
@@ -229,7 +229,7 @@ def _load(model: str | Path, device: str, image_size: Optional[int], tta: str) -
 
 def _hub_model(repo_id: str, device: str) -> "torch.nn.Module":
     from tgcnet.engine.distributed import resolve_device
-    from tgcnet.engine.inference import prepare_for_device
+    from tgcnet.engine.loading import prepare_for_device
     from tgcnet.model import TGCNet
 
     dev = resolve_device(device)

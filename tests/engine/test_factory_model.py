@@ -103,7 +103,7 @@ def test_cpu_kernels_applied_to_tgcnet_not_to_factory_models(tmp_path, monkeypat
     trainer = Trainer(config(tmp_path, val_split=None, image_size=64), torch.device("cpu"), DistInfo())
     assert seen == ["TGCNet"]
     trainer.model.save_pretrained(tmp_path / "saved")
-    from tgcnet.engine.inference import load_inference_model
+    from tgcnet.engine.loading import load_inference_model
 
     load_inference_model(tmp_path / "saved", device="cpu", knowledge="none")
     assert seen == ["TGCNet", "TGCNet"]

@@ -54,7 +54,8 @@ from torchmetrics.segmentation import DiceScore
 
 from tgcnet.data import read_split, sample_root
 from tgcnet.engine import TrainConfig, evaluate, train
-from tgcnet.engine.inference import load_inference_model, make_loader
+from tgcnet.engine.inference import make_loader
+from tgcnet.engine.loading import load_inference_model
 from tgcnet.engine.metrics import MetricAccumulator, binarize_prediction
 
 # DiceScore warns about its default on construction even when ``average`` is given

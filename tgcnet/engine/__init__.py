@@ -8,8 +8,9 @@
 One module per concept: ``train_config`` (the settings), ``trainer`` (the loop),
 ``schedule`` (learning rate and time budget), ``run_dir`` (a run directory: layout,
 checkpoint swap, resume), ``run_lock`` (one writer per run directory), ``train_state`` (what
-a checkpoint holds), ``inference`` (model loading and the inference loop shared by all
-three), ``evaluation``, ``prediction``, ``metrics``, ``distributed``, ``feature_cache``,
+a checkpoint holds), ``loading`` (finding and loading a trained model), ``inference`` (the
+inference loop shared by all three), ``split_captions`` (a split's captions checked against
+the text context), ``evaluation``, ``prediction``, ``metrics``, ``distributed``, ``feature_cache``,
 ``factory_model`` (training another model through the loop), ``overlay`` and ``files``
 (the names of a run directory's files). No module is named like a function it exports.
 The names below load on first use, so ``TrainConfig`` is available without torch.

@@ -25,7 +25,8 @@ from tgcnet.segmentation import Segmentation
 from tgcnet.tta import check_tta, tta_logits
 
 from .files import PREDICTIONS_NAME
-from .inference import DEFAULT_IMAGE_SIZE, autocast_context, load_inference_model
+from .inference import autocast_context
+from .loading import DEFAULT_IMAGE_SIZE, load_inference_model
 from .metrics import dice_iou, write_per_image_csv
 from .overlay import draw_contours, render_overlay
 

@@ -1,6 +1,6 @@
 """Figures of the qata-mini benchmark, drawn from one or more ``qata_mini.json`` reports.
 
-    python benchmarks/plots.py benchmarks/results/qata_mini.json runs/lane2/qata_mini.json --out benchmarks/results
+    python -m benchmarks.accuracy.plots benchmarks/results/qata_mini.json runs/lane2/qata_mini.json --out benchmarks/results
 
 Writes two PNG files (matplotlib, Agg backend) to ``--out``:
 
@@ -26,9 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qata_report import DATA_EFFICIENCY_PNG, VAL_CURVES_PNG, mean_sd, plots_in, seed_of, to_markdown  # noqa: E402
-from qata_runs import RUNS, run_name, split_key  # noqa: E402
+from .qata_report import DATA_EFFICIENCY_PNG, VAL_CURVES_PNG, plots_in, seed_of, to_markdown
+from .qata_runs import RUNS, RunSpec
+from .spread import mean_sd
 
 KINDS = ("tgcnet", "notext", "unet", "clipseg")
 COLORS = {"tgcnet": "tab:red", "notext": "tab:gray", "unet": "tab:blue", "clipseg": "tab:green"}
@@ -48,8 +48,9 @@ def load_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
             seen.add(ident)
             subset = res.get("setup", {}).get("train_subset")
             n = res.get("train_images") or (subset["n"] if subset else report["n_train"])
-            rows.append({"key": key, "kind": run_name(key), "group": RUNS[run_name(key)][0], "train_images": int(n),
-                         "subset": split_key(key)[1] is not None,
+            spec = RunSpec.from_key(key)
+            rows.append({"key": key, "kind": spec.name, "group": spec.run.group, "train_images": int(n),
+                         "subset": spec.train_subset is not None,
                          "seed": seed_of(key, res), "budget_minutes": res["budget_minutes"],
                          "dice": res["test"]["dice"], "pooled_dice": res["test"]["pooled_dice"],
                          "val_curve": res.get("val_curve"), "source": str(path)})

@@ -1,6 +1,6 @@
 """What the speed benchmark times: each member built through public API only.
 
-A member is a model name, a variant and a mode (:class:`harness.Member`). Every variant is
+A member is a model name, a variant and a mode (:class:`.harness.Member`). Every variant is
 a ``create_model`` override, a knowledge source, ``tgcnet.accel.optimize_for_cpu``, a
 module's own method (``.to(memory_format=...)``, ``.compile()``), ``tgcnet.adapters.merge_lora``
 or a forward argument (``vit_features=``); none replaces a part or a method of the model.
@@ -30,8 +30,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from harness import Comparison, Member, Settings, Step
-from wordpiece import tokenizer_folder
+from .harness import Comparison, Member, Settings, Step
+from .wordpiece import tokenizer_folder
 
 # qata-mini train captions: "six areas" 34%, "two areas" 23%, "one, lower right" 8%,
 # "one, lower left" 5%, "three areas" 4%: 8 draws in that proportion, 5 distinct.

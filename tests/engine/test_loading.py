@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tgcnet.engine.inference import resolve_checkpoint
+from tgcnet.engine.loading import resolve_checkpoint
 
 
 def test_resolve_checkpoint(run_dir, tmp_path):

@@ -1,23 +1,22 @@
 """Speed and memory: TGCNet beside its floor, its lower bound, CLIPSeg and a U-Net.
 
-    python benchmarks/speed.py [--quick] [--threads N] [--compile] [--device cpu|cuda] [--amp bf16]
-                               [--preset tgcnet-vit-b16] [--out benchmarks/results] [--only NAME[,NAME]]
-                               [--merge-into benchmarks/results/speed.json] [--report speed.json]
+    python -m benchmarks.speed.run [--quick] [--threads N] [--compile] [--device cpu|cuda] [--amp bf16]
+                                   [--preset tgcnet-vit-b16] [--out benchmarks/results] [--only NAME[,NAME]]
+                                   [--merge-into benchmarks/results/speed.json] [--report speed.json]
 
 A run is a list of comparisons (:func:`plan`); each comparison's members are built in one
-process and timed interleaved (``benchmarks/harness.py``), so every ratio inside one
+process and timed interleaved (:mod:`.harness`), so every ratio inside one
 comparison, and every target (all read from the ``targets`` comparison), is free of
 process-to-process spread. Members with memory asked for are measured again, each in its
-own fresh process. What each member is: ``benchmarks/speed_members.py``. The report:
-``benchmarks/speed_report.py``. Writes speed.json and speed.md to ``--out``; ``--report``
-re-renders the markdown of a speed.json; ``--merge-into`` replaces or adds this run's
-comparisons in an earlier speed.json, its other comparisons kept as they were.
+own fresh process. What each member is: :mod:`.members`. The report: :mod:`.report`.
+Writes speed.json and speed.md to ``--out``; ``--report`` re-renders the markdown of a
+speed.json; ``--merge-into`` replaces or adds this run's comparisons in an earlier
+speed.json, its other comparisons kept as they were.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -25,14 +24,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import Comparison, Member, Settings, disturbed, memory_of, time_comparison  # noqa: E402
-from speed_members import CAPTIONS, build, default_linear  # noqa: E402
-from speed_report import ratios, targets, to_markdown  # noqa: E402
+from .. import RESULTS
+from ..provenance import cpu_model
+from ..report_files import read_report, write_report
+from .harness import Comparison, Member, Settings, disturbed, memory_of, time_comparison
+from .members import CAPTIONS, build, default_linear
+from .report import ratios, targets, to_markdown
 
 M = Member
 
@@ -145,13 +142,7 @@ def device_name(device: str) -> str:
 
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs"
 
 
 def _meta(args: argparse.Namespace, settings: Settings, rows: list[dict], start: float, load: tuple) -> dict:
@@ -183,21 +174,12 @@ def merge_into(base: dict, comparisons: dict[str, dict], run: dict) -> dict:
 
 
 def write_results(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "speed.md").write_text(to_markdown(result))
+    write_report(out, "speed", result, to_markdown(result))
     print(f"wrote {out / 'speed.json'} and {out / 'speed.md'}")
 
 
 def read_result(source: Path, flag: str) -> dict:
-    try:
-        result = json.loads(source.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"{flag}: cannot read {source}: {exc}") from exc
-    if "comparisons" not in result:
-        raise SystemExit(f"{flag}: {source} has no 'comparisons': it was written by an earlier layout of "
-                         f"benchmarks/speed.py; measure it again without {flag}")
-    return result
+    return read_report(source, flag, "comparisons")
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -226,7 +208,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--report", default=None, metavar="SPEED_JSON", help="measure nothing: re-render its markdown")
     p.add_argument("--merge-into", default=None, metavar="SPEED_JSON",
                    help="replace or add this run's comparisons in an earlier speed.json; write to --out")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     if args.warmup < 1 or (args.rounds is not None and args.rounds < 1):
         p.error("--warmup and --rounds must be at least 1")
@@ -258,7 +240,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         comparisons = select(comparisons, args.only)
     except ValueError as exc:
-        raise SystemExit(f"speed.py: error: {exc}") from exc
+        raise SystemExit(f"benchmarks.speed.run: error: {exc}") from exc
     start, load = time.time(), os.getloadavg()
     measured = {c.name: measure(c, settings) for c in comparisons}
     meta = _meta(args, settings, list(measured.values()), start, load)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from harness import DISTURBED_CORES, PARTS, disturbed
-from speed_members import Member, member_label
+from .harness import DISTURBED_CORES, PARTS, disturbed
+from .members import Member, member_label
 
 CACHED = ("training throughput / CLIPSeg's, TGCNet on cached frozen-ViT features (`--cache-image-features`, "
           "`--augment flip` or `none`)")
@@ -152,7 +152,7 @@ def to_markdown(result: dict) -> str:
              "each member in the timing process (`--in-process-memory`: a check of the script, the peaks include "
              "the other members),")
     lines = [f"# Speed and memory ({meta['preset']})", "",
-             f"Written by `benchmarks/speed.py{' --quick' if meta.get('quick') else ''}` on {meta['date']}: "
+             f"Written by `python -m benchmarks.speed.run{' --quick' if meta.get('quick') else ''}` on {meta['date']}: "
              f"{meta['device_name']}, torch {meta['torch']}, torch threads: {meta['threads']}, {meta['dtype']}. "
              f"Random-init weights. Each comparison's members are built in one process and timed interleaved: "
              f"{meta['warmup']} untimed warm-up call each, then {meta['rounds']} rounds of "

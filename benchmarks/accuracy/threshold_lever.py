@@ -1,7 +1,8 @@
 """The mask threshold, chosen on validation, as an accuracy lever measured on trained qata-mini runs.
 
-    python benchmarks/threshold_lever.py RUN_DIR [RUN_DIR ...] [--data ../shared/data/qata-mini]
-                                         [--out benchmarks/results] [--merge]
+    python -m benchmarks.accuracy.threshold_lever RUN_DIR [RUN_DIR ...] [--data ../shared/data/qata-mini]
+                                                  [--out benchmarks/results] [--merge]
+    python -m benchmarks.accuracy.threshold_lever --report benchmarks/results/threshold_lever.json
 
 A model trained with Dice + BCE is thresholded at 0.5 by default, but per-image Dice can gain from
 a lower cut, which keeps the faint small lesions a 0.5 cut drops. For each run directory and each
@@ -12,28 +13,28 @@ at 0.5 and at the chosen threshold.
 Choosing on valid and reporting valid's gain would flatter the lever, so its valid gain is
 cross-validated: the valid images, in file order, are dealt alternately into two halves, each scored at
 the threshold chosen on the other half, and the gain is the mean per-image Dice over both halves
-less that at 0.5. Runs are grouped by their name less its seed mark (:mod:`inference_levers`) and a
-group counts the lever as a gain when the mean cross-validated gain exceeds both its sd over the
-runs and the seed-to-seed sd of the valid Dice at 0.5. Test is reported beside it, and was not used
-to decide.
+less that at 0.5. Runs are grouped by their name less its seed mark (:mod:`.inference_levers`) and a
+group is decided by the accuracy benchmarks' one rule (:func:`~benchmarks.accuracy.spread.verdict`):
+the chosen threshold is "better" where the range of the cross-validated valid Dice over the group's
+runs lies wholly above the range of the valid Dice at 0.5. Test is reported beside it, and was not
+used to decide.
+
+The logits are evaluate's own: the batches :func:`tgcnet.engine.evaluation.evaluation_loader` gives
+and :func:`tgcnet.engine.inference.batch_logits` computes, cut at every threshold at once.
 
 Writes ``threshold_lever.json`` and ``threshold_lever.md`` to ``--out``; ``--merge`` adds to the
 report already there, each run keeping the commit, date and machine it was scored with.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import torch
 
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_levers import beats_spread, group_runs, lever_main, verdict_line  # noqa: E402
-from qata_report import mean_sd  # noqa: E402
+from .inference_levers import decision, group_runs, lever_main, verdict_line
+from .spread import RULE
 
 #: the thresholds tried on valid (0.5 among them, so the choice can keep the default)
 THRESHOLDS: tuple[float, ...] = tuple(round(0.2 + 0.05 * i, 2) for i in range(11))
@@ -43,21 +44,17 @@ TTAS = ("none", "flip")
 
 def split_counts(model: torch.nn.Module, info: dict[str, Any], data: Path, split: str,
                  tta: str) -> dict[float, torch.Tensor]:
-    """{threshold: (N, 3) int64 per-image TP, FP, FN} over ``split``, read and resized as
-    :func:`tgcnet.engine.evaluate` reads it, the logits computed once per batch."""
-    from tgcnet.data import read_split
-    from tgcnet.engine.inference import check_caption_lengths, make_loader, override_captions
+    """{threshold: (N, 3) int64 per-image TP, FP, FN} over ``split``: the logits ``evaluate`` scores,
+    computed once per batch and cut at every threshold."""
+    from tgcnet.engine.evaluation import evaluation_loader
+    from tgcnet.engine.inference import batch_logits
     from tgcnet.engine.metrics import confusion_counts
-    from tgcnet.tta import tta_logits
 
-    triples = override_captions(read_split(data, split), info.get("caption_override"))
-    triples = check_caption_lengths(model, triples, f"data set {data}, split {split!r}")
     counts: dict[float, list[torch.Tensor]] = {t: [] for t in THRESHOLDS}
-    with torch.no_grad():
-        for batch in make_loader(triples, int(info["image_size"]), batch_size=8):
-            logits = tta_logits(model, batch["image"], batch["caption"], tta).float()
-            for t in THRESHOLDS:
-                counts[t].append(torch.stack(confusion_counts(logits, batch["mask"], t), dim=1))
+    device = next(model.parameters()).device
+    for batch in batch_logits(model, evaluation_loader(model, info, data, split), device, tta=tta):
+        for t in THRESHOLDS:
+            counts[t].append(torch.stack(confusion_counts(batch.logits, batch.masks, t), dim=1).cpu())
     return {t: torch.cat(rows) for t, rows in counts.items()}
 
 
@@ -92,10 +89,9 @@ def cross_validated_gain(dice: dict[float, torch.Tensor]) -> float:
 
 def score_run(run_dir: Path, data: Path) -> dict[str, Any]:
     """{tta: {valid: {...}, test: {...}}}: the choice, its cross-validated valid gain, and test at both cuts."""
-    from tgcnet.engine.inference import DEFAULT_IMAGE_SIZE, load_inference_model
+    from tgcnet.engine.loading import load_inference_model
 
     model, info = load_inference_model(run_dir, device="cpu")
-    info.setdefault("image_size", DEFAULT_IMAGE_SIZE)
     out: dict[str, Any] = {}
     for tta in TTAS:
         valid = {t: scores(c)[0] for t, c in split_counts(model, info, data, "valid", tta).items()}
@@ -109,13 +105,13 @@ def score_run(run_dir: Path, data: Path) -> dict[str, Any]:
 
 
 def decide(runs: dict[str, dict], tta: str) -> dict[str, Any]:
-    """The cross-validated valid gain of the chosen threshold over the runs, and whether it beats the spread."""
-    gains = mean_sd([r[tta]["valid"]["cv_gain"] for r in runs.values()])
-    plain = mean_sd([r[tta]["valid"]["dice"] for r in runs.values()])
-    test = {m: mean_sd([r[tta]["test"]["chosen"][m] - r[tta]["test"]["default"][m] for r in runs.values()])
-            for m in ("dice", "pooled_dice")}
-    return {"runs": list(runs), "valid_gain": gains, "valid_plain": plain,
-            "beats_spread": beats_spread(gains, plain), "test_gain": test}
+    """The cross-validated valid Dice of the chosen threshold against the valid Dice at 0.5 over the runs,
+    and the test gains beside it."""
+    plain = [r[tta]["valid"]["dice"] for r in runs.values()]
+    chosen = [r[tta]["valid"]["dice"] + r[tta]["valid"]["cv_gain"] for r in runs.values()]
+    return decision(list(runs), plain, chosen,
+                    {m: [r[tta]["test"]["chosen"][m] - r[tta]["test"]["default"][m] for r in runs.values()]
+                     for m in ("dice", "pooled_dice")})
 
 
 def decide_groups(runs: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -126,11 +122,13 @@ def decide_groups(runs: dict[str, dict]) -> dict[str, dict[str, Any]]:
 def to_markdown(report: dict) -> str:
     grid = ", ".join(f"{t:g}" for t in THRESHOLDS)
     lines = ["# The mask threshold chosen on validation, on qata-mini", "",
-             "Written by `benchmarks/threshold_lever.py`. Each trained `tgcnet-cpu` run (one seed) is thresholded "
+             "Written by `python -m benchmarks.accuracy.threshold_lever`. Each trained `tgcnet-cpu` run (one seed) "
+             "is thresholded "
              f"at each of {grid} on valid, plainly and with `--tta flip`; the threshold with the best mean per-image "
              "Dice is chosen and test is scored at 0.5 and at that threshold. The valid gain is cross-validated "
              "(each half of valid scored at the other half's choice). Runs that differ only in their seed form a "
-             f"group, decided on valid alone; test is shown, not used. Data: {report['data']}.", "",
+             f"group, decided on valid alone: {RULE}, the rows being the runs' valid Dice at 0.5 and their "
+             f"cross-validated valid Dice at the choice. Test is shown, not used. Data: {report['data']}.", "",
              "| run | TTA | chosen threshold | valid Dice at 0.5 | valid Dice at choice | cross-validated gain | "
              "test Dice at 0.5 | test Dice at choice | test pooled at 0.5 | test pooled at choice | scored |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -141,16 +139,17 @@ def to_markdown(report: dict) -> str:
                          f"{100 * v['cv_gain']:+.2f} | {t['default']['dice']:.4f} | {t['chosen']['dice']:.4f} | "
                          f"{t['default']['pooled_dice']:.4f} | {t['chosen']['pooled_dice']:.4f} | "
                          f"{r['commit']}, {r['date']}, {r['machine']} |")
-    lines += ["", "## Verdicts", ""] + [verdict_line(f"`{group}`, TTA {tta}", d[tta], "cross-validated valid gain")
-                                        for group, d in report["decisions"].items() for tta in TTAS]
+    lines += ["", "## Verdicts", ""] + [verdict_line(f"`{group}`, TTA {tta}", d[tta], "cross-validated valid gain",
+                                                     "at the cross-validated choice")
+                                        for group, d in decide_groups(report["runs"]).items() for tta in TTAS]
     lines += ["", "A model's threshold is set with `--threshold` at training (selection) or at evaluation and "
               "prediction; 0.5 stays the default."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return lever_main(argv, doc=__doc__, name="threshold_lever", score_run=score_run, decide_groups=decide_groups,
-                      to_markdown=to_markdown, extra={"thresholds": list(THRESHOLDS)})
+    return lever_main(argv, doc=__doc__, name="threshold_lever", score_run=score_run, to_markdown=to_markdown,
+                      extra={"thresholds": list(THRESHOLDS)})
 
 
 if __name__ == "__main__":

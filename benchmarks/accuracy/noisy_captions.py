@@ -1,6 +1,6 @@
 """Captions as LViT's verbatim QaTa-COV19 text writes them, from the cleaned ones.
 
-    python benchmarks/noisy_captions.py --data ../shared/data/qata-mini --split test --out /tmp/qata-noisy
+    python -m benchmarks.accuracy.noisy_captions --data ../shared/data/qata-mini --split test --out /tmp/qata-noisy
 
 LViT's text (which GuideDecoder-layout copies carry verbatim) differs from the cleaned
 captions of qata-mini in ways a model trained on the cleaned form has never seen: a capital

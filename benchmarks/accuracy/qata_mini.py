@@ -1,11 +1,13 @@
 """Accuracy on real QaTa-COV19 (qata-mini): TGCNet with captions, without text, a U-Net, and ablations.
 
-    python benchmarks/qata_mini.py [--minutes 30] [--data ../shared/data/qata-mini] [--runs tgcnet,notext,unet]
-    python benchmarks/qata_mini.py --runs base,noknow,ot,guide,both --ablation-minutes 10
-    python benchmarks/qata_mini.py --runs minilm,minilm_noknow,randbert,randbert_noknow --text-tower-minutes 10
-    python benchmarks/qata_mini.py --collect A/qata_mini.json B/qata_mini.json   # merge reports of parallel lanes
-    python benchmarks/qata_mini.py --runs tgcnet,notext,unet,clipseg --seeds 0,1,2 --train-subset 150
-    python benchmarks/plots.py A/qata_mini.json B/qata_mini.json --out benchmarks/results   # figures
+    python -m benchmarks.accuracy.qata_mini [--minutes 30] [--data ../shared/data/qata-mini]
+                                            [--runs tgcnet,notext,unet]
+    python -m benchmarks.accuracy.qata_mini --runs base,noknow,ot,guide,both --ablation-minutes 10
+    python -m benchmarks.accuracy.qata_mini --runs minilm,minilm_noknow,randbert,randbert_noknow --text-tower-minutes 10
+    python -m benchmarks.accuracy.qata_mini --collect A/qata_mini.json B/qata_mini.json   # merge reports of parallel lanes
+    python -m benchmarks.accuracy.qata_mini --runs tgcnet,notext,unet,clipseg --seeds 0,1,2 --train-subset 150
+    python -m benchmarks.accuracy.qata_mini --report benchmarks/results/qata_mini.json   # re-render the markdown
+    python -m benchmarks.accuracy.plots A/qata_mini.json B/qata_mini.json --out benchmarks/results   # figures
 
 Each run trains on ``train``, keeps the checkpoint with the best validation per-image Dice,
 and is evaluated once on ``test``, within a wall-clock budget (the cosine schedule anneals
@@ -19,7 +21,7 @@ Main runs, ``--minutes`` each:
    shipped knowledge bank, as shipped (descriptions through the frozen text tower).
    ``tgcnet_lora`` is the same with ``date.knowledge_encoder='lora'``;
    ``tgcnet_cached`` the same trained with ``augment="flip"`` and the frozen-ViT feature
-   cache (:data:`TRAIN_OVERRIDES`), the recipe behind the cached training speed.
+   cache (its ``Run.train_overrides`` in ``qata_runs.RUNS``), the recipe behind the cached training speed.
    ``tgcnet_deepsup``, ``tgcnet_lowbce``, ``tgcnet_wide``, ``tgcnet_guide``, ``tgcnet_ot`` and
    ``tgcnet_noknow`` are ``tgcnet`` with one change each (deep supervision, a Dice-heavy loss,
    wider heads, SSA's guidance masks, SSA's OT alignment, no knowledge: ``qata_runs.LEVERS``); run
@@ -36,7 +38,7 @@ Main runs, ``--minutes`` each:
    optimiser, schedule, selection and budget; it ignores the captions.
 4. ``clipseg``: transformers' ``CLIPSegForImageSegmentation`` with CLIP towers of the preset's sizes
    (random init from the preset's ``clip.init_seed``, frozen), its own decoder trained, fed the
-   same tokens as tgcnet-cpu's text tower (``benchmarks/clipseg_model.py`` says what and why),
+   same tokens as tgcnet-cpu's text tower (``clipseg_model.py`` beside this file says what and why),
    trained and evaluated through the same loop as ``unet``.
 
 Seeds and training-set size (any run):
@@ -51,7 +53,7 @@ Seeds and training-set size (any run):
   permutation of the training split's names (``--subset-seed``, default 0), so every run and seed
   at that N sees the same images and a smaller subset is part of a larger one. Keys gain ``@n<N>``
   (``tgcnet@n50@s1``); the subset (size, seed, names) is in each run's ``setup.train_subset``;
-  validation and test are the whole splits. ``benchmarks/plots.py`` draws test Dice against the
+  validation and test are the whole splits. ``benchmarks.accuracy.plots`` draws test Dice against the
   number of training images from one or more reports.
 
 Every new result also records ``seed``, ``train_images`` and ``val_curve`` (per validated epoch:
@@ -90,22 +92,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import torch
 
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from qata_report import collect, reasons, source_commit, targets, write_report  # noqa: E402
-from qata_runs import (DEFAULT_MINUTES, NEUTRAL_CAPTION, RUNS, TARGET_MINUTES, TEXT_TOWER_PACKAGE,  # noqa: E402
-                       TEXT_TOWER_PRETRAINED, TRAIN_OVERRIDES, run_key)
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "qata-mini"
+from .. import QATA_MINI, REPO, RESULTS
+from ..provenance import source_commit
+from ..report_files import rerender
+from .qata_report import collect, plots_in, reasons, targets, to_markdown, write_report
+from .qata_runs import (DEFAULT_MINUTES, NEUTRAL_CAPTION, RUNS, TARGET_MINUTES, TEXT_TOWER_PACKAGE,
+                        TEXT_TOWER_PRETRAINED, RunSpec)
 
 
 def _budget(name: str, args: argparse.Namespace) -> float:
-    group = RUNS[name][0]
+    group = RUNS[name].group
     return {"main": args.minutes, "ablation": args.ablation_minutes, "text_tower": args.text_tower_minutes}[group]
 
 
@@ -146,7 +144,7 @@ def _text_tower_setup(name: str, preset: str, knowledge: str) -> dict[str, Any]:
     from importlib.metadata import version
 
     from tgcnet import create_model
-    from tgcnet.engine.inference import knowledge_arg
+    from tgcnet.engine.loading import knowledge_arg
 
     pretrained = TEXT_TOWER_PRETRAINED[name]
     model = create_model(preset, knowledge=knowledge_arg(knowledge), **text_tower_overrides(pretrained, preset))
@@ -166,7 +164,8 @@ def _text_tower_setup(name: str, preset: str, knowledge: str) -> dict[str, Any]:
 def _tgcnet_run(name: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
     from tgcnet.engine import TrainConfig, evaluate, train
 
-    group, knowledge, text, overrides = RUNS[name]
+    run = RUNS[name]
+    group, knowledge, text, overrides = run.group, run.knowledge, run.real_captions, dict(run.model_overrides)
     run_dir = Path(args.work) / key
     minutes = _budget(name, args)
     extra_setup: dict[str, Any] = {}
@@ -178,7 +177,7 @@ def _tgcnet_run(name: str, key: str, args: argparse.Namespace) -> dict[str, Any]
                       warmup_steps=50, device=args.device, seed=args.seed, pretrained=args.pretrained,
                       knowledge=knowledge, model_overrides=dict(overrides),
                       caption_override=None if text else NEUTRAL_CAPTION, progress=False,
-                      **TRAIN_OVERRIDES.get(name, {}))
+                      **run.train_overrides)
     start = time.monotonic()
     train(cfg)
     seconds = time.monotonic() - start
@@ -189,7 +188,7 @@ def _tgcnet_run(name: str, key: str, args: argparse.Namespace) -> dict[str, Any]
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     setup = {"preset": args.preset, "overrides": {} if group == "text_tower" else overrides,
              "captions": "real" if text else f"constant {NEUTRAL_CAPTION!r}", "knowledge": knowledge,
-             "train_overrides": TRAIN_OVERRIDES.get(name, {}),
+             "train_overrides": dict(run.train_overrides),
              "clip_weights": args.pretrained or "random init (none available offline)", **extra_setup}
     if group == "text_tower":
         setup["overrides"] = "text_tower_overrides(); the text tower is described under text_tower"
@@ -206,7 +205,7 @@ NOISE_SEED = 0
 def caption_noise(run_dir: Path, data: Path, device: str) -> dict[str, Any]:
     """Test Dice of a trained model on its clean captions and on a noisy copy of them.
 
-    The noisy copy (``benchmarks/noisy_captions.py``, fixed seed) has the same images and masks
+    The noisy copy (``noisy_captions.py`` beside this file, fixed seed) has the same images and masks
     and LViT's verbatim habits in the captions. It is scored twice: as the model reads it (the
     captions put in canonical form first, the default) and with that normalisation switched
     off, which shows what the normalisation is worth.
@@ -215,9 +214,10 @@ def caption_noise(run_dir: Path, data: Path, device: str) -> dict[str, Any]:
     import tempfile
 
     from tgcnet.data import read_split
-    from tgcnet.engine.inference import load_inference_model, make_loader, run_inference, summarize
+    from tgcnet.engine.inference import make_loader, run_inference, summarize
+    from tgcnet.engine.loading import load_inference_model
 
-    from noisy_captions import noisy_copy
+    from .noisy_captions import noisy_copy
 
     model, info = load_inference_model(run_dir, device=device)
     dev = next(model.parameters()).device
@@ -233,7 +233,7 @@ def caption_noise(run_dir: Path, data: Path, device: str) -> dict[str, Any]:
         noisy_root = noisy_copy(Path(data), "test", Path(tmp), seed=NOISE_SEED).parent
         out = {"clean": score(Path(data), True), "noisy": score(noisy_root, True),
                "noisy_unnormalized": score(noisy_root, False)}
-    out["noise"] = f"benchmarks/noisy_captions.py, seed {NOISE_SEED}"
+    out["noise"] = f"benchmarks/accuracy/noisy_captions.py, seed {NOISE_SEED}"
     return out
 
 
@@ -351,10 +351,10 @@ def _unet_run(key: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def _clipseg_run(key: str, args: argparse.Namespace) -> dict[str, Any]:
     """CLIPSeg at the preset's CLIP sizes, CLIP frozen, decoder trained (``clipseg_model.make_clipseg``)."""
-    from clipseg_model import DECODER, make_clipseg, tower_sizes
+    from .clipseg_model import DECODER, make_clipseg, tower_sizes
 
     sizes = tower_sizes(args.preset)
-    setup = {"model": "transformers CLIPSegForImageSegmentation (benchmarks/clipseg_model.py)",
+    setup = {"model": "transformers CLIPSegForImageSegmentation (benchmarks/accuracy/clipseg_model.py)",
              "towers": {"sizes_of": args.preset, "vision": sizes["vision"], "text": sizes["text"],
                         "projection_dim": sizes["projection_dim"]},
              "decoder": {**DECODER, "extract_layers": list(range(sizes["vision"]["num_hidden_layers"]))},
@@ -382,7 +382,7 @@ def parse_seeds(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--data", type=Path, default=QATA_MINI)
     p.add_argument("--minutes", type=float, default=TARGET_MINUTES, help="training budget per main run")
     p.add_argument("--ablation-minutes", type=float, default=DEFAULT_MINUTES["ablation"], help="training budget per ablation run")
     p.add_argument("--text-tower-minutes", type=float, default=DEFAULT_MINUTES["text_tower"],
@@ -402,12 +402,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=REPO / "runs" / "bench_qata_mini", help="run directories")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--collect", type=Path, nargs="+", metavar="JSON", help="merge these reports; no training")
     p.add_argument("--note", action="append", default=[], help="extra caveat line for the report (with --collect)")
     p.add_argument("--side-by-side", type=int, default=None, metavar="N",
                    help="with --collect: how many processes ran at once (default: the number of fresh reports)")
+    p.add_argument("--report", type=Path, metavar="JSON",
+                   help="train nothing: render this qata_mini.json's markdown again, into --out")
     args = p.parse_args(argv)
+    if args.report:
+        print(rerender(args.report, args.out, "qata_mini", "results", lambda r: to_markdown(r, plots_in(args.out))))
+        return 0
     if args.collect:
         collect(args.collect, args.out, args.note, args.side_by_side)
         return 0
@@ -419,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown run(s) {unknown}; choose from {', '.join(RUNS)}", file=sys.stderr)
         return 2
-    if any(RUNS[r][0] == "text_tower" for r in runs):
+    if any(RUNS[r].group == "text_tower" for r in runs):
         try:
             minilm_folder()
         except ImportError:
@@ -456,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             run_args = argparse.Namespace(**{**vars(args), "seed": seed})
             minutes = _budget(name, run_args)
-            key = run_key(name, seed, args.train_subset, minutes)
+            key = RunSpec(name, seed, minutes, args.train_subset).key
             print(f"[{time.strftime('%H:%M:%S')}] {key}: training for {minutes:g} min", flush=True)
             if name in FACTORY_RUNS:
                 results[key] = FACTORY_RUNS[name](key, run_args)

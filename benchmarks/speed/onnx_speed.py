@@ -1,7 +1,8 @@
 """CPU inference: the exported ONNX file under onnxruntime beside the PyTorch model it came from.
 
-    python benchmarks/onnx_speed.py [--preset tgcnet-cpu] [--image-size 224] [--batches 1,8] [--repeats 30]
-                                    [--threads 1] [--warmup 3] [--out benchmarks/results]
+    python -m benchmarks.speed.onnx_speed [--preset tgcnet-cpu] [--image-size 224] [--batches 1,8] [--repeats 30]
+                                          [--threads 1] [--warmup 3] [--out benchmarks/results]
+    python -m benchmarks.speed.onnx_speed --report benchmarks/results/onnx_speed.json
 
 One process builds a model (random init, knowledge off: ``create_model(preset, knowledge=None)``),
 saves it as a run directory and exports it with ``tgcnet.onnx_export.export_onnx`` (the
@@ -11,7 +12,7 @@ kernels ``optimize_for_cpu`` picks for this processor); onnxruntime runs the fil
 CPU execution provider. Both get the same intra-op thread count.
 
 Why interleaved rounds: the same configuration measured minutes apart on the shared 2-core
-machine drifts by more than most effects worth measuring (``harness.py``). Each round
+machine drifts by more than most effects worth measuring (:mod:`.harness`). Each round
 times every (batch, engine) pair once, the engines' order alternating round by round, so
 drift hits both engines alike. A round's number is the mean of enough consecutive calls to
 last about ``--min-time`` seconds. Reported: median over rounds, min/max and interquartile
@@ -24,44 +25,18 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from .. import RESULTS
+from ..provenance import cpu_model, source_commit
+from ..report_files import rerender, write_report
+from .harness import LoadProbe, disturbed
 
-from harness import LoadProbe, disturbed  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 ENGINES = ("pytorch", "onnxruntime")
-
-
-def commit() -> str:
-    """The short commit, with ``-dirty`` when the working tree differs from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def spread(samples: list[float]) -> dict[str, float]:
@@ -91,7 +66,7 @@ def engines(run: Path, onnx_path: Path, threads: int) -> tuple[Any, Any, list[st
     """The PyTorch model as ``load_inference_model`` prepares it, an onnxruntime session, the captions."""
     import onnxruntime as ort
 
-    from tgcnet.engine.inference import load_inference_model
+    from tgcnet.engine.loading import load_inference_model
     from tgcnet.onnx_export import read_onnx_captions
 
     model, _ = load_inference_model(run, device="cpu")
@@ -169,7 +144,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     meta, machine = result["meta"], result["machine"]
     lines = [
         f"# ONNX export: onnxruntime beside PyTorch on the CPU ({meta['preset']})", "",
-        f"Written by `benchmarks/onnx_speed.py` on {meta['date']} at tgcnet commit `{meta['commit']}`. Machine: "
+        f"Written by `python -m benchmarks.speed.onnx_speed` on {meta['date']} at tgcnet commit `{meta['commit']}`. "
+        "Machine: "
         f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['platform']}; Python "
         f"{machine['python']}, torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, onnx "
         f"{machine['onnx']}.", "",
@@ -227,7 +203,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls of each engine and batch first")
     p.add_argument("--min-time", type=float, default=0.3, help="seconds of consecutive calls per round sample")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--report", default=None, metavar="ONNX_SPEED_JSON", help="measure nothing: re-render its markdown")
     args = p.parse_args(argv)
     try:
         args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
@@ -238,13 +215,29 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
+def batch_row(batch: int, samples: dict[tuple[int, str], list[float]], max_diff: float) -> dict[str, Any]:
+    """One batch size's report row: each engine's spread, their ratio, paired and unpaired, and the verdict."""
+    row = {"batch": batch, **{e: spread(samples[(batch, e)]) for e in ENGINES}, "max_abs_logit_diff": max_diff}
+    for e in ENGINES:
+        row[e]["images_per_s"] = batch / row[e]["median_s"]
+    row["onnx_time_ratio"] = row["onnxruntime"]["median_s"] / row["pytorch"]["median_s"]
+    paired = [o / t for o, t in zip(samples[(batch, "onnxruntime")], samples[(batch, "pytorch")])]
+    q1, _, q3 = statistics.quantiles(paired, n=4, method="inclusive")
+    row["paired_ratio"] = {"median": statistics.median(paired), "q1": q1, "q3": q3, "min": min(paired),
+                           "max": max(paired)}
+    row["verdict"] = verdict(row["pytorch"], row["onnxruntime"])
+    return row
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        print(rerender(Path(args.report), Path(args.out), "onnx_speed", "batches", to_markdown))
+        return 0
     import onnx
     import onnxruntime
     import torch
 
-    from tgcnet.io import atomic_write_text, save_json_atomic
     from tgcnet.accel import has_onednn_linears
 
     torch.set_num_threads(args.threads)
@@ -261,21 +254,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         samples = measure(fns, args.repeats, args.warmup, args.min_time)
         other = probe.other_cores()
     for batch in args.batches:
-        row = {"batch": batch, **{e: spread(samples[(batch, e)]) for e in ENGINES},
-               "max_abs_logit_diff": diffs[batch]}
-        for e in ENGINES:
-            row[e]["images_per_s"] = batch / row[e]["median_s"]
-        row["onnx_time_ratio"] = row["onnxruntime"]["median_s"] / row["pytorch"]["median_s"]
-        paired = [o / t for o, t in zip(samples[(batch, "onnxruntime")], samples[(batch, "pytorch")])]
-        q1, _, q3 = statistics.quantiles(paired, n=4, method="inclusive")
-        row["paired_ratio"] = {"median": statistics.median(paired), "q1": q1, "q3": q3, "min": min(paired),
-                               "max": max(paired)}
-        row["verdict"] = verdict(row["pytorch"], row["onnxruntime"])
+        row = batch_row(batch, samples, diffs[batch])
         rows.append(row)
         print(f"batch {batch}: pytorch {row['pytorch']['median_s']:.4f} s, onnxruntime "
               f"{row['onnxruntime']['median_s']:.4f} s ({row['verdict']})", flush=True)
     result = {
-        "meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit(),
+        "meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": source_commit(),
                  "preset": args.preset, "image_size": args.image_size, "threads": args.threads,
                  "repeats": args.repeats, "warmup": args.warmup, "min_time": args.min_time,
                  "opset": exported.opset, "onnx_mb": exported.size_bytes / 1e6, "n_captions": exported.n_captions,
@@ -288,8 +272,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "batches": rows,
     }
     out = Path(args.out)
-    save_json_atomic(result, out / "onnx_speed.json")
-    atomic_write_text(out / "onnx_speed.md", to_markdown(result))
+    write_report(out, "onnx_speed", result, to_markdown(result))
     print(f"wrote {out / 'onnx_speed.json'} and {out / 'onnx_speed.md'}")
     return 0
 

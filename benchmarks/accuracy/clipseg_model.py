@@ -32,7 +32,7 @@ layer per extracted ViT layer (here both layers, ``extract_layers=[0, 1]``), 4 d
 * **Output.** CLIPSeg's logits (B, h, w) become (B, 1, H, W), bilinearly resized to the input size
   when they differ (they do not for sizes that are multiples of the patch size).
 
-    from clipseg_model import CLIPSegSegmenter, make_clipseg
+    from benchmarks.accuracy.clipseg_model import CLIPSegSegmenter, make_clipseg
     model = CLIPSegSegmenter(image_size=224, preset="tgcnet-cpu")
     logits = model(images, captions)            # (B, 1, H, W)
     train(cfg, model_factory=make_clipseg)      # tgcnet.engine

@@ -1,30 +1,36 @@
 """The qata-mini benchmark's targets and report: qata_mini.json and qata_mini.md, and ``--collect``.
 
 Kept apart from the training code so a report can be rebuilt, or lanes merged, from JSON
-alone (``python benchmarks/qata_mini.py --collect A.json B.json``), without the training code.
+alone (``python -m benchmarks.accuracy.qata_mini --collect A.json B.json``, or ``--report
+qata_mini.json``), without the training code.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import statistics
-import subprocess
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from qata_runs import (GUIDE, LEVER_BASELINE, LEVERS, NEUTRAL_CAPTION, OT, RUNS, TARGET_DICE, TARGET_MINUTES,
-                       TARGET_NOISE_LOSS, TARGET_POOLED, TARGET_TEXT_GAIN, key_budget, run_name, seed_group,
-                       split_key, without_budget)
+from .. import report_files
+from .qata_runs import (GUIDE, LEVER_BASELINE, LEVERS, NEUTRAL_CAPTION, OT, RUNS, TARGET_DICE, TARGET_MINUTES,
+                        TARGET_NOISE_LOSS, TARGET_POOLED, TARGET_TEXT_GAIN, RunSpec)
+from .spread import RULE, mean_sd, verdict
 
-#: the figures ``benchmarks/plots.py`` draws; a report links those present in its folder
+#: the figures ``plots`` draws; a report links those present in its folder
 DATA_EFFICIENCY_PNG = "qata_mini_data_efficiency.png"
 VAL_CURVES_PNG = "qata_mini_val_curves.png"
 PLOTS = {DATA_EFFICIENCY_PNG: "test Dice against the number of training images",
          VAL_CURVES_PNG: "validation Dice against training time, main rows"}
 
 
+def run_name(key: str) -> str:
+    """The run a result key belongs to (``tgcnet@s1`` -> ``tgcnet``)."""
+    return RunSpec.from_key(key).name
+
+
 def group_of(key: str) -> str:
     """The group (main, ablation, text_tower) of a result key."""
-    return RUNS[run_name(key)][0]
+    return RunSpec.from_key(key).run.group
 
 
 def targets(results: dict[str, dict]) -> list[dict[str, Any]]:
@@ -60,8 +66,9 @@ def reasons(results: dict[str, dict], scored: list[dict], pretrained: str | None
         notes.append(f"Main runs with a {', '.join(f'{m:g}' for m in short)}-minute budget, not the "
                      f"{TARGET_MINUTES:.0f} minutes the targets state: those numbers check that the benchmark "
                      "works end to end, they do not measure the targets.")
-    if pretrained is None and any(RUNS[run_name(k)][1] != "none" or RUNS[run_name(k)][2] for k in results
-                                  if run_name(k) not in ("unet", "clipseg") and group_of(k) != "text_tower"):
+    specs = [RunSpec.from_key(k) for k in results]
+    if pretrained is None and any(s.run.knowledge != "none" or s.run.real_captions for s in specs
+                                  if s.name not in ("unet", "clipseg") and s.run.group != "text_tower"):
         notes.append("The CLIP towers are randomly initialised: no CLIP weights can be downloaded here and none "
                      "were given (--pretrained). The frozen 'semantic' ViT features and the text tower are "
                      "therefore random projections; only the CNN branch, fusion, LoRA, VLCM and decoder learn. "
@@ -157,7 +164,7 @@ def _text_tower_section(results: dict[str, dict]) -> list[str]:
 
 CLIPSEG_TEXT = (" `clipseg` = transformers' CLIPSeg (rd64-refined decoder) on CLIP towers of tgcnet-cpu's sizes "
                 "(random init, frozen), captions through the same open_clip tokenizer, only its decoder trained "
-                "(benchmarks/clipseg_model.py).")
+                "(benchmarks/accuracy/clipseg_model.py).")
 MARKS_TEXT = (" `@n<N>`: trained on a fixed subset of N training images (the same images for every run at "
               "that N; its names are in the run's setup); `@m<M>`: trained for M minutes instead of its group's "
               "standard budget; `@s<seed>`: trained with that seed (no mark: seed 0).")
@@ -166,18 +173,13 @@ MARKS_TEXT = (" `@n<N>`: trained on a fixed subset of N training images (the sam
 def result_order(key: str) -> tuple[int, float, float, int]:
     """Report order: the runs in :data:`RUNS` order, then by training subset (whole split first), then
     budget (the standard one first), then seed."""
-    name, subset, seed = split_key(key)
-    return list(RUNS).index(name), -1 if subset is None else subset, key_budget(key) or 0.0, seed
+    spec = RunSpec.from_key(key)
+    return (list(RUNS).index(spec.name), -1 if spec.train_subset is None else spec.train_subset,
+            spec.minutes or 0.0, spec.seed)
 
 
 def seed_of(key: str, result: dict) -> int:
-    return int(result.get("seed", split_key(key)[2]))
-
-
-def mean_sd(values: list[float]) -> dict[str, Any]:
-    """``values``, their mean and sample standard deviation (None for a single value)."""
-    return {"values": values, "mean": statistics.fmean(values),
-            "sd": statistics.stdev(values) if len(values) > 1 else None}
+    return int(result.get("seed", RunSpec.from_key(key).seed))
 
 
 def seed_groups(results: dict[str, dict]) -> list[dict[str, Any]]:
@@ -188,7 +190,7 @@ def seed_groups(results: dict[str, dict]) -> list[dict[str, Any]]:
     """
     groups: dict[tuple[str, float], list[str]] = {}
     for key in results:
-        groups.setdefault((seed_group(key), results[key]["budget_minutes"]), []).append(key)
+        groups.setdefault((RunSpec.from_key(key).seed_group, results[key]["budget_minutes"]), []).append(key)
     out = []
     for (stem, minutes), keys in groups.items():
         g: dict[str, Any] = {"run": stem, "budget_minutes": minutes, "seeds": [seed_of(k, results[k]) for k in keys]}
@@ -218,12 +220,12 @@ def _seeds_section(results: dict[str, dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for g in groups:
         d, p = g["dice"], g["pooled_dice"]
-        lines.append(f"| {without_budget(g['run'])} | {g['budget_minutes']:g} min | {', '.join(map(str, g['seeds']))} | "
+        lines.append(f"| {RunSpec.from_key(g['run']).without_budget} | {g['budget_minutes']:g} min | "
+                     f"{', '.join(map(str, g['seeds']))} | "
                      f"{_pm(g['val_dice'])} | {_pm(d)} | {_pm(p)} | "
                      f"{min(d['values']):.4f}-{max(d['values']):.4f} | {min(p['values']):.4f}-{max(p['values']):.4f} |")
-    lines += ["", "A difference between two rows is a finding only where it exceeds the spread over seeds: a gap "
-              "smaller than the rows' standard deviations, or inside their ranges, is no measured difference. "
-              "Single-seed rows elsewhere in this report carry no such spread."]
+    lines += ["", "A difference between two rows is a finding only where their ranges over seeds do not "
+              "overlap; single-seed rows elsewhere in this report carry no spread."]
     return lines
 
 
@@ -234,13 +236,13 @@ def _pm(stats: dict[str, Any]) -> str:
 def lever_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
     """Each lever of :data:`LEVERS` trained at several seeds, against :data:`LEVER_BASELINE` at the same
     training set and budget: per metric of :data:`SEED_METRICS` both rows' mean ± sd and the gain of the
-    means, and a verdict read on validation Dice alone (test is not looked at to choose): "better" or
-    "worse" only where the two rows' ranges over seeds do not overlap, else "within the spread"."""
+    means, and the :func:`~benchmarks.accuracy.spread.verdict` of validation Dice alone (test is not
+    looked at to choose)."""
     groups = {(g["run"], g["budget_minutes"]): g for g in seed_groups(results) if len(set(g["seeds"])) > 1}
     rows = []
     for (stem, minutes), lever in groups.items():
         name = run_name(stem)
-        base = groups.get((LEVER_BASELINE + stem[len(name):], minutes))
+        base = groups.get((dataclasses.replace(RunSpec.from_key(stem), name=LEVER_BASELINE).key, minutes))
         if name not in LEVERS or base is None:
             continue
         row: dict[str, Any] = {"run": stem, "baseline": base["run"], "budget_minutes": minutes,
@@ -251,8 +253,7 @@ def lever_rows(results: dict[str, dict]) -> list[dict[str, Any]]:
         ours, theirs = lever["val_dice"]["values"], base["val_dice"]["values"]
         by_seed = dict(zip(base["seeds"], theirs))
         row["same_seed_val_gains"] = {seed: v - by_seed[seed] for seed, v in zip(lever["seeds"], ours) if seed in by_seed}
-        row["verdict"] = ("better" if min(ours) > max(theirs) else "worse" if max(ours) < min(theirs)
-                          else "within the spread")
+        row["verdict"] = verdict(ours, theirs)
         rows.append(row)
     return rows
 
@@ -263,15 +264,14 @@ def _levers_section(results: dict[str, dict]) -> list[str]:
         return []
     lines = ["", "## Accuracy levers", "",
              f"Each lever is `{LEVER_BASELINE}` with one change, trained alike over several seeds and compared with "
-             f"`{LEVER_BASELINE}` at the same budget. The verdict reads validation Dice only: \"better\" or "
-             "\"worse\" where the two rows' ranges over seeds do not overlap, else \"within the spread\". Gains are "
+             f"`{LEVER_BASELINE}` at the same budget. The verdict reads validation Dice only: {RULE}. Gains are "
              "differences of the means, in Dice points; the same-seed gains pair each seed of the lever with the "
              "baseline's run at that seed (same data order and augmentation).", "",
              "| lever | change | budget | seeds | valid Dice | baseline valid Dice | valid gain | same-seed valid gains | "
              "test gain | test pooled gain | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paired = ", ".join(f"{100 * g:+.2f}" for g in r["same_seed_val_gains"].values()) or "-"
-        lines.append(f"| {without_budget(r['run'])} | {r['change']} | {r['budget_minutes']:g} min | "
+        lines.append(f"| {RunSpec.from_key(r['run']).without_budget} | {r['change']} | {r['budget_minutes']:g} min | "
                      f"{', '.join(map(str, r['seeds']))} | {_pm(r['val_dice']['lever'])} | "
                      f"{_pm(r['val_dice']['baseline'])} | {100 * r['val_dice']['gain']:+.2f} | {paired} | "
                      f"{100 * r['dice']['gain']:+.2f} | {100 * r['pooled_dice']['gain']:+.2f} | {r['verdict']} |")
@@ -282,7 +282,8 @@ def _plots_section(plots: Sequence[str]) -> list[str]:
     if not plots:
         return []
     return ["", "## Plots", ""] + [f"- [{PLOTS[name]}]({name})" for name in plots] + \
-        ["", "Drawn by `benchmarks/plots.py` from qata_mini.json reports (this one, and others when given)."]
+        ["", "Drawn by `python -m benchmarks.accuracy.plots` from qata_mini.json reports (this one, and others "
+              "when given)."]
 
 
 def _caption_noise_section(results: dict[str, dict]) -> list[str]:
@@ -306,18 +307,6 @@ def _caption_noise_section(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def source_commit(repo: Path) -> str:
-    """The short git commit of ``repo`` (with ``+changes`` when its tracked files differ), else "unknown"."""
-    try:
-        git = ["git", "-C", str(repo)]
-        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
-        return commit + ("+changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     """The report in markdown; ``plots`` names the figures of :data:`PLOTS` that sit beside it (linked)."""
     results = report["results"]
@@ -325,7 +314,7 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     ablations = [r for k, r in results.items() if group_of(k) == "ablation"]
     budgets = sorted({r["budget_minutes"] for r in main_runs})
     lines = [f"# qata-mini accuracy ({' / '.join(f'{m:g}' for m in budgets) or '-'} min training per model)", "",
-             f"Written by `benchmarks/qata_mini.py` on {report['date']}"
+             f"Written by `python -m benchmarks.accuracy.qata_mini` on {report['date']}"
              + (f" at commit {report['commit']}" if report.get("commit") else "")
              + f" ({report['device']}, torch {report['torch']}, "
              f"{report['threads']} CPU thread(s) per run). Data: {report['data']} (train {report['n_train']}, "
@@ -388,10 +377,8 @@ def plots_in(folder: Path) -> list[str]:
 
 def write_report(report: dict, out: Path, quiet: bool = False) -> None:
     """``out/qata_mini.json`` and ``out/qata_mini.md``, the latter linking the plots present in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "qata_mini.json").write_text(json.dumps(report, indent=2) + "\n")
     md = to_markdown(report, plots_in(out))
-    (out / "qata_mini.md").write_text(md)
+    report_files.write_report(out, "qata_mini", report, md)
     if not quiet:
         print(md)
 
