@@ -1,11 +1,15 @@
 """Dice + BCE and the auxiliary losses."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tgcnet.losses import deep_supervision_loss, dice_bce_loss, dice_loss, guidance_outside_loss, ot_alignment_loss
+from tgcnet.losses import (deep_supervision_loss, dice_bce_loss, dice_loss, guidance_outside_loss,
+                           language_guided_loss, ot_alignment_loss, pseudo_label_loss, region_count_loss,
+                           soft_euler_characteristic)
 from tgcnet.ot import symmetric_ot_alignment
 
 
@@ -136,3 +140,81 @@ def test_deep_supervision_loss_upsamples_each_level_to_the_mask_and_averages() -
     bce_free = torch.stack([dice_loss(F.interpolate(s, size=(32, 32), mode="bilinear", align_corners=False),
                                       target) for s in sides]).mean()
     torch.testing.assert_close(deep_supervision_loss(sides, target, bce_weight=0.0), bce_free)
+
+
+# --------------------------------------------------------------------------- images without a mask
+
+def _map(rows: list[str]) -> torch.Tensor:
+    """A binary (1, 1, H, W) map drawn with '#' for foreground."""
+    return torch.tensor([[float(c == "#") for c in row] for row in rows])[None, None]
+
+
+@pytest.mark.parametrize("rows, components, holes", [
+    (["#"], 1, 0),
+    ([".....", ".##..", ".##..", "....."], 1, 0),
+    (["#.#.#", ".....", "##..#"], 5, 0),
+    (["#.", ".#"], 2, 0),                      # diagonal neighbours are two regions (4-connectivity)
+    (["###", "#.#", "###"], 1, 1),             # a ring: one region with a hole
+    (["#####", "#.#.#", "#####", "....#"], 1, 2),
+    (["##...", "##..#", "....#"], 2, 0),       # regions touching the border count like any other
+    (["....", "...."], 0, 0),
+])
+def test_soft_euler_characteristic_counts_regions_minus_holes_on_binary_maps(rows, components, holes):
+    assert soft_euler_characteristic(_map(rows)).tolist() == [components - holes]
+
+
+def test_soft_euler_characteristic_is_the_expectation_over_independent_pixels():
+    """On a 1x2 map each pixel is foreground with probability p, q: E = p + q - p q (one region when both)."""
+    p, q = 0.3, 0.8
+    probs = torch.tensor([[[[p, q]]]], requires_grad=True)
+    e = soft_euler_characteristic(probs)
+    torch.testing.assert_close(e, torch.tensor([p + q - p * q]))
+    e.sum().backward()
+    torch.testing.assert_close(probs.grad, torch.tensor([[[[1 - q, 1 - p]]]]))
+
+
+def test_region_count_loss_penalises_only_regions_beyond_the_count():
+    three = _map(["#.#.#", ".....", "....."])
+    logits = (three * 2 - 1) * 20  # confident: the ramp leaves the binary map
+    batch = torch.cat([logits, logits, logits])
+    torch.testing.assert_close(region_count_loss(batch, [1, 3, None]), torch.tensor(2.0).log1p() / 2)
+    assert region_count_loss(batch, [5, 3, 4]).item() == 0.0
+    assert region_count_loss(batch, [None, None, None]).item() == 0.0
+
+
+def test_region_count_loss_ignores_faint_background_and_pushes_an_extra_region_down():
+    logits = torch.full((1, 1, 32, 32), -3.0)  # p = 0.047 everywhere: below the ramp, no region
+    assert region_count_loss(logits, [0]).item() == 0.0
+    logits = (_map(["##......", "##......", "........", ".....#.."]) * 2 - 1) * 20
+    logits[..., 3, 5] = 0.4  # p = 0.6: a faint second region, where the caption states one
+    logits.requires_grad_(True)
+    loss = region_count_loss(logits, [1])
+    q = (torch.sigmoid(torch.tensor(0.4)) - 0.5) / 0.5 + 0.5  # the ramp: the faint region counts q
+    torch.testing.assert_close(loss, torch.log1p(q))
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[0, 0, 3, 5] > 0
+    assert logits.grad.abs().sum() == logits.grad[0, 0, 3, 5].abs()  # confident pixels lie outside the ramp
+
+
+def test_pseudo_label_loss_uses_confident_pixels_only():
+    teacher = torch.tensor([[[[0.95, 0.05, 0.6, 0.1]]]])  # tau 0.3: the first, second and fourth count
+    logits = torch.tensor([[[[2.0, -1.0, 5.0, 3.0]]]])
+    expected = (F.softplus(-torch.tensor(2.0)) + F.softplus(torch.tensor(-1.0)) + F.softplus(torch.tensor(3.0))) / 3
+    torch.testing.assert_close(pseudo_label_loss(logits, teacher, 0.3), expected)
+    assert pseudo_label_loss(logits, torch.full_like(teacher, 0.5), 0.3).item() == 0.0  # nothing confident
+    with pytest.raises(ValueError, match="threshold"):
+        pseudo_label_loss(logits, teacher, 0.5)
+
+
+def test_language_guided_loss_reads_the_sides_and_the_count():
+    right_half = torch.zeros(1, 1, 16, 16)
+    right_half[..., 10:] = 1
+    logits = (right_half * 2 - 1) * 20  # one confident region, in the right half of the image
+    outside_left = language_guided_loss(logits, ["one infected area, left lung."])
+    # every predicted pixel (16 x 6) lies outside the named side; guidance_outside_loss's eps is 1 pixel
+    assert outside_left.item() == pytest.approx(96 / 97, abs=1e-5)
+    assert language_guided_loss(logits, ["one infected area, right lung."]).item() < 1e-3
+    # no side named; one region where the caption states none: log(1 + 1)
+    assert language_guided_loss(logits, ["no infected areas."]).item() == pytest.approx(math.log(2), abs=1e-4)
+    with pytest.raises(ValueError, match="one per image"):
+        language_guided_loss(logits, "left lung.")

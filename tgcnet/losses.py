@@ -1,4 +1,4 @@
-"""Training losses: Dice + BCE for the mask, and SSA's auxiliary terms.
+"""Training losses: Dice + BCE for the mask, SSA's auxiliary terms, and the losses of images without a mask.
 
 Every loss here runs in float32 with autocast switched off: sums over 224x224 pixels
 in bf16 keep only about three significant digits, enough to make a small Dice
@@ -6,12 +6,24 @@ improvement invisible to the optimiser.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 import torch.nn.functional as F
 
+from .caption_counts import stated_area_count
+from .guidance import guidance_masks
+from .laterality import DEFAULT_LATERALITY, Laterality
 from .ot import symmetric_ot_alignment
 
-__all__ = ["dice_loss", "dice_bce_loss", "deep_supervision_loss", "ot_alignment_loss", "guidance_outside_loss"]
+__all__ = ["dice_loss", "dice_bce_loss", "deep_supervision_loss", "ot_alignment_loss", "guidance_outside_loss",
+           "pseudo_label_loss", "soft_euler_characteristic", "region_count_loss", "language_guided_loss",
+           "COUNT_BAND", "LANGUAGE_SIDE_SOFT"]
+
+#: width of the probability band around 0.5 in which :func:`region_count_loss` is soft (see there)
+COUNT_BAND = 0.5
+#: the ramp across the midline of :func:`language_guided_loss`'s side mask, as a fraction of the width
+LANGUAGE_SIDE_SOFT = 0.1
 
 
 def _as_float32_pair(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,3 +121,92 @@ def guidance_outside_loss(logits: torch.Tensor, guidance: torch.Tensor, eps: flo
         probs = torch.sigmoid(logits32)
         outside = (probs * (1.0 - guidance.clamp(0, 1))).sum((1, 2, 3))
         return (outside / (probs.sum((1, 2, 3)) + eps)).mean()
+
+
+# --------------------------------------------------------------------------- images without a mask
+
+def pseudo_label_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """BCE of ``logits`` against the teacher's hard labels (p > 0.5), over the pixels where the
+    teacher is confident, ``|p - 0.5| > threshold``; averaged over those pixels (pooled over the batch).
+
+    Hard labels on confident pixels only: where the teacher hesitates its label is a coin toss,
+    and training on it would teach the student the teacher's noise. No confident pixel gives 0.
+    """
+    if not 0 <= threshold < 0.5:
+        raise ValueError(f"threshold must be in [0, 0.5), got {threshold}")
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logits32, probs = _as_float32_pair(logits, teacher_probs)
+        probs = probs.detach()
+        confident = ((probs - 0.5).abs() > threshold).float()
+        bce = F.binary_cross_entropy_with_logits(logits32, (probs > 0.5).float(), reduction="none")
+        return (bce * confident).sum() / confident.sum().clamp(min=1.0)
+
+
+def soft_euler_characteristic(probs: torch.Tensor) -> torch.Tensor:
+    """Euler characteristic (4-connected foreground) of each map (B, 1, H, W) in [0, 1], as (B,).
+
+    Gray's quad count over the 2x2 quads of the zero-padded map: E = (Q1 - Q3 + 2 QD) / 4,
+    where Q1 counts quads with exactly one foreground pixel, Q3 with three and QD the two
+    diagonal pairs. Each count is written with products of p and 1 - p of the quad's four
+    pixels, i.e. its probability if the pixels were independent Bernoulli(p): the result is
+    the expected Euler characteristic, differentiable in p, and on a binary map exactly
+    #components - #holes (holes of the 8-connected background).
+    """
+    if probs.dim() != 4 or probs.shape[1] != 1:
+        raise ValueError(f"probs must have shape (B, 1, H, W), got {tuple(probs.shape)}")
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        x = F.pad(probs.float(), (1, 1, 1, 1))
+        a, b, c, d = x[..., :-1, :-1], x[..., :-1, 1:], x[..., 1:, :-1], x[..., 1:, 1:]  # TL, TR, BL, BR
+        na, nb, nc, nd = 1 - a, 1 - b, 1 - c, 1 - d
+        q1 = a * nb * nc * nd + na * b * nc * nd + na * nb * c * nd + na * nb * nc * d
+        q3 = na * b * c * d + a * nb * c * d + a * b * nc * d + a * b * c * nd
+        qd = a * d * nb * nc + b * c * na * nd
+        return (q1 - q3 + 2 * qd).sum((1, 2, 3)) / 4
+
+
+def region_count_loss(logits: torch.Tensor, counts: Sequence[Optional[int]]) -> torch.Tensor:
+    """``log(1 + relu(E - n))`` per image whose caption states ``n`` areas, averaged over those images;
+    0 when none states a count (None entries bound nothing).
+
+    ``E`` is :func:`soft_euler_characteristic` of the probabilities first mapped through a
+    linear ramp, ``q = clamp((p - 0.5) / COUNT_BAND + 0.5, 0, 1)``: pixels below 0.25 count
+    as background and above 0.75 as foreground, exactly, so ``E`` is the Euler characteristic
+    of the prediction thresholded at 0.5 whenever it is confident, and soft only in between.
+    On the raw map, independent low probabilities add up (50,000 background pixels at
+    p = 0.01 have an expected Euler characteristic near 500), so the bound would be active on
+    every image and only push the background down. The log keeps an untrained model's
+    thousands of soft regions (E is about 3,200 for p = 0.5 at 224 px) from outweighing the
+    mask losses. E counts regions minus holes, so a hole lowers it as a removed region does:
+    the bound is on that difference (no sum over quads counts regions alone). Captions count
+    zones rather than regions (see tgcnet.caption_counts), so only an excess is penalised.
+    """
+    if len(counts) != logits.shape[0]:
+        raise ValueError(f"counts has {len(counts)} entries but logits has batch size {logits.shape[0]}")
+    rows = [i for i, n in enumerate(counts) if n is not None]
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logits32, _ = _as_float32_pair(logits, torch.zeros_like(logits))
+        if not rows:
+            return logits32.sum() * 0.0
+        index = torch.tensor(rows, device=logits32.device)
+        q = ((torch.sigmoid(logits32[index]) - 0.5) / COUNT_BAND + 0.5).clamp(0, 1)
+        bound = torch.tensor([float(counts[i]) for i in rows], device=logits32.device)
+        return torch.log1p(F.relu(soft_euler_characteristic(q) - bound)).mean()
+
+
+def language_guided_loss(logits: torch.Tensor, captions: Sequence[str],
+                         laterality: Laterality = DEFAULT_LATERALITY) -> torch.Tensor:
+    """What a caption alone says against a prediction: foreground outside the sides it names
+    (:func:`guidance_outside_loss`) plus regions beyond the areas it counts (:func:`region_count_loss`).
+
+    Sides only, not zones: sides hold about 95% of the lesion mass on QaTa-COV19, zones about
+    64% (see tgcnet.guidance), so a zone bound would penalise a third of true lesions. The
+    side mask ramps across the midline over ``LANGUAGE_SIDE_SOFT`` of the width; a caption
+    naming no side bounds nothing there (its mask is all ones).
+    """
+    if isinstance(captions, str) or len(captions) != logits.shape[0]:
+        raise ValueError(f"captions must be a sequence of {logits.shape[0]} str, one per image")
+    h, w = logits.shape[-2:]
+    guidance = guidance_masks(captions, h, w, laterality=laterality, soft=LANGUAGE_SIDE_SOFT, use_zones=False,
+                              device=logits.device)
+    counts = [stated_area_count(c) for c in captions]
+    return guidance_outside_loss(logits, guidance) + region_count_loss(logits, counts)

@@ -45,3 +45,22 @@ def test_failed_first_run_then_fixed_command_runs_without_resume(tmp_path, capsy
     assert not (tmp_path / "run").exists()
     assert main([*args, "--image-size", "64"]) == 0
     assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["image_size"] == 64
+
+
+def test_missing_masks_fail_with_the_way_out_then_train_with_semi_supervised(tmp_path, capsys):
+    import shutil
+
+    from tgcnet.data import read_split
+
+    root = tmp_path / "data"
+    shutil.copytree(SAMPLE, root)
+    read_split(root, "train")[0].mask_path.unlink()
+    run = str(tmp_path / "run")
+    args = ["train", "--data", str(root), "--out", run, "--max-steps", "1", "--val-split", "none", *TINY]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "mask not found" in err and "--semi-supervised" in err and "Traceback" not in err
+    assert main([*args, "--semi-supervised"]) == 0
+    err = capsys.readouterr().err
+    assert "semi-supervised: 31 of 32 training images labelled, 1 unlabelled (1 without a mask file)" in err
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["train"]["semi_supervised"] is True

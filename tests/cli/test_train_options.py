@@ -20,6 +20,8 @@ FLAGS = {
                      "--device", "--seed", "--deterministic", "--find-unused-parameters"],
     "checkpoints and validation": ["--checkpoint-every", "--val-every", "--eval-batch-size", "--threshold",
                                    "--no-progress"],
+    "scarce masks": ["--semi-supervised", "--labelled-fraction", "--pseudo-label-weight", "--pseudo-label-threshold",
+                     "--ema-decay", "--rampup-fraction", "--language-loss-weight"],
 }
 
 
@@ -76,3 +78,17 @@ def test_choices_match_the_modules_that_use_them():
     from tgcnet.engine.feature_cache import CACHE_DTYPES
 
     assert tuple(AUGMENT_MODES) == AUGMENT_CHOICES and tuple(CACHE_DTYPES) == CACHE_DTYPE_CHOICES
+
+
+def test_semi_supervised_options_reach_the_config():
+    args = build_parser().parse_args([
+        "train", "--data", "d", "--labelled-fraction", "0.25", "--pseudo-label-threshold", "0.4", "--ema-decay",
+        "0.999", "--rampup-fraction", "0.1", "--language-loss-weight", "0"])
+    cfg = train_config_from_args(args)
+    assert cfg.semi_supervised and cfg.labelled_fraction == 0.25 and cfg.pseudo_label_weight == 1.0
+    assert (cfg.pseudo_label_threshold, cfg.ema_decay, cfg.rampup_fraction, cfg.language_loss_weight) == \
+        (0.4, 0.999, 0.1, 0.0)
+    plain = train_config_from_args(build_parser().parse_args(["train", "--data", "d", "--semi-supervised"]))
+    assert plain.semi_supervised and plain.labelled_fraction is None and plain.language_loss_weight == 0.2
+    with pytest.raises(ValueError, match="--semi-supervised"):
+        train_config_from_args(build_parser().parse_args(["train", "--data", "d", "--pseudo-label-weight", "1"]))

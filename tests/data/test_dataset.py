@@ -25,7 +25,7 @@ def test_items_on_the_embedded_sample():
     ds = SegmentationDataset(triples)
     assert len(ds) == 8
     item = ds[2]
-    assert set(item) == {"image", "mask", "caption", "name"}
+    assert set(item) == {"image", "mask", "labelled", "caption", "name"} and item["labelled"].item() is True
     image, mask = item["image"], item["mask"]
     assert image.shape == (3, 224, 224) and image.dtype == torch.float32
     assert mask.shape == (1, 224, 224) and mask.dtype == torch.float32
@@ -215,3 +215,21 @@ def test_unreadable_files_at_load_are_data_errors_naming_the_file(tmp_path):
     t.mask_path.write_bytes(b"")
     with pytest.raises(DataError, match=rf"cannot read mask {re.escape(str(t.mask_path))}"):
         load_mask(t.mask_path)
+
+
+def test_an_image_without_a_mask_is_an_unlabelled_item_augmented_as_with_its_mask():
+    import dataclasses
+
+    triples = read_split(sample_root(), "train")[:4]
+    hidden = [dataclasses.replace(t, mask_path=None) if i % 2 else t for i, t in enumerate(triples)]
+    transform = build_transforms(True, 64, seed=0)
+    with_masks, without = (SegmentationDataset(t, transform, seed=3) for t in (triples, hidden))
+    for ds in (with_masks, without):
+        ds.set_epoch(2)
+    for i in range(4):
+        a, b = with_masks[i], without[i]
+        assert torch.equal(a["image"], b["image"]) and a["caption"] == b["caption"]
+        assert b["labelled"].item() is (i % 2 == 0)
+        assert torch.equal(b["mask"], a["mask"] if i % 2 == 0 else torch.zeros_like(a["mask"]))
+    batch = collate([without[i] for i in range(4)])
+    assert batch["labelled"].tolist() == [True, False, True, False] and batch["labelled"].dtype == torch.bool

@@ -308,3 +308,42 @@ def test_one_bad_file_is_one_data_error_naming_it(tmp_path, png, mask_png, probl
     assert words in reason
     if problem in ("corrupt_mask", "missing_mask", "mask_size"):
         assert str(mask) in reason
+
+
+# --------------------------------------------------------------------------- missing masks (semi-supervised)
+
+@pytest.mark.parametrize("layout", ["simple", "lvit", "sgseg"])
+def test_missing_masks_are_an_error_that_names_semi_supervised_training(tmp_path, fake_trees, layout):
+    fake_trees[layout](tmp_path)
+    train = read_split(tmp_path, "train")
+    for t in train[:2]:
+        t.mask_path.unlink()
+    with pytest.raises(DataError) as err:
+        read_split(tmp_path, "train")
+    msg = str(err.value)
+    assert "2 bad of 5 entries" in msg and msg.count("mask not found") == 2
+    assert "--semi-supervised" in msg and "semi_supervised=True" in msg
+
+    kept = read_split(tmp_path, "train", allow_missing_masks=True)
+    assert [t.name for t in kept] == [t.name for t in train]
+    assert [t.mask_path for t in kept] == [None, None] + [t.mask_path for t in train[2:]]
+
+
+def test_allowing_missing_masks_still_refuses_other_bad_files(tmp_path, png, mask_png):
+    expected = _bad_tree(tmp_path, png, mask_png)
+    with pytest.raises(DataError) as err:
+        read_split(tmp_path, "train", allow_missing_masks=True)
+    msg = str(err.value)
+    assert "8 bad of 10 entries" in msg and "nomask.png" not in msg and "mask not found" not in msg
+    assert all(name in msg for name in expected if name != "nomask.png")
+
+
+def test_validation_and_test_splits_need_their_masks(tmp_path, fake_trees):
+    fake_trees["simple"](tmp_path)
+    for split in ("valid", "test"):
+        read_split(tmp_path, split)[0].mask_path.unlink()
+        with pytest.raises(DataError) as err:
+            read_split(tmp_path, split)
+        msg = str(err.value)
+        assert "mask not found" in msg and "validation and test splits need every mask" in msg
+        assert "training split only" in msg

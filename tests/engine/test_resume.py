@@ -22,6 +22,8 @@ RUN_ARGS = ["--image-size", "64", "--batch-size", "8", "--epochs", "2", "--check
 TRAIN_ARGS = [*RUN_ARGS, "--knowledge", "none", "--deterministic"]
 # What a user gets without asking: the knowledge bank on and no --deterministic.
 DEFAULT_ARGS = RUN_ARGS
+# Half the masks hidden: the split, the mean teacher and the unlabelled losses must resume too.
+SEMI_ARGS = [*TRAIN_ARGS, "--labelled-fraction", "0.5", "--rampup-fraction", "0.25"]
 
 
 def _env() -> dict[str, str]:
@@ -42,7 +44,8 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("args", [DEFAULT_ARGS, TRAIN_ARGS], ids=["defaults", "no-knowledge-deterministic"])
+@pytest.mark.parametrize("args", [DEFAULT_ARGS, TRAIN_ARGS, SEMI_ARGS],
+                         ids=["defaults", "no-knowledge-deterministic", "semi-supervised"])
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, args):
     data = str(sample_root())
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -71,6 +74,13 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, args):
     keys = ("epoch", "step", "val_dice", "val_pooled_dice")
     assert [[e[k] for k in keys] for e in _log(full)] == [[e[k] for k in keys] for e in _log(killed)]
     assert json.loads((killed / "last" / "trainer_state.json").read_text())["global_step"] == 8
+    if args is SEMI_ARGS:  # the same split, the same teacher, the same unlabelled losses
+        assert (full / "labelled.json").read_text() == (killed / "labelled.json").read_text()
+        ta, tb = (load_safetensors(run / "last" / "teacher.safetensors") for run in (full, killed))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+        semi = ("train_loss", "train_pseudo_label_loss", "train_language_loss")
+        assert [[e[k] for k in semi] for e in _log(full)] == [[e[k] for k in semi] for e in _log(killed)]
+        assert all(e["train_pseudo_label_loss"] is not None for e in _log(full))
 
 
 def test_resume_refuses_a_changed_data_order(tmp_path):
@@ -199,3 +209,47 @@ def test_resume_of_a_run_without_checkpoint_says_to_start_afresh(tmp_path, capsy
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "holds no checkpoint" in err and "without --resume" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- semi-supervised runs
+
+@pytest.fixture(scope="module")
+def one_step_semi_run(tmp_path_factory) -> Path:
+    from tgcnet.cli import main
+
+    run = tmp_path_factory.mktemp("one_step_semi") / "run"
+    assert main(["train", "--data", str(sample_root()), "--out", str(run), *QUICK_ARGS, "--val-split", "none",
+                 "--labelled-fraction", "0.5"]) == 0
+    return run
+
+
+def test_resume_uses_the_recorded_split(one_step_semi_run, tmp_path):
+    """labelled.json, not a new draw, says which images train without their masks after a resume."""
+    import shutil
+
+    from tgcnet.engine import TrainConfig
+    from tgcnet.engine.distributed import DistInfo
+    from tgcnet.engine.train_config import read_saved_config
+    from tgcnet.engine.trainer import Trainer
+
+    run = Path(shutil.copytree(one_step_semi_run, tmp_path / "run"))
+    recorded = json.loads((run / "labelled.json").read_text())
+    moved = recorded["labelled"].pop()
+    recorded["unlabelled"].append(moved)
+    (run / "labelled.json").write_text(json.dumps(recorded))
+    cfg = TrainConfig.from_dict({**read_saved_config(run), "resume": str(run), "out": str(run)})
+    trainer = Trainer(cfg, torch.device("cpu"), DistInfo())
+    hidden = {t.name for t in trainer.train_set.triples if t.mask_path is None}
+    assert hidden == set(recorded["unlabelled"]) and moved in hidden
+
+
+def test_resume_without_the_split_or_the_teacher_names_the_file(one_step_semi_run, tmp_path, capsys):
+    import shutil
+
+    run = Path(shutil.copytree(one_step_semi_run, tmp_path / "run"))
+    (run / "last" / "teacher.safetensors").unlink()
+    err = _resume_error(run, capsys)
+    assert str(run / "last" / "teacher.safetensors") in err and "damaged" in err
+    (run / "labelled.json").unlink()
+    err = _resume_error(run, capsys)
+    assert str(run / "labelled.json") in err and "cannot resume a semi-supervised run without" in err

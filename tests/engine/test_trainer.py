@@ -222,3 +222,86 @@ def test_deep_supervision_trains_the_side_heads_and_saves_them(tmp_path):
     assert saved.config.decoder.deep_supervision_weight == 0.5
     for (name, mine), theirs in zip(heads.state_dict().items(), saved.decoder.side_heads.state_dict().values()):
         assert torch.equal(mine, theirs), name
+
+
+# --------------------------------------------------------------------------- scarce masks (semi-supervised)
+
+def _sample_without_masks(tmp_path, split: str = "train", n: int = 4):
+    """A copy of the embedded sample whose first ``n`` masks of ``split`` are gone."""
+    import shutil
+
+    from tgcnet.data import read_split
+
+    root = tmp_path / "data"
+    shutil.copytree(sample_root(), root)
+    gone = read_split(root, split)[:n]
+    for t in gone:
+        t.mask_path.unlink()
+    return root, [t.name for t in gone]
+
+
+def test_labelled_fraction_trains_and_records_the_split(tmp_path, capsys):
+    trainer = run_trainer(config(tmp_path, labelled_fraction=0.5, max_steps=4))
+    run = tmp_path / "run"
+    split = json.loads((run / "labelled.json").read_text())
+    assert (split["fraction"], split["seed"], len(split["labelled"]), len(split["unlabelled"])) == (0.5, 0, 16, 16)
+    assert {t.name for t in trainer.train_set.triples if t.mask_path is None} == set(split["unlabelled"])
+    saved = json.loads((run / "train_config.json").read_text())["train"]
+    assert saved["semi_supervised"] and saved["pseudo_label_weight"] == 1.0 and saved["language_loss_weight"] == 0.2
+    entry = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    assert entry["train_pseudo_label_loss"] >= 0 and entry["train_language_loss"] > 0
+    assert (run / "last" / "teacher.safetensors").is_file()
+    assert capsys.readouterr().err.count("semi-supervised: 16 of 32 training images labelled, 16 unlabelled") == 1
+
+
+def test_batches_without_a_labelled_image_stay_finite(tmp_path):
+    trainer = run_trainer(config(tmp_path, labelled_fraction=0.01, max_steps=4, val_split=None))
+    assert len(trainer.labelled.labelled) == 1  # so at least three of the four batches have no mask at all
+    assert math.isfinite(trainer.state["loss_sum"])
+    assert all(torch.isfinite(v).all() for v in trainer.model.trainable_state_dict().values())
+
+
+def test_missing_masks_need_semi_supervised_and_then_train_as_unlabelled(tmp_path, capsys):
+    from tgcnet.data import DataError
+
+    root, gone = _sample_without_masks(tmp_path)
+    with pytest.raises(DataError, match="--semi-supervised") as err:
+        Trainer(config(tmp_path, data=str(root)), torch.device("cpu"), DistInfo())
+    assert sorted(p.name for p, _ in err.value.problems) == sorted(gone)
+    trainer = run_trainer(config(tmp_path, data=str(root), semi_supervised=True, max_steps=1, val_split=None))
+    assert {t.name for t in trainer.train_set.triples if t.mask_path is None} == set(gone)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "28 of 32 training images labelled, 4 unlabelled (4 without a mask file)" in err
+    assert json.loads((tmp_path / "run" / "labelled.json").read_text())["missing_masks"] == gone
+
+
+def test_validation_without_masks_is_refused_even_when_semi_supervised(tmp_path):
+    from tgcnet.data import DataError
+
+    root, _ = _sample_without_masks(tmp_path, split="valid", n=1)
+    with pytest.raises(DataError, match="(?s)split 'valid'.*validation and test splits need every mask"):
+        Trainer(config(tmp_path, data=str(root), semi_supervised=True), torch.device("cpu"), DistInfo())
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"pseudo_label_weight": 1.0}, "only semi-supervised training has"),
+    ({"language_loss_weight": 0.5}, "--semi-supervised"),
+    ({"labelled_fraction": 0.0}, "labelled_fraction=0.0"),
+    ({"labelled_fraction": 1.5}, "labelled_fraction=1.5"),
+    ({"semi_supervised": True, "pseudo_label_weight": -1.0}, "pseudo_label_weight=-1.0"),
+    ({"semi_supervised": True, "pseudo_label_threshold": 0.5}, "pseudo_label_threshold=0.5"),
+    ({"semi_supervised": True, "ema_decay": 1.0}, "ema_decay=1.0"),
+    ({"semi_supervised": True, "rampup_fraction": 2.0}, "rampup_fraction=2.0"),
+])
+def test_bad_semi_supervised_settings_are_named(tmp_path, settings, words):
+    with pytest.raises(ValueError, match=words):
+        config(tmp_path, **settings)
+
+
+def test_semi_supervised_settings_default_on_with_it_and_off_without():
+    plain = TrainConfig(data="d")
+    assert not plain.semi_supervised and plain.pseudo_label_weight == plain.language_loss_weight == 0.0
+    semi = TrainConfig(data="d", labelled_fraction=0.25)
+    assert semi.semi_supervised and (semi.pseudo_label_weight, semi.language_loss_weight) == (1.0, 0.2)
+    assert TrainConfig.from_dict(semi.to_dict()) == semi

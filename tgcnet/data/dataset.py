@@ -190,7 +190,12 @@ def _accepts_rng(fn: Callable) -> bool:
 
 
 class SegmentationDataset(Dataset):
-    """Items ``{"image": (3,H,W) float32 in [0,1], "mask": (1,H,W) float32 in {0,1}, "caption", "name"}``.
+    """Items ``{"image": (3,H,W) float32 in [0,1], "mask": (1,H,W) float32 in {0,1}, "labelled": bool
+    tensor, "caption", "name"}``.
+
+    An image without a mask (``Triple.mask_path`` None: semi-supervised training) has an
+    all-zero mask and ``labelled`` False; it is augmented exactly as it would be with its
+    mask, so hiding a mask changes nothing else about the item.
 
     Grayscale images are repeated to 3 channels because CLIP expects RGB; colour images
     are kept; 16-bit images are scaled by their bit depth (see :func:`load_image`). Masks
@@ -226,7 +231,10 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         t = self.triples[index]
         image = load_image(t.image_path)
-        mask, binary = load_mask(t.mask_path)
+        if t.mask_path is None:
+            mask, binary = np.zeros(image.shape[:2], np.uint8), True
+        else:
+            mask, binary = load_mask(t.mask_path)
         if not binary and t.mask_path not in self._reported:
             self._reported.add(t.mask_path)
             warnings.warn(f"mask {t.mask_path} is not binary (values other than 0 and its maximum); "
@@ -243,7 +251,8 @@ class SegmentationDataset(Dataset):
             else:
                 image, mask, caption = self.transform(image, mask, caption)
         return {"image": _image_tensor(image), "mask": torch.from_numpy(np.ascontiguousarray(mask > 0))
-                .to(torch.float32).unsqueeze(0), "caption": caption, "name": t.name}
+                .to(torch.float32).unsqueeze(0), "labelled": torch.tensor(t.mask_path is not None),
+                "caption": caption, "name": t.name}
 
 
 def _image_tensor(image: np.ndarray) -> torch.Tensor:

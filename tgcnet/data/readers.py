@@ -7,7 +7,8 @@ train/valid cut) and data order on resume are reproducible.
 Bad data is reported, not guessed: every problem found in a split is collected and raised
 as one :class:`DataError` listing the offending files, so a user fixes a data set in one
 pass instead of one crash at a time. ``skip_bad=True`` turns that into a single warning and
-drops the offending triples.
+drops the offending triples. ``allow_missing_masks=True`` (semi-supervised training) keeps
+an image whose mask file is missing, as a triple without a mask.
 """
 from __future__ import annotations
 
@@ -41,15 +42,23 @@ GUIDEDECODER_TRAIN_FRACTION = 0.8
 MAX_LISTED = 20  # problems spelled out in an error message; the rest are counted
 # Training reads the 'valid' split by default (tgcnet.engine.TrainConfig.val_split).
 NO_VALID_ADVICE = "to train without validation, pass --val-split none (val_split=None in Python)"
+SEMI_SUPERVISED_ADVICE = ("to train on the images without a mask as unlabelled (their captions still guide them), "
+                          "pass --semi-supervised (semi_supervised=True)")
+MASKS_NEEDED_ADVICE = ("validation and test splits need every mask, since the metrics compare against them; "
+                       "semi-supervised training (--semi-supervised) applies to the training split only")
 
 
 @dataclass(frozen=True)
 class Triple:
-    """One annotated example: an image, its binary mask and the caption describing it."""
+    """One annotated example: an image, its binary mask and the caption describing it.
+
+    ``mask_path`` is None for an image that trains without a mask (semi-supervised training:
+    its mask file is missing, or a labelled split hid it).
+    """
 
     name: str
     image_path: Path
-    mask_path: Path
+    mask_path: Path | None
     caption: str
 
 
@@ -313,7 +322,11 @@ def _ends_with_jpeg_marker(path: Path) -> bool:
         return f.read() == b"\xff\xd9"
 
 
-def _problems(row: _Row) -> list[str]:
+def _mask_missing(row: _Row) -> bool:
+    return row.problem is None and not row.mask_path.is_file()
+
+
+def _problems(row: _Row, mask_optional: bool = False) -> list[str]:
     if row.problem:
         return [row.problem]
     found = []
@@ -322,6 +335,8 @@ def _problems(row: _Row) -> list[str]:
     image_size, err = _probe(row.image_path, "image", listed=True)
     if err:
         found.append(err)
+    if mask_optional and _mask_missing(row):
+        return found
     mask_size, err = _probe(row.mask_path, "mask", listed=False)
     if err:
         found.append(err)
@@ -338,7 +353,13 @@ def format_problems(problems: list[tuple[Path, str]], limit: int = MAX_LISTED) -
     return "\n".join(lines)
 
 
-def read_split(root: str | Path, split: str, layout: str | None = None, skip_bad: bool = False) -> list[Triple]:
+def _missing_mask_advice(split: str) -> str:
+    """The way out of missing masks: training may go on without them, evaluation may not."""
+    return SEMI_SUPERVISED_ADVICE if split == "train" else MASKS_NEEDED_ADVICE
+
+
+def read_split(root: str | Path, split: str, layout: str | None = None, skip_bad: bool = False,
+               allow_missing_masks: bool = False) -> list[Triple]:
     """Read and check one split of a data set.
 
     Args:
@@ -346,6 +367,8 @@ def read_split(root: str | Path, split: str, layout: str | None = None, skip_bad
         split: "train", "valid" (or "val") or "test".
         layout: one of ``LAYOUTS``; detected from the folder's contents when None.
         skip_bad: drop bad triples with one warning instead of raising DataError.
+        allow_missing_masks: keep an image whose mask file is missing, with ``mask_path``
+            None (semi-supervised training); a mask that is there but unreadable is still bad.
     """
     root = Path(root)
     split = _canonical_split(split)
@@ -361,7 +384,7 @@ def read_split(root: str | Path, split: str, layout: str | None = None, skip_bad
     problems: list[tuple[Path, str]] = []
     bad: set[int] = set()
     for i, row in enumerate(rows):
-        reasons = _problems(row)
+        reasons = _problems(row, mask_optional=allow_missing_masks)
         if counts[row.name] > 1:
             reasons.append(f"duplicate name {row.name!r} ({counts[row.name]} entries in this split)")
         if reasons:
@@ -371,10 +394,13 @@ def read_split(root: str | Path, split: str, layout: str | None = None, skip_bad
     if problems:
         message = (f"{where}: {len(problems)} bad of {len(rows)} entries\n{format_problems(problems)}")
         if not skip_bad:
-            raise DataError(message + "\nFix or remove them, or pass skip_bad=True (--skip-bad) to drop them.",
-                            problems)
+            advice = "\nFix or remove them, or pass skip_bad=True (--skip-bad) to drop them."
+            if any(_mask_missing(rows[i]) for i in bad):
+                advice += f"\nMasks are missing: {_missing_mask_advice(split)}."
+            raise DataError(message + advice, problems)
         warnings.warn(f"skipped {len(problems)} bad entries: {message}", stacklevel=2)
-    good = [Triple(r.name, r.image_path, r.mask_path, r.caption or "") for i, r in enumerate(rows) if i not in bad]
+    good = [Triple(r.name, r.image_path, None if allow_missing_masks and _mask_missing(r) else r.mask_path,
+                   r.caption or "") for i, r in enumerate(rows) if i not in bad]
     if not good:
         raise DataError(f"{where}: no usable triples left after skipping {len(problems)} bad ones", problems)
     return good

@@ -11,7 +11,8 @@ checkpoint swap, resume), ``run_lock`` (one writer per run directory), ``train_s
 a checkpoint holds), ``loading`` (finding and loading a trained model), ``inference`` (the
 inference loop shared by all three), ``split_captions`` (a split's captions checked against
 the text context), ``evaluation``, ``prediction``, ``metrics``, ``distributed``, ``feature_cache``,
-``factory_model`` (training another model through the loop), ``overlay`` and ``files``
+``factory_model`` (training another model through the loop), ``labelled_split``,
+``mean_teacher`` and ``semi_supervised`` (training on images without masks), ``overlay`` and ``files``
 (the names of a run directory's files). No module is named like a function it exports.
 The names below load on first use, so ``TrainConfig`` is available without torch.
 """

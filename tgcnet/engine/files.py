@@ -4,10 +4,12 @@ A run directory written by :func:`tgcnet.engine.train`::
 
     RUN_DIR/train_config.json     resolved TrainConfig + model config (+ world size)
     RUN_DIR/log.jsonl             one JSON object per validated epoch
+    RUN_DIR/labelled.json         semi-supervised runs: which training images keep their masks
     RUN_DIR/best/                 the best model by validation Dice (save_pretrained layout)
     RUN_DIR/best/inference.json   what inference needs that the model config lacks
     RUN_DIR/last/                 the resumable checkpoint (see tgcnet.engine.train_state)
     RUN_DIR/last/trainer_state.json, optim.pt
+    RUN_DIR/last/teacher.safetensors   semi-supervised runs with pseudo-labels: the mean teacher
     RUN_DIR/.lock                 while a run trains: which process writes here (see tgcnet.engine.run_dir)
 
 Evaluation writes ``metrics.json`` and ``per_image.csv``; prediction of several images
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 __all__ = ["TRAIN_CONFIG_NAME", "LOG_NAME", "INFERENCE_NAME", "BEST_DIR", "LAST_DIR", "TRAINER_STATE_NAME",
            "OPTIM_STATE_NAME", "MODEL_CONFIG_NAME", "WEIGHTS_NAME", "METRICS_NAME", "PER_IMAGE_NAME",
-           "PREDICTIONS_NAME", "LOCK_NAME"]
+           "PREDICTIONS_NAME", "LOCK_NAME", "LABELLED_NAME", "TEACHER_NAME"]
 
 TRAIN_CONFIG_NAME = "train_config.json"
 LOG_NAME = "log.jsonl"
+LABELLED_NAME = "labelled.json"
+TEACHER_NAME = "teacher.safetensors"
 INFERENCE_NAME = "inference.json"
 BEST_DIR = "best"
 LAST_DIR = "last"

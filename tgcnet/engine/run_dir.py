@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from tgcnet.io import atomic_write_text, save_json_atomic
 
-from .files import (BEST_DIR, INFERENCE_NAME, LAST_DIR, LOCK_NAME, LOG_NAME, OPTIM_STATE_NAME, TRAIN_CONFIG_NAME,
-                    TRAINER_STATE_NAME, WEIGHTS_NAME)
+from .files import (BEST_DIR, INFERENCE_NAME, LABELLED_NAME, LAST_DIR, LOCK_NAME, LOG_NAME, OPTIM_STATE_NAME,
+                    TRAIN_CONFIG_NAME, TRAINER_STATE_NAME, WEIGHTS_NAME)
 from .run_lock import RunDirInUse, RunLock
 from .train_config import RESUME_FIXED, TrainConfig, read_saved_config
 
@@ -60,6 +60,11 @@ class RunDir:
     @property
     def log_file(self) -> Path:
         return self.path / LOG_NAME
+
+    @property
+    def labelled_file(self) -> Path:
+        """Which training images keep their masks (semi-supervised runs; tgcnet.engine.labelled_split)."""
+        return self.path / LABELLED_NAME
 
     @property
     def best(self) -> Path:
@@ -161,14 +166,19 @@ class RunDir:
         self._lock.release()
 
     # ------------------------------------------------------------------ writing
-    def start(self, config: TrainConfig, model: "torch.nn.Module", world_size: int) -> None:
+    def start(self, config: TrainConfig, model: "torch.nn.Module", world_size: int,
+              labelled: Optional[dict[str, Any]] = None) -> None:
         """Begin a new run: replace what a start that never reached a checkpoint left, record its
-        settings (a resume starts from them; inference falls back on them)."""
-        stale = [p for p in (self.config_file, self.log_file) if p.exists()]
+        settings (a resume starts from them; inference falls back on them) and, for a
+        semi-supervised run, its ``labelled`` split (a resume reads it back)."""
+        stale = [p for p in (self.config_file, self.log_file, self.labelled_file) if p.exists()]
         if stale:
             print(f"note: {self.path} holds no checkpoint; replacing {', '.join(p.name for p in stale)} of an "
                   "earlier start", file=sys.stderr, flush=True)
             self.log_file.unlink(missing_ok=True)
+            self.labelled_file.unlink(missing_ok=True)
+        if labelled is not None:
+            save_json_atomic(labelled, self.labelled_file)
         save_json_atomic({"train": config.to_dict(), "model": model.config.to_dict(), "world_size": world_size,
                           "trainable_params": sum(p.numel() for p in model.trainable_parameters()),
                           "total_params": sum(p.numel() for p in model.parameters())}, self.config_file)
@@ -206,12 +216,13 @@ class RunDir:
         return self._write_dir(self.best, write)
 
     def save_checkpoint(self, model: "torch.nn.Module", optimizer: Any, scheduler: Any, scaler: Optional[Any],
-                        state: dict[str, Any], rng_states: list[dict[str, Any]]) -> Path:
+                        state: dict[str, Any], rng_states: list[dict[str, Any]],
+                        teacher: Optional[dict[str, "torch.Tensor"]] = None) -> Path:
         """Write ``last/`` atomically (the arguments as train_state.save_train_state takes them)."""
         from .train_state import save_train_state
 
         return self._write_dir(self.last, lambda tmp: save_train_state(tmp, model, optimizer, scheduler, scaler,
-                                                                       state, rng_states))
+                                                                       state, rng_states, teacher))
 
     def _write_dir(self, target: Path, write: Callable[[Path], None]) -> Path:
         """``write`` a fresh temporary directory, then swap it in for ``target`` (the previous one
@@ -252,6 +263,13 @@ class RunDir:
 
         with self._damaged(ckpt):
             return load_weights(ckpt)
+
+    def load_teacher(self, ckpt: Path) -> dict[str, "torch.Tensor"]:
+        """The mean teacher's weights in checkpoint ``ckpt`` (one of this run's)."""
+        from .train_state import load_teacher
+
+        with self._damaged(ckpt):
+            return load_teacher(ckpt)
 
     def _raise_missing(self) -> None:
         """No complete checkpoint: a damaged ``last/`` (a file gone) or none ever written."""

@@ -23,7 +23,7 @@ from typing import Any, Optional
 from tgcnet.recipes import recipe_path, recipe_values
 
 __all__ = ["TrainConfig", "GROUPS", "AUGMENT_CHOICES", "AMP_CHOICES", "CACHE_DTYPE_CHOICES", "RESUME_FIXED",
-           "parse_overrides", "read_saved_config"]
+           "SEMI_DEFAULT_WEIGHTS", "parse_overrides", "read_saved_config"]
 
 #: ``tgcnet train --help`` sections: name -> description (None: none)
 GROUPS: dict[str, Optional[str]] = {
@@ -36,6 +36,10 @@ GROUPS: dict[str, Optional[str]] = {
     "model": None,
     "optimisation": None,
     "checkpoints and validation": None,
+    "scarce masks": (
+        "Train also on images that have a caption but no mask (semi-supervised). The labelled images train as "
+        "usual; the unlabelled ones through a mean teacher's pseudo-labels and a loss of what their captions say "
+        "(sides named, number of areas). Validation and test still need every mask."),
 }
 AUGMENT_CHOICES = ("full", "flip", "none")  # tgcnet.data.transforms.AUGMENT_MODES
 CACHE_DTYPE_CHOICES = ("float32", "float16", "bfloat16")  # tgcnet.engine.feature_cache.CACHE_DTYPES
@@ -43,7 +47,11 @@ AMP_CHOICES = ("none", "bf16", "fp16")
 #: fields that fix the data order or the model: a resumed run must not change them
 RESUME_FIXED = ("data", "layout", "train_split", "preset", "image_size", "batch_size", "grad_accum", "seed",
                 "knowledge", "model_overrides", "pretrained", "caption_override", "init_from", "lr", "weight_decay",
-                "warmup_steps", "min_lr_ratio", "skip_bad", "amp", "augment")
+                "warmup_steps", "min_lr_ratio", "skip_bad", "amp", "augment", "semi_supervised", "labelled_fraction",
+                "pseudo_label_weight", "pseudo_label_threshold", "ema_decay", "rampup_fraction",
+                "language_loss_weight")
+#: the unlabelled losses' weights when semi-supervised training is on and none is given (off otherwise)
+SEMI_DEFAULT_WEIGHTS = {"pseudo_label_weight": 1.0, "language_loss_weight": 0.2}
 
 
 def _opt(default: Any, group: str, help: str, **extra: Any) -> Any:
@@ -54,7 +62,7 @@ def _opt(default: Any, group: str, help: str, **extra: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
-RUN, CACHE, MODEL, OPTIM, CKPT = GROUPS
+RUN, CACHE, MODEL, OPTIM, CKPT, SEMI = GROUPS
 
 
 @dataclass
@@ -86,6 +94,16 @@ class TrainConfig:
 
     ``recipe`` names the shipped recipe (tgcnet.recipes) the settings started from; it is
     a record for train_config.json: setting it here applies nothing, ``from_recipe`` does.
+
+    Scarce masks (tgcnet.engine.semi_supervised): ``semi_supervised`` trains the training
+    images whose mask file is missing as unlabelled; ``labelled_fraction`` also hides the
+    masks of a seeded, stratified ``1 - fraction`` of the others (tgcnet.engine.labelled_split)
+    and implies ``semi_supervised``. ``pseudo_label_weight`` and ``language_loss_weight`` weigh
+    the unlabelled images' two losses; None means :data:`SEMI_DEFAULT_WEIGHTS` with
+    semi-supervised training and 0 without, and a weight above 0 without it is refused.
+    ``pseudo_label_threshold`` (tau) keeps the teacher's pixels with ``|p - 0.5| > tau``,
+    ``ema_decay`` is the mean teacher's, and ``rampup_fraction`` the share of training over
+    which the pseudo-label weight ramps up.
     """
 
     data: str = field(metadata={"help": "data set folder (simple, LViT, GuideDecoder or SGSeg layout, detected)",
@@ -137,19 +155,40 @@ class TrainConfig:
                             "fp16 rounding)", choices=CACHE_DTYPE_CHOICES)
     cache_max_gb: Optional[float] = _opt(None, CACHE, "cache size limit per process in GiB; images beyond it run "
                                          "the ViT every time")
+    semi_supervised: bool = _opt(False, SEMI, "train the training images whose mask file is missing as unlabelled "
+                                 "(without it, a missing mask is an error)")
+    labelled_fraction: Optional[float] = _opt(None, SEMI, "keep the masks of this seeded, stratified fraction of the "
+                                              "training images and train the rest as unlabelled (implies "
+                                              "--semi-supervised; the split goes to RUN_DIR/labelled.json)",
+                                              metavar="F")
+    pseudo_label_weight: Optional[float] = _opt(None, SEMI, "weight of the mean teacher's pseudo-label loss on "
+                                                "unlabelled images (default 1.0 when semi-supervised, 0 disables)")
+    pseudo_label_threshold: float = _opt(0.3, SEMI, "pixels count for the pseudo-label loss where the teacher's "
+                                         "|p - 0.5| > this (default {default})", metavar="TAU")
+    ema_decay: float = _opt(0.99, SEMI, "the mean teacher's EMA decay per optimizer step (default {default})")
+    rampup_fraction: float = _opt(0.2, SEMI, "the pseudo-label weight ramps up (sigmoid-shaped) over this fraction "
+                                  "of training (default {default})")
+    language_loss_weight: Optional[float] = _opt(None, SEMI, "weight of the caption-guided loss on unlabelled "
+                                                 "images: foreground outside the sides named, regions beyond the "
+                                                 "areas counted (default 0.2 when semi-supervised, 0 disables)")
     recipe: Optional[str] = _opt(None, RUN, "start from a shipped recipe's settings (a published protocol; 'list' "
                                  "describes them); options given win over it", metavar="NAME")
 
     def __post_init__(self) -> None:
         self.data, self.out = str(self.data), str(self.out)
+        self._resolve_semi_supervised()
         checks = {"epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
                   "lr": self.lr > 0, "warmup_steps": self.warmup_steps >= 0, "workers": self.workers >= 0,
                   "checkpoint_every": self.checkpoint_every >= 0, "val_every": self.val_every >= 1,
                   "image_size": self.image_size > 0, "weight_decay": self.weight_decay >= 0,
-                  "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "threshold": 0 < self.threshold < 1}
+                  "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "threshold": 0 < self.threshold < 1,
+                  "pseudo_label_weight": self.pseudo_label_weight >= 0,
+                  "language_loss_weight": self.language_loss_weight >= 0,
+                  "pseudo_label_threshold": 0 <= self.pseudo_label_threshold < 0.5,
+                  "ema_decay": 0 <= self.ema_decay < 1, "rampup_fraction": 0 <= self.rampup_fraction <= 1}
         for name, ok in (("max_steps", lambda v: v >= 1), ("max_minutes", lambda v: v > 0),
                          ("clip_grad", lambda v: v > 0), ("threads", lambda v: v >= 1),
-                         ("cache_max_gb", lambda v: v > 0)):
+                         ("cache_max_gb", lambda v: v > 0), ("labelled_fraction", lambda v: 0 < v <= 1)):
             if getattr(self, name) is not None:
                 checks[name] = ok(getattr(self, name))
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
@@ -163,6 +202,20 @@ class TrainConfig:
                              "affine and brightness/contrast augmentation change every image in every epoch, so "
                              "cached frozen-ViT features would never be reused (pass --augment flip or "
                              "--augment none with --cache-image-features)")
+
+    def _resolve_semi_supervised(self) -> None:
+        """A labelled fraction implies semi-supervised training; unset loss weights take their default
+        with it and 0 without, and a weight given without it is refused rather than ignored."""
+        if self.labelled_fraction is not None:
+            self.semi_supervised = True
+        for name, default in SEMI_DEFAULT_WEIGHTS.items():
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, default if self.semi_supervised else 0.0)
+            elif value != 0 and not self.semi_supervised:
+                raise ValueError(f"{name}={value!r} weighs a loss of images without a mask, which only "
+                                 "semi-supervised training has: add --semi-supervised (semi_supervised=True) or "
+                                 "--labelled-fraction F, or drop the weight")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -5,6 +5,8 @@ A checkpoint directory (``RUN_DIR/last/``) holds::
     config.json, model.safetensors   the model, as TGCNet.save_pretrained writes it
     trainer_state.json               counters, best metric, python/numpy RNG states
     optim.pt                         optimizer, scheduler, GradScaler, torch RNG states
+    teacher.safetensors              the mean teacher's weights, when a run has one
+                                     (tgcnet.engine.mean_teacher)
 
 This module writes those files into a directory and reads them back; where the directory
 lives and how it replaces the previous checkpoint atomically is tgcnet.engine.run_dir's
@@ -25,12 +27,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from tgcnet.io import save_json_atomic
+from tgcnet.io import save_json_atomic, save_safetensors_atomic
 
-from .files import OPTIM_STATE_NAME, TRAINER_STATE_NAME, WEIGHTS_NAME
+from .files import OPTIM_STATE_NAME, TEACHER_NAME, TRAINER_STATE_NAME, WEIGHTS_NAME
 
 __all__ = ["CheckpointError", "STATE_FILES", "seed_rng", "capture_rng", "restore_rng", "save_train_state",
-           "load_train_state", "restore_optimizers", "load_weights"]
+           "load_train_state", "restore_optimizers", "load_weights", "load_teacher"]
 
 STATE_VERSION = 1
 #: the files without which a directory is no checkpoint
@@ -80,14 +82,17 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_train_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     scaler: Optional[Any], state: dict[str, Any], rng_states: list[dict[str, Any]]) -> None:
+                     scaler: Optional[Any], state: dict[str, Any], rng_states: list[dict[str, Any]],
+                     teacher: Optional[dict[str, torch.Tensor]] = None) -> None:
     """Write a checkpoint's files into ``directory`` (not atomic as a whole: see RunDir.save_checkpoint).
 
     ``state`` holds JSON-able counters (epoch, batches done, global step, best metric...).
     ``rng_states`` has one :func:`capture_rng` entry per rank, so a resumed multi-process
-    run restores each rank's own generators.
+    run restores each rank's own generators. ``teacher``: the mean teacher's weights, if any.
     """
     model.save_pretrained(directory)
+    if teacher is not None:
+        save_safetensors_atomic(teacher, directory / TEACHER_NAME)
     torch.save({
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -131,17 +136,22 @@ def restore_optimizers(optim: dict[str, Any], optimizer: torch.optim.Optimizer, 
         scaler.load_state_dict(optim["scaler"])
 
 
-def load_weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    """The trainable weights of checkpoint ``ckpt``; a missing or cut file is a CheckpointError."""
+def load_weights(ckpt: Path, name: str = WEIGHTS_NAME) -> dict[str, torch.Tensor]:
+    """The trainable weights of checkpoint ``ckpt`` (file ``name``); a missing or cut file is a CheckpointError."""
     from safetensors.torch import load_file
 
-    path = ckpt / WEIGHTS_NAME
+    path = ckpt / name
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def load_teacher(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The mean teacher's weights in checkpoint ``ckpt``; a missing or cut file is a CheckpointError."""
+    return load_weights(ckpt, TEACHER_NAME)
 
 
 def _read_state(path: Path) -> dict[str, Any]:

@@ -9,7 +9,9 @@ the current epoch were consumed.
 
 What goes where in the run directory, and which process may write there, is
 tgcnet.engine.run_dir's. ``train(cfg, model_factory=make)`` trains another model through
-the same loop (see tgcnet.engine.factory_model).
+the same loop (see tgcnet.engine.factory_model). Images without a mask (``semi_supervised``,
+``labelled_fraction``) train in the same batches as the others: which ones is
+tgcnet.engine.labelled_split's, their losses tgcnet.engine.semi_supervised's.
 
 Everything a run can be refused for (settings, data, model build, image size against the
 patch size, amp on the device, a directory in use or holding another run) is checked
@@ -36,14 +38,22 @@ from .distributed import (DistInfo, ShardedEpochSampler, all_gather_rows, broadc
                           resolve_device, setup_distributed)
 from .factory_model import ModelFactory, build_factory_model
 from .feature_cache import CACHE_DTYPES, FeatureCache, describe_cache_size
-from .inference import (autocast_context, check_caption_lengths, knowledge_arg, make_loader, override_captions,
-                        prepare_for_device, run_inference, summarize)
+from .files import TEACHER_NAME
+from .inference import autocast_context, make_loader, run_inference, summarize
+from .labelled_split import LabelledSplit, choose_labelled
+from .loading import knowledge_arg, prepare_for_device
 from .run_dir import RunDir
 from .schedule import TrainingClock, lr_factor
+from .semi_supervised import BatchLoss, SemiSupervision
+from .split_captions import check_caption_lengths, override_captions
 from .train_config import TrainConfig
 from .train_state import capture_rng, restore_optimizers, restore_rng, seed_rng
 
 __all__ = ["Trainer", "train"]
+
+#: the trainer state's per-epoch sums of the unlabelled images' losses, at an epoch's start (see _record)
+_UNLABELLED_SUMS = {"pseudo_label_loss_sum": 0.0, "pseudo_label_loss_count": 0, "language_loss_sum": 0.0,
+                    "language_loss_count": 0}
 
 def _resolve_config(config: TrainConfig) -> TrainConfig:
     """The config to run, once its directory allows it: a resume writes into the directory it continues."""
@@ -83,6 +93,7 @@ class Trainer:
         self._build_model()
         self._check_image_size()
         self._build_data()  # after the model: captions are checked against its text context
+        self.semi = SemiSupervision(config, self.model) if config.semi_supervised else None
         self.feature_cache = None if not config.cache_image_features else FeatureCache(
             CACHE_DTYPES[config.cache_dtype],
             max_bytes=None if config.cache_max_gb is None else int(config.cache_max_gb * 2**30))
@@ -90,17 +101,30 @@ class Trainer:
         self._build_optimizer()
         self.state: dict[str, Any] = {"epoch": 0, "batches_done": 0, "global_step": 0, "best_dice": None,
                                       "best_epoch": None, "validated": False, "loss_sum": 0.0, "loss_count": 0,
-                                      "elapsed": 0.0}
+                                      **_UNLABELLED_SUMS, "elapsed": 0.0}
 
     # ------------------------------------------------------------------ setup
     def _read_data(self) -> None:
         """Read and check the files first: a bad data set fails before a model is built."""
         cfg = self.cfg
-        read = lambda split: override_captions(read_split(cfg.data, split, layout=cfg.layout, skip_bad=cfg.skip_bad),
-                                               cfg.caption_override)
-        self.splits = {"train": read(cfg.train_split)}
+        read = lambda split, unlabelled=False: read_split(cfg.data, split, layout=cfg.layout, skip_bad=cfg.skip_bad,
+                                                          allow_missing_masks=unlabelled)
+        train = read(cfg.train_split, cfg.semi_supervised)
+        self.labelled: Optional[LabelledSplit] = None
+        if cfg.semi_supervised:  # on the data set's own captions, before any override
+            train = self._split_labelled(train)
+        self.splits = {"train": override_captions(train, cfg.caption_override)}
         if cfg.val_split:
-            self.splits["val"] = read(cfg.val_split)
+            self.splits["val"] = override_captions(read(cfg.val_split), cfg.caption_override)
+
+    def _split_labelled(self, train: list) -> list:
+        """The training triples with the unlabelled images' masks dropped: a new run chooses them,
+        a resumed one reads its choice back from labelled.json."""
+        if self.cfg.resume is None:
+            self.labelled = choose_labelled(train, self.cfg.labelled_fraction, self.cfg.seed)
+        else:
+            self.labelled = LabelledSplit.read(self.dir.labelled_file)
+        return self.labelled.apply(train, str(self.dir.labelled_file))
 
     def _build_data(self) -> None:
         cfg = self.cfg
@@ -188,6 +212,10 @@ class Trainer:
         weights = self.dir.load_weights(path)
         self.model.load_trainable_state_dict({k: v.to(self.device) for k, v in weights.items()}, source=str(path))
         restore_optimizers(optim, self.optimizer, self.scheduler, self.scaler)
+        if self.semi is not None and self.semi.teacher is not None:
+            teacher = self.dir.load_teacher(path)
+            self.semi.teacher.load_state_dict({k: v.to(self.device) for k, v in teacher.items()},
+                                              source=str(path / TEACHER_NAME))
         restore_rng(state.pop("rng"))
         self.state.update(state)
         self.clock = TrainingClock(self.clock.budget_s, self.state["elapsed"])
@@ -212,8 +240,9 @@ class Trainer:
             rng_states = [None] * self.dist.world_size
             dist.all_gather_object(rng_states, rng)
         if self.is_main:
+            teacher = None if self.semi is None or self.semi.teacher is None else self.semi.teacher.state_dict()
             self.dir.save_checkpoint(self.model, self.optimizer, self.scheduler, self.scaler, dict(self.state),
-                                     rng_states)
+                                     rng_states, teacher)
         if self.dist.enabled:
             dist.barrier()
 
@@ -240,8 +269,40 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state["global_step"] += 1
+        if self.semi is not None:
+            self.semi.after_step(self.model, self.state["global_step"])
         self.clock.sync()
         self.scheduler.step()
+
+    def _progress(self) -> float:
+        """The fraction of training done, as the LR schedule counts it (steps, or the time budget)."""
+        return min(1.0, max(self.state["global_step"] / max(1, self.total_steps), self.clock.fraction))
+
+    def _batch_loss(self, images: torch.Tensor, batch: dict[str, Any]) -> BatchLoss:
+        """Forward the batch and return its loss; images without a mask go to the semi-supervised losses."""
+        masks = batch["mask"].to(self.device, non_blocking=True)
+        captions, labelled = batch["caption"], batch["labelled"]
+        teacher = None
+        with self.amp_ctx():
+            vit = self._vit_features(batch["image"])
+            if self.semi is not None and self.semi.teacher is not None and not bool(labelled.all()):
+                if vit is None and hasattr(self.model, "frozen_vit_features"):
+                    vit = self.model.frozen_vit_features(images)  # once for the teacher and the student
+                teacher = self.semi.teacher_probabilities(self.model, images, captions, labelled, vit)
+            out = self.net(images, captions, return_aux=True, vit_features=vit)
+        if self.semi is None:
+            # Dice + BCE, plus whatever the config switched on (SSA losses, deep supervision)
+            return BatchLoss(out.loss(masks))
+        return self.semi.batch_loss(out, masks, labelled, captions, teacher, self._progress())
+
+    def _record(self, loss: BatchLoss) -> None:
+        s = self.state
+        s["loss_sum"] += float(loss.total.detach())
+        s["loss_count"] += 1
+        for name, value in (("pseudo_label", loss.pseudo_label), ("language", loss.language)):
+            if value is not None:
+                s[f"{name}_loss_sum"] += value
+                s[f"{name}_loss_count"] += 1
 
     def _train_epoch(self, epoch: int) -> None:
         from tqdm.auto import tqdm
@@ -259,16 +320,10 @@ class Trainer:
             last_in_window = micro + 1 == window_start + window
             sync = nullcontext() if (last_in_window or not self.dist.enabled) else self.net.no_sync()
             images = batch["image"].to(self.device, non_blocking=True)
-            masks = batch["mask"].to(self.device, non_blocking=True)
             with sync:
-                with self.amp_ctx():
-                    vit = self._vit_features(batch["image"])
-                    out = self.net(images, batch["caption"], return_aux=True, vit_features=vit)
-                # Dice + BCE, plus whatever the config switched on (SSA losses, deep supervision)
-                loss = out.loss(masks)
-                self.scaler.scale(loss / window).backward()
-            s["loss_sum"] += float(loss.detach())
-            s["loss_count"] += 1
+                loss = self._batch_loss(images, batch)
+                self.scaler.scale(loss.total / window).backward()
+            self._record(loss)
             s["batches_done"] = micro + 1
             s["validated"] = False
             bar.update(1)
@@ -291,12 +346,16 @@ class Trainer:
         acc.sync_distributed()
         return summarize(acc, all_gather_rows(rows), self.cfg.threshold)
 
-    def _train_loss(self) -> Optional[float]:
+    def _epoch_mean(self, name: str) -> Optional[float]:
+        """The epoch's mean of ``<name>_sum`` over ``<name>_count``, over every rank (None: no batch had it)."""
         s = self.state
-        total = torch.tensor([s["loss_sum"], s["loss_count"]], dtype=torch.float64)
+        total = torch.tensor([s[f"{name}_sum"], s[f"{name}_count"]], dtype=torch.float64)
         if self.dist.enabled:
             dist.all_reduce(total)
         return float(total[0] / total[1]) if total[1] > 0 else None
+
+    def _train_loss(self) -> Optional[float]:
+        return self._epoch_mean("loss")
 
     def _end_epoch(self, epoch: int, epoch_start: float) -> None:
         s, cfg = self.state, self.cfg
@@ -316,13 +375,17 @@ class Trainer:
         entry = {"epoch": epoch, "step": s["global_step"], "train_loss": self._train_loss(),
                  "lr": self.scheduler.get_last_lr()[0], "time": round(self.clock.elapsed(), 3),
                  "epoch_time": round(time.monotonic() - epoch_start, 3)}
+        if self.semi is not None:  # unweighted means over the batches that had unlabelled images
+            entry.update(train_pseudo_label_loss=self._epoch_mean("pseudo_label_loss"),
+                         train_language_loss=self._epoch_mean("language_loss"))
         entry.update({f"val_{k}": v for k, v in metrics.items()})
         entry.update({} if self.feature_cache is None else self.feature_cache.epoch_stats())
         entry.update({"best_dice": s["best_dice"], "best_epoch": s["best_epoch"]})
         if self.is_main:
             self.dir.append_log(entry)
         if complete:
-            s.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, loss_count=0, validated=False)
+            s.update(epoch=epoch + 1, batches_done=0, loss_sum=0.0, loss_count=0, validated=False,
+                     **_UNLABELLED_SUMS)
         else:
             s["validated"] = True
         self._checkpoint()
@@ -347,7 +410,10 @@ class Trainer:
         if cfg.resume is not None:
             self.resume()
         elif self.is_main:
-            self.dir.start(cfg, self.model, self.dist.world_size)
+            self.dir.start(cfg, self.model, self.dist.world_size,
+                           labelled=None if self.labelled is None else self.labelled.to_dict())
+        if self.labelled is not None and self.is_main:
+            print(self.labelled.describe(), file=sys.stderr, flush=True)
         if self.feature_cache is not None and self.is_main and cfg.progress:
             print(describe_cache_size(self.model, cfg.image_size, cfg.cache_dtype, len(self.train_set),
                                       2 if cfg.augment == "flip" else 1, cfg.cache_max_gb), flush=True)
