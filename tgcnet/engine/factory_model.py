@@ -35,7 +35,8 @@ from .files import MODEL_CONFIG_NAME, WEIGHTS_NAME
 if TYPE_CHECKING:
     from .train_config import TrainConfig
 
-__all__ = ["ModelFactory", "FactoryModel", "FactoryModelConfig", "build_factory_model", "is_factory_model_dir"]
+__all__ = ["ModelFactory", "FactoryModel", "FactoryModelConfig", "build_factory_model", "build_preset_model",
+           "is_factory_model_dir"]
 
 ModelFactory = Callable[["TrainConfig"], nn.Module]
 KIND = "model_factory"
@@ -112,6 +113,22 @@ def build_factory_model(factory: ModelFactory, cfg: "TrainConfig") -> FactoryMod
     model = FactoryModel(module, name)
     if not model.trainable_parameters():
         raise ValueError(f"the model of factory {name} has no parameter with requires_grad=True: nothing to train")
+    return model
+
+
+def build_preset_model(cfg: "TrainConfig") -> nn.Module:
+    """The model a run trains when no factory is given: the TGCNet of ``cfg.preset`` (with its
+    overrides and knowledge), started from ``cfg.init_from``'s trained weights when given."""
+    from tgcnet.factory import create_model
+    from tgcnet.model import TGCNet
+
+    from .loading import knowledge_arg
+
+    model = create_model(cfg.preset, pretrained=cfg.pretrained, knowledge=knowledge_arg(cfg.knowledge),
+                         **cfg.model_overrides)
+    if cfg.init_from:
+        start = TGCNet.from_pretrained(cfg.init_from, pretrained=cfg.pretrained, knowledge=None)
+        model.load_trainable_state_dict(start.trainable_state_dict(), source=cfg.init_from)
     return model
 
 

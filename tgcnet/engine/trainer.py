@@ -31,29 +31,30 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from tgcnet.data import SegmentationDataset, build_transforms, collate, read_split
+from tgcnet.data import collate
 from tgcnet.model import ViTFeatures
 
 from .distributed import (DistInfo, ShardedEpochSampler, all_gather_rows, broadcast_object, cleanup_distributed,
                           resolve_device, setup_distributed)
-from .factory_model import ModelFactory, build_factory_model
+from .factory_model import ModelFactory, build_factory_model, build_preset_model
 from .feature_cache import CACHE_DTYPES, FeatureCache, describe_cache_size
 from .files import TEACHER_NAME
 from .inference import autocast_context, make_loader, run_inference, summarize
-from .labelled_split import LabelledSplit, choose_labelled
-from .loading import knowledge_arg, prepare_for_device
+from .loading import prepare_for_device
 from .run_dir import RunDir
 from .schedule import TrainingClock, lr_factor
 from .semi_supervised import BatchLoss, SemiSupervision
-from .split_captions import check_caption_lengths, override_captions
 from .train_config import TrainConfig
 from .train_state import capture_rng, restore_optimizers, restore_rng, seed_rng
+from .training_data import (batches_per_rank, check_image_size, check_lengths, read_training_splits,
+                            training_dataset)
 
 __all__ = ["Trainer", "train"]
 
 #: the trainer state's per-epoch sums of the unlabelled images' losses, at an epoch's start (see _record)
 _UNLABELLED_SUMS = {"pseudo_label_loss_sum": 0.0, "pseudo_label_loss_count": 0, "language_loss_sum": 0.0,
                     "language_loss_count": 0}
+
 
 def _resolve_config(config: TrainConfig) -> TrainConfig:
     """The config to run, once its directory allows it: a resume writes into the directory it continues."""
@@ -89,9 +90,10 @@ class Trainer:
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         autocast_context(device, config.amp)  # refuses fp16 on the CPU now, not at the first batch
-        self._read_data()
+        self.splits = read_training_splits(config, self.dir)  # a bad data set fails before a model is built
+        self.labelled = self.splits.labelled
         self._build_model()
-        self._check_image_size()
+        check_image_size(self.model.patch_size, config)
         self._build_data()  # after the model: captions are checked against its text context
         self.semi = SemiSupervision(config, self.model) if config.semi_supervised else None
         self.feature_cache = None if not config.cache_image_features else FeatureCache(
@@ -104,44 +106,16 @@ class Trainer:
                                       **_UNLABELLED_SUMS, "elapsed": 0.0}
 
     # ------------------------------------------------------------------ setup
-    def _read_data(self) -> None:
-        """Read and check the files first: a bad data set fails before a model is built."""
-        cfg = self.cfg
-        read = lambda split, unlabelled=False: read_split(cfg.data, split, layout=cfg.layout, skip_bad=cfg.skip_bad,
-                                                          allow_missing_masks=unlabelled)
-        train = read(cfg.train_split, cfg.semi_supervised)
-        self.labelled: Optional[LabelledSplit] = None
-        if cfg.semi_supervised:  # on the data set's own captions, before any override
-            train = self._split_labelled(train)
-        self.splits = {"train": override_captions(train, cfg.caption_override)}
-        if cfg.val_split:
-            self.splits["val"] = override_captions(read(cfg.val_split), cfg.caption_override)
-
-    def _split_labelled(self, train: list) -> list:
-        """The training triples with the unlabelled images' masks dropped: a new run chooses them,
-        a resumed one reads its choice back from labelled.json."""
-        if self.cfg.resume is None:
-            self.labelled = choose_labelled(train, self.cfg.labelled_fraction, self.cfg.seed)
-        else:
-            self.labelled = LabelledSplit.read(self.dir.labelled_file)
-        return self.labelled.apply(train, str(self.dir.labelled_file))
-
     def _build_data(self) -> None:
         cfg = self.cfg
-        split_names = {"train": cfg.train_split, "val": cfg.val_split}
-        triples = {key: check_caption_lengths(self.model, rows, f"data set {cfg.data}, split {split_names[key]!r}",
-                                              cfg.skip_bad)
-                   for key, rows in self.splits.items()}
-        self.train_set = SegmentationDataset(
-            triples["train"], build_transforms(True, cfg.image_size, seed=cfg.seed, augment=cfg.augment),
-            seed=cfg.seed)
+        triples = check_lengths(self.model, self.splits, cfg)
+        self.train_set = training_dataset(triples["train"], cfg)
         self.val_loader = None
         if "val" in triples:
             self.val_loader = make_loader(triples["val"], cfg.image_size, cfg.eval_batch_size or cfg.batch_size,
                                           cfg.workers, self.dist.rank, self.dist.world_size)
-        per_rank = len(ShardedEpochSampler(len(self.train_set), rank=self.dist.rank,
-                                           world_size=self.dist.world_size))
-        self.batches_per_epoch = -(-per_rank // cfg.batch_size)
+        self.batches_per_epoch = batches_per_rank(len(self.train_set), cfg.batch_size, self.dist.rank,
+                                                  self.dist.world_size)
         self.steps_per_epoch = -(-self.batches_per_epoch // cfg.grad_accum)
         total = self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
@@ -154,7 +128,7 @@ class Trainer:
                                  "drop --cache-image-features when training through a model_factory")
             self.model = build_factory_model(self.model_factory, cfg)
         else:
-            self.model = self._build_tgcnet()
+            self.model = build_preset_model(cfg)
         self.model = prepare_for_device(self.model, self.device)
         self.params = [p for p in self.model.trainable_parameters()]
         if not self.params:
@@ -165,28 +139,6 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DDP(self.model, device_ids=ids, find_unused_parameters=cfg.find_unused_parameters)
-
-    def _build_tgcnet(self) -> torch.nn.Module:
-        from tgcnet.factory import create_model
-        from tgcnet.model import TGCNet
-
-        cfg = self.cfg
-        model = create_model(cfg.preset, pretrained=cfg.pretrained, knowledge=knowledge_arg(cfg.knowledge),
-                             **cfg.model_overrides)
-        if cfg.init_from:
-            start = TGCNet.from_pretrained(cfg.init_from, pretrained=cfg.pretrained, knowledge=None)
-            model.load_trainable_state_dict(start.trainable_state_dict(), source=cfg.init_from)
-        return model
-
-    def _check_image_size(self) -> None:
-        """Here, not at the first forward: everything a run is refused for must fail before
-        the run directory is written, so the corrected command starts cleanly."""
-        size, patch = self.cfg.image_size, self.model.patch_size
-        if patch is not None and size % patch:
-            lower = size // patch * patch
-            sizes = " or ".join(str(s) for s in (lower, lower + patch) if s > 0)
-            raise ValueError(f"image_size {size} is not a multiple of the patch size {patch} of preset "
-                             f"{self.cfg.preset!r}; use --image-size {sizes}")
 
     def _vit_features(self, images: torch.Tensor) -> Optional[ViTFeatures]:
         """Cached frozen-ViT features of a CPU batch on the training device (None: no cache)."""
@@ -354,9 +306,6 @@ class Trainer:
             dist.all_reduce(total)
         return float(total[0] / total[1]) if total[1] > 0 else None
 
-    def _train_loss(self) -> Optional[float]:
-        return self._epoch_mean("loss")
-
     def _end_epoch(self, epoch: int, epoch_start: float) -> None:
         s, cfg = self.state, self.cfg
         complete = s["batches_done"] >= self.batches_per_epoch
@@ -372,7 +321,7 @@ class Trainer:
             improved = True  # no validation split: best = latest
         if improved and self.is_main:
             self.dir.save_best(self.model, cfg, epoch=s["epoch"], global_step=s["global_step"], val_dice=s["best_dice"])
-        entry = {"epoch": epoch, "step": s["global_step"], "train_loss": self._train_loss(),
+        entry = {"epoch": epoch, "step": s["global_step"], "train_loss": self._epoch_mean("loss"),
                  "lr": self.scheduler.get_last_lr()[0], "time": round(self.clock.elapsed(), 3),
                  "epoch_time": round(time.monotonic() - epoch_start, 3)}
         if self.semi is not None:  # unweighted means over the batches that had unlabelled images
