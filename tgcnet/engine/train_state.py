@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from tgcnet.io import save_json_atomic, save_safetensors_atomic
+from tgcnet.io import load_safetensors, save_json_atomic, save_safetensors_atomic
 
 from .files import OPTIM_STATE_NAME, TEACHER_NAME, TRAINER_STATE_NAME, WEIGHTS_NAME
 
@@ -138,15 +138,13 @@ def restore_optimizers(optim: dict[str, Any], optimizer: torch.optim.Optimizer, 
 
 def load_weights(ckpt: Path, name: str = WEIGHTS_NAME) -> dict[str, torch.Tensor]:
     """The trainable weights of checkpoint ``ckpt`` (file ``name``); a missing or cut file is a CheckpointError."""
-    from safetensors.torch import load_file
-
     path = ckpt / name
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from None
+        return load_safetensors(path)
+    except ValueError as exc:   # names the file and why
+        raise CheckpointError(_first_line(exc)) from None
 
 
 def load_teacher(ckpt: Path) -> dict[str, torch.Tensor]:
