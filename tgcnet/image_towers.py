@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from open_clip.timm_model import TimmModel
 from open_clip.transformer import VisionTransformer
 from timm.layers import Format
-from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer import _create_vision_transformer
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 from torch import nn
 
 from tgcnet.adapters import project_attention
@@ -268,4 +268,5 @@ def tgcnet_vit_micro_patch16_224(pretrained: bool = False, **kwargs) -> nn.Modul
     if pretrained:
         raise ValueError("tgcnet_vit_micro_patch16_224 has no pretrained weights (it exists for tests)")
     args = dict(patch_size=16, embed_dim=64, depth=2, num_heads=2)
-    return _create_vision_transformer("tgcnet_vit_micro_patch16_224", pretrained=False, **dict(args, **kwargs))
+    return build_model_with_cfg(TimmVisionTransformer, "tgcnet_vit_micro_patch16_224", pretrained=False,
+                                **dict(args, **kwargs))
