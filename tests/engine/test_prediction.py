@@ -24,7 +24,10 @@ def test_predict_single_image_with_ground_truth(run_dir, tmp_path):
     mask = np.asarray(Image.open(tmp_path / f"{name.stem}_mask.png"))
     assert mask.shape == (224, 224) and set(np.unique(mask)) <= {0, 255}  # original resolution, 0/255
     assert row["foreground"] == pytest.approx((mask > 0).mean())
-    assert 0 <= row["dice"] <= 1
+    truth = np.asarray(Image.open(TEST / "masks" / f"mask_{name.name}").convert("L")) > 127
+    predicted = mask > 0
+    expected = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum()) if predicted.any() or truth.any() else 1.0
+    assert row["dice"] == pytest.approx(expected)
     overlay = np.asarray(Image.open(row["overlay"]).convert("RGB"))
     assert overlay.shape[0] > overlay.shape[1] >= 224  # caption band under the image
     colors = {tuple(c) for c in overlay.reshape(-1, 3)}
