@@ -2,7 +2,8 @@
 
     python -m benchmarks.accuracy.plots benchmarks/results/qata_mini.json runs/lane2/qata_mini.json --out benchmarks/results
 
-Writes two PNG files (matplotlib, Agg backend) to ``--out``:
+Writes two PNG files (matplotlib, Agg backend) to ``--out``, and a third when the reports hold
+scarce-mask results:
 
 - ``qata_mini_data_efficiency.png``: test Dice, per-image and pooled (two panels), against the number
   of training images (``--train-subset`` runs, and the whole split), one line per run kind
@@ -13,6 +14,10 @@ Writes two PNG files (matplotlib, Agg backend) to ``--out``:
 - ``qata_mini_val_curves.png``: validation per-image Dice against training time for the main rows
   trained on the whole split, one line per result, from the ``val_curve`` each result records (per validated epoch: training
   seconds so far, validation Dice; results written before it was recorded have none and are left out).
+- ``qata_mini_scarce_masks.png`` (only with results of ``qata_runs.SCARCE_RUNS``): test Dice, per-image
+  and pooled, against the fraction of the training masks kept (25%, 50%, 100%): (a) the labelled part
+  alone and (b) with the unlabelled images through both losses as lines ending at (c), ``tgcnet`` with
+  every mask at the same budget; the single-loss rows as points; sd over seeds as error bars.
 
 A result found in several reports (the same key, test Dice and training time: a lane report and a
 merged report holding it) counts once. When ``--out`` holds a ``qata_mini.json``, its ``qata_mini.md``
@@ -26,8 +31,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .qata_report import DATA_EFFICIENCY_PNG, VAL_CURVES_PNG, plots_in, seed_of, to_markdown
-from .qata_runs import RUNS, RunSpec
+from .qata_report import (DATA_EFFICIENCY_PNG, SCARCE_LABELS, SCARCE_MASKS_PNG, VAL_CURVES_PNG, plots_in, seed_of,
+                          to_markdown)
+from .qata_runs import RUNS, SCARCE_BASELINE, SCARCE_RUNS, RunSpec
 from .spread import mean_sd
 
 KINDS = ("tgcnet", "notext", "unet", "clipseg")
@@ -152,6 +158,79 @@ def plot_val_curves(rows: list[dict], path: Path) -> Path:
     return path
 
 
+#: how the scarce-mask figure draws each row: colour, marker, x offset (in fraction units, so error bars at one
+#: fraction do not hide each other) and whether it is a line through the fractions, ending at (c)
+SCARCE_STYLE = {"alone": ("tab:gray", "o", -0.012, True), "both": ("tab:red", "o", 0.012, True),
+                "pseudo": ("tab:purple", "^", 0.032, False), "language": ("tab:green", "s", 0.050, False),
+                "full": ("black", "D", 0.0, False)}
+
+
+def scarce_points(rows: list[dict]) -> dict[str, Any] | None:
+    """What the scarce-mask figure draws (None: no scarce-mask result): the budget (the one with the most
+    scarce-mask results on the whole split), and per row of :data:`~.qata_runs.SCARCE_VARIANTS` (and
+    ``full``: :data:`~.qata_runs.SCARCE_BASELINE` on the whole split at that budget, every mask) its points
+    sorted by labelled fraction: ``fraction``, ``seeds`` and per metric the mean and sd over seeds."""
+    whole = [r for r in rows if not r["subset"]]
+    scarce = [r for r in whole if r["kind"] in SCARCE_RUNS]
+    if not scarce:
+        return None
+    budgets = [r["budget_minutes"] for r in scarce]
+    budget = max(set(budgets), key=lambda m: (budgets.count(m), m))
+    cells: dict[tuple[str, float], list[dict]] = {}
+    for r in whole:
+        if r["budget_minutes"] != budget:
+            continue
+        if r["kind"] in SCARCE_RUNS:
+            fraction, variant = SCARCE_RUNS[r["kind"]]
+            cells.setdefault((variant, fraction), []).append(r)
+        elif r["kind"] == SCARCE_BASELINE:
+            cells.setdefault(("full", 1.0), []).append(r)
+    series: dict[str, list[dict]] = {}
+    for (variant, fraction), members in sorted(cells.items(), key=lambda c: c[0][1]):
+        point: dict[str, Any] = {"fraction": fraction, "seeds": sorted(m["seed"] for m in members)}
+        for metric, _ in METRICS:
+            point[metric] = mean_sd([m[metric] for m in members])
+        series.setdefault(variant, []).append(point)
+    return {"budget_minutes": budget, "series": {v: series[v] for v in SCARCE_STYLE if v in series}}
+
+
+def plot_scarce_masks(rows: list[dict], path: Path) -> Path | None:
+    """Test Dice against the fraction of training masks kept: (a) and (b) as lines through their fractions
+    to (c) at 100% (every mask, where neither has an unlabelled image left), the single-loss rows as points,
+    the sd over seeds as error bars. Nothing is written without scarce-mask results (returns None)."""
+    points = scarce_points(rows)
+    if points is None:
+        return None
+    plt, fig, axes = _figure(2)
+    series = points["series"]
+    full = series.get("full", [])
+    for ax, (metric, label) in zip(axes[0], METRICS):
+        for variant, members in series.items():
+            color, marker, offset, line = SCARCE_STYLE[variant]
+            drawn = members + (full if line else [])
+            sds = [p[metric]["sd"] for p in drawn]
+            counts = sorted({len(p["seeds"]) for p in members})
+            seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+            ax.errorbar([p["fraction"] + (offset if p in members else 0.0) for p in drawn],
+                        [p[metric]["mean"] for p in drawn],
+                        yerr=None if all(sd is None for sd in sds) else [sd or 0.0 for sd in sds],
+                        marker=marker, capsize=3, color=color, linestyle="-" if line else "none",
+                        label=f"{SCARCE_LABELS[variant]} ({seeds} seeds)")
+        if full:
+            ax.axhline(full[0][metric]["mean"], color="black", linestyle=":", lw=0.8)
+        ax.set_xticks([0.25, 0.5, 0.75, 1.0], ["25%", "50%", "75%", "100%"])
+        ax.set_xlim(0.15, 1.08)
+        ax.set_xlabel("fraction of the training masks kept (the rest train without a mask)")
+        ax.set_ylabel(f"test {label}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"qata-mini, scarce masks ({points['budget_minutes']:g} min training); error bars: sd over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reports", type=Path, nargs="+", metavar="JSON", help="qata_mini.json files")
@@ -166,8 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_rows(args.reports)
     args.out.mkdir(parents=True, exist_ok=True)
     for path in (plot_data_efficiency(rows, args.out / DATA_EFFICIENCY_PNG, kinds),
-                 plot_val_curves(rows, args.out / VAL_CURVES_PNG)):
-        print(f"wrote {path}")
+                 plot_val_curves(rows, args.out / VAL_CURVES_PNG),
+                 plot_scarce_masks(rows, args.out / SCARCE_MASKS_PNG)):
+        if path is not None:
+            print(f"wrote {path}")
     report = args.out / "qata_mini.json"
     if report.is_file():
         (args.out / "qata_mini.md").write_text(to_markdown(json.loads(report.read_text()), plots_in(args.out)))

@@ -26,6 +26,19 @@ Main runs, ``--minutes`` each:
    ``tgcnet_noknow`` are ``tgcnet`` with one change each (deep supervision, a Dice-heavy loss,
    wider heads, SSA's guidance masks, SSA's OT alignment, no knowledge: ``qata_runs.LEVERS``); run
    at several seeds beside ``tgcnet`` at the same budget, the report judges each on validation.
+   ``semi25_alone``, ``semi25``, ``semi25_pseudo``, ``semi25_language``, ``semi50_alone`` and ``semi50``
+   (``qata_runs.SCARCE_RUNS``) are ``tgcnet`` with only 25% or 50% of the training masks kept
+   (``labelled_fraction``: a seeded, stratified split per seed) and the other images trained without
+   a mask: ``_alone`` with their losses off (the labelled part alone), the plain name through both the
+   mean teacher's pseudo-labels and the caption-guided loss, ``_pseudo`` / ``_language`` through one.
+   Run at 3 seeds with ``--minutes 10``, beside ``tgcnet``'s 10-minute seeds (every mask), the report's
+   "Training with scarce masks" section judges what the unlabelled images' captions are worth (two lanes
+   side by side, then ``--collect`` them with the committed report and draw the plots):
+
+       python -m benchmarks.accuracy.qata_mini --seeds 0,1,2 --minutes 10 --out runs/scarce/lane1 \\
+           --runs semi25_alone,semi25,semi25_pseudo
+       python -m benchmarks.accuracy.qata_mini --seeds 0,1,2 --minutes 10 --out runs/scarce/lane2 \\
+           --runs semi25_language,semi50_alone,semi50
 2. ``notext``: the same model and budget, text path disabled: every caption is replaced by
    one constant neutral string (:data:`NEUTRAL_CAPTION`) and knowledge is off. The text
    tower still runs, but it gives every image the same vector, so it can only act as a
@@ -184,6 +197,10 @@ def _tgcnet_run(name: str, key: str, args: argparse.Namespace) -> dict[str, Any]
     metrics = evaluate(run_dir, args.data, "test", out=run_dir / "eval_test", device=args.device, progress=False)
     if name in CAPTION_NOISE_RUNS and args.seed == 0 and args.train_subset is None:
         extra_setup["caption_noise"] = caption_noise(run_dir, args.data, args.device)
+    split = run_dir / "labelled.json"   # semi-supervised runs: which training images kept their masks
+    if split.is_file():
+        kept = json.loads(split.read_text())
+        extra_setup["labelled_split"] = {k: kept[k] for k in ("fraction", "seed", "n_labelled", "n_unlabelled")}
     config = json.loads((run_dir / "train_config.json").read_text())
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     setup = {"preset": args.preset, "overrides": {} if group == "text_tower" else overrides,

@@ -12,15 +12,19 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import report_files
-from .qata_runs import (GUIDE, LEVER_BASELINE, LEVERS, NEUTRAL_CAPTION, OT, RUNS, TARGET_DICE, TARGET_MINUTES,
+from .qata_runs import (GUIDE, LEVER_BASELINE, LEVERS, NEUTRAL_CAPTION, OT, RUNS, SCARCE_BASELINE, SCARCE_RUNS,
+                        SCARCE_TARGET_FRACTION, SCARCE_TARGET_SHARE, SCARCE_VARIANTS, TARGET_DICE, TARGET_MINUTES,
                         TARGET_NOISE_LOSS, TARGET_POOLED, TARGET_TEXT_GAIN, RunSpec)
-from .spread import RULE, mean_sd, verdict
+from .spread import BETTER, RULE, mean_sd, verdict
 
 #: the figures ``plots`` draws; a report links those present in its folder
 DATA_EFFICIENCY_PNG = "qata_mini_data_efficiency.png"
 VAL_CURVES_PNG = "qata_mini_val_curves.png"
+SCARCE_MASKS_PNG = "qata_mini_scarce_masks.png"
 PLOTS = {DATA_EFFICIENCY_PNG: "test Dice against the number of training images",
-         VAL_CURVES_PNG: "validation Dice against training time, main rows"}
+         VAL_CURVES_PNG: "validation Dice against training time, main rows",
+         SCARCE_MASKS_PNG: "test Dice against the fraction of training masks kept, with and without the "
+                           "unlabelled images"}
 
 
 def run_name(key: str) -> str:
@@ -165,6 +169,8 @@ def _text_tower_section(results: dict[str, dict]) -> list[str]:
 CLIPSEG_TEXT = (" `clipseg` = transformers' CLIPSeg (rd64-refined decoder) on CLIP towers of tgcnet-cpu's sizes "
                 "(random init, frozen), captions through the same open_clip tokenizer, only its decoder trained "
                 "(benchmarks/accuracy/clipseg_model.py).")
+SCARCE_TEXT = (" `semi25`, `semi50` and their `_alone`, `_pseudo` and `_language` variants = `tgcnet` with 25% or "
+               "50% of the training masks (see Training with scarce masks).")
 MARKS_TEXT = (" `@n<N>`: trained on a fixed subset of N training images (the same images for every run at "
               "that N; its names are in the run's setup); `@m<M>`: trained for M minutes instead of its group's "
               "standard budget; `@s<seed>`: trained with that seed (no mark: seed 0).")
@@ -278,6 +284,171 @@ def _levers_section(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def scarce_blocks(results: dict[str, dict]) -> list[dict[str, Any]]:
+    """The scarce-mask runs (:data:`SCARCE_RUNS`, whole training split) by budget, with their row (c).
+
+    One block per budget a scarce-mask run was trained for, in budget order: ``budget_minutes``,
+    ``rows`` ((labelled fraction, variant) -> the :func:`seed_groups` group, fractions in order) and
+    ``full``: :data:`SCARCE_BASELINE` on the whole split at the same budget (every mask; None when absent).
+    """
+    groups = [g for g in seed_groups(results) if RunSpec.from_key(g["run"]).train_subset is None]
+    blocks = []
+    for minutes in sorted({g["budget_minutes"] for g in groups if run_name(g["run"]) in SCARCE_RUNS}):
+        at = [g for g in groups if g["budget_minutes"] == minutes]
+        rows = {SCARCE_RUNS[run_name(g["run"])]: g for g in at if run_name(g["run"]) in SCARCE_RUNS}
+        full = next((g for g in at if run_name(g["run"]) == SCARCE_BASELINE), None)
+        order = sorted(rows, key=lambda k: (k[0], list(SCARCE_VARIANTS).index(k[1])))
+        blocks.append({"budget_minutes": minutes, "full": full, "rows": {k: rows[k] for k in order}})
+    return blocks
+
+
+def _compare(ours: dict[str, Any], theirs: dict[str, Any], paired: bool) -> dict[str, Any]:
+    """Two seed groups on validation Dice: the gain of the means, the same-seed gains (``paired``: both rows
+    share the split and data order at a seed) and the :func:`~benchmarks.accuracy.spread.verdict`."""
+    by_seed = dict(zip(theirs["seeds"], theirs["val_dice"]["values"]))
+    same = ({seed: v - by_seed[seed] for seed, v in zip(ours["seeds"], ours["val_dice"]["values"]) if seed in by_seed}
+            if paired else {})
+    return {"gain": ours["val_dice"]["mean"] - theirs["val_dice"]["mean"], "same_seed": same,
+            "verdict": verdict(ours["val_dice"]["values"], theirs["val_dice"]["values"])}
+
+
+def scarce_comparisons(block: dict[str, Any]) -> list[dict[str, Any]]:
+    """Validation comparisons of a :func:`scarce_blocks` block: at each fraction, every variant against (a),
+    (c) against (a) (the gap to close) and (b) against (c); each with the share of the gap from (a) to (c)
+    it closes (None where there is no gap)."""
+    rows, full = block["rows"], block["full"]
+    out = []
+    for fraction in sorted({f for f, _ in rows}):
+        alone, both = rows.get((fraction, "alone")), rows.get((fraction, "both"))
+        gap = None if alone is None or full is None else full["val_dice"]["mean"] - alone["val_dice"]["mean"]
+        pairs = [(v, "alone", rows[(fraction, v)], alone, True) for v in SCARCE_VARIANTS
+                 if v != "alone" and (fraction, v) in rows and alone is not None]
+        pairs += [("full", "alone", full, alone, False)] if full is not None and alone is not None else []
+        pairs += [("both", "full", both, full, False)] if full is not None and both is not None else []
+        for ours, theirs, a, b, paired in pairs:
+            row = {"fraction": fraction, "ours": ours, "theirs": theirs, **_compare(a, b, paired)}
+            row["gap_share"] = ((a["val_dice"]["mean"] - alone["val_dice"]["mean"]) / gap
+                                if gap is not None and gap > 0 and theirs == "alone" and ours != "full" else None)
+            out.append(row)
+    return out
+
+
+def scarce_target(block: dict[str, Any]) -> dict[str, Any] | None:
+    """The scarce-mask target of a block, or None when (a), (b) or (c) at :data:`SCARCE_TARGET_FRACTION` is missing.
+
+    At that fraction (b) "closes at least half the gap from (a) to (c) on validation, beyond the seed spread"
+    when (1) its lowest seed's validation Dice is at or above the point :data:`SCARCE_TARGET_SHARE` of the way
+    from (a)'s mean to (c)'s (the midpoint), and (2) its range over seeds lies above (a)'s
+    (:func:`~benchmarks.accuracy.spread.verdict` "better"). With no gap ((a)'s mean at or above (c)'s) there
+    is nothing to close: not met.
+    """
+    rows, full = block["rows"], block["full"]
+    alone, both = rows.get((SCARCE_TARGET_FRACTION, "alone")), rows.get((SCARCE_TARGET_FRACTION, "both"))
+    if alone is None or both is None or full is None:
+        return None
+    a, c = alone["val_dice"]["mean"], full["val_dice"]["mean"]
+    low = min(both["val_dice"]["values"])
+    out: dict[str, Any] = {"gap": c - a, "bar": a + SCARCE_TARGET_SHARE * (c - a), "lowest": low,
+                           "verdict": verdict(both["val_dice"]["values"], alone["val_dice"]["values"]),
+                           "share": None, "lowest_share": None}
+    if c > a:
+        out["share"], out["lowest_share"] = (both["val_dice"]["mean"] - a) / (c - a), (low - a) / (c - a)
+    out["met"] = c > a and low >= out["bar"] and out["verdict"] == BETTER
+    return out
+
+
+#: how the scarce-mask section names a row: variant (or "full", row (c)) -> its label
+SCARCE_LABELS = {**{v: label for v, (_, _, label) in SCARCE_VARIANTS.items()}, "full": "(c) all labelled"}
+
+
+def _cell(stats: dict[str, Any] | None) -> str:
+    """mean ± sd (n seeds); a single seed has no sd."""
+    if stats is None:
+        return "-"
+    n = len(stats["values"])
+    return (f"{stats['mean']:.4f}" + ("" if stats["sd"] is None else f" ± {stats['sd']:.4f}") + f" (n={n})")
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def _scarce_section(results: dict[str, dict]) -> list[str]:
+    blocks = scarce_blocks(results)
+    if not blocks:
+        return []
+    budgets = " / ".join(f"{b['budget_minutes']:g}" for b in blocks)
+    lines = ["", f"## Training with scarce masks ({budgets} min training each)", "",
+             "What are the captions of unlabelled images worth? `tgcnet` trained with only a fraction of the training "
+             "masks: `labelled_fraction` keeps the masks of a seeded, stratified fraction of the training images "
+             "(a split per seed, shared by every row at that seed) and the rest train as images without a mask.", "",
+             "- (a) `semiNN_alone`: the unlabelled images' losses switched off (`pseudo_label_weight=0`, "
+             "`language_loss_weight=0`). The unlabelled images still pass through the model in the same batches, "
+             "but their loss is zero and the model has no batch statistics (GroupNorm and LayerNorm only), so they "
+             "change no gradient of the labelled images (checked: the same gradients, to float rounding, as the "
+             "labelled rows of the batch alone). (a) is therefore the labelled images alone, trained in (b)'s data "
+             "order and batches: each batch's mask loss averages over its labelled images (a fraction of the batch "
+             "on average), and a batch without one still makes an optimizer step on a zero gradient (AdamW's "
+             "momentum and weight decay move the weights a little). It is not a run on a smaller training set: an "
+             "epoch has as many steps as with every mask.",
+             f"- (b) `semiNN`: the unlabelled images through both losses, the mean teacher's pseudo-labels (weight "
+             f"{SCARCE_VARIANTS['both'][0]}, ramped in) and the caption-guided loss (weight "
+             f"{SCARCE_VARIANTS['both'][1]}); `semiNN_pseudo` and `semiNN_language` keep one of the two.",
+             f"- (c) `{SCARCE_BASELINE}` at the same budget: every mask (the lever baseline's seeds).",
+             "- Every row trains for the same wall-clock budget; the teacher and the unlabelled losses cost time, so "
+             "the rows with them make fewer steps (the steps column below).", ""]
+    for block in blocks:
+        rows, full = block["rows"], block["full"]
+        if len(blocks) > 1:
+            lines += [f"### {block['budget_minutes']:g} min", ""]
+        lines += ["| fraction of train labelled | Dice | (a) labelled part alone | (b) + unlabelled through both "
+                  "losses | (c) all labelled |", "|---|---|---|---|---|"]
+        for fraction in sorted({f for f, _ in rows}):
+            for metric, label in (("val_dice", "valid"), ("dice", "test per-image"), ("pooled_dice", "test pooled")):
+                a, b = rows.get((fraction, "alone")), rows.get((fraction, "both"))
+                lines.append(f"| {_percent(fraction)} | {label} | {_cell(a and a[metric])} | "
+                             f"{_cell(b and b[metric])} | {_cell(full and full[metric])} |")
+        lines += ["", "Every row, mean ± sd over seeds:", "",
+                  "| run | labelled | row | seeds | valid Dice | test Dice | test pooled Dice | steps (mean) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        listed = [(_percent(f), SCARCE_LABELS[v], g) for (f, v), g in rows.items()]
+        listed += [("100%", SCARCE_LABELS["full"], full)] if full is not None else []
+        for fraction, label, g in listed:
+            steps = [r["steps"] for k, r in results.items() if RunSpec.from_key(k).seed_group == g["run"]
+                     and r["budget_minutes"] == block["budget_minutes"]]
+            lines.append(f"| {RunSpec.from_key(g['run']).without_budget} | {fraction} | {label} | "
+                         f"{', '.join(map(str, g['seeds']))} | {_cell(g['val_dice'])} | {_cell(g['dice'])} | "
+                         f"{_cell(g['pooled_dice'])} | {sum(steps) / len(steps):.0f} |")
+        comparisons = scarce_comparisons(block)
+        if comparisons:
+            lines += ["", f"Validation gains (the decisions read validation Dice only; {RULE}; same-seed gains pair "
+                      "rows that share the split and data order at a seed; gap closed: the gain as a share of (c)'s "
+                      "mean less (a)'s):", "",
+                      "| fraction | row | against | valid gain | same-seed valid gains | gap closed | verdict |",
+                      "|---|---|---|---|---|---|---|"]
+            for c in comparisons:
+                paired = ", ".join(f"{100 * g:+.2f}" for g in c["same_seed"].values()) or "-"
+                share = "-" if c["gap_share"] is None else f"{100 * c['gap_share']:.0f}%"
+                lines.append(f"| {_percent(c['fraction'])} | {SCARCE_LABELS[c['ours']]} | {SCARCE_LABELS[c['theirs']]} "
+                             f"| {100 * c['gain']:+.2f} | {paired} | {share} | {c['verdict']} |")
+        target = scarce_target(block)
+        lines += ["", f"Target: at {_percent(SCARCE_TARGET_FRACTION)} labelled, (b) closes at least "
+                  f"{100 * SCARCE_TARGET_SHARE:.0f}% of the gap from (a) to (c) on validation, beyond the seed spread: "
+                  f"(b)'s lowest seed at or above the point {100 * SCARCE_TARGET_SHARE:.0f}% of the way from (a)'s "
+                  "mean validation Dice to (c)'s, and (b)'s range over seeds above (a)'s."]
+        if target is None:
+            lines.append(f"Not judged yet: (a), (b) and (c) at {_percent(SCARCE_TARGET_FRACTION)} are not all here.")
+        elif target["gap"] <= 0:
+            lines.append(f"**Missed: no gap to close.** (a)'s mean validation Dice is {100 * -target['gap']:.2f} "
+                         "points at or above (c)'s.")
+        else:
+            lines.append(f"**{'Met' if target['met'] else 'Missed'}.** The gap from (a) to (c) is "
+                         f"{100 * target['gap']:.2f} points; the bar is {target['bar']:.4f}; (b)'s lowest seed is "
+                         f"{target['lowest']:.4f} ({100 * target['lowest_share']:.0f}% of the gap; the mean "
+                         f"{100 * target['share']:.0f}%); (b) against (a): {target['verdict']}.")
+    return lines
+
+
 def _plots_section(plots: Sequence[str]) -> list[str]:
     if not plots:
         return []
@@ -337,6 +508,7 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
                   + "".join(f" `{name}` = `{LEVER_BASELINE}` with {change}." for name, change in LEVERS.items()
                             if any(run_name(k) == name for k in results))
                   + (CLIPSEG_TEXT if any(run_name(k) == "clipseg" for k in results) else "")
+                  + (SCARCE_TEXT if any(run_name(k) in SCARCE_RUNS for k in results) else "")
                   + (MARKS_TEXT if any("@" in k for k in results) else ""), "",
                   "## Targets", "", "| target | value | met |", "|---|---|---|"]
         for t in report["targets"]:
@@ -364,6 +536,7 @@ def to_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     lines += _text_tower_section(results)
     lines += _seeds_section(results)
     lines += _levers_section(results)
+    lines += _scarce_section(results)
     lines += _plots_section(plots)
     if report["notes"]:
         lines += ["", "## Why / caveats", ""] + [f"- {n}" for n in report["notes"]]

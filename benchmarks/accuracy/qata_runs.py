@@ -27,6 +27,35 @@ LORA_KNOWLEDGE = {"date__knowledge_encoder": "lora"}
 #: the frozen towers as they are
 WIDE = {"sse__channels": 48, "date__knowledge_dim": 48, "vlcm__attn_dim": 48, "decoder__channels": 48}
 
+#: the unlabelled images' loss weights of a semi-supervised run: TrainConfig's defaults under semi-supervision
+#: (``SEMI_DEFAULT_WEIGHTS``, written out so a result records what it trained with)
+PSEUDO_LABEL_WEIGHT, LANGUAGE_LOSS_WEIGHT = 1.0, 0.2
+#: which of the unlabelled images' losses a scarce-mask run keeps: variant -> (pseudo-label weight,
+#: language-loss weight, what the report calls it)
+SCARCE_VARIANTS: dict[str, tuple[float, float, str]] = {
+    "alone": (0.0, 0.0, "(a) labelled part alone"),
+    "both": (PSEUDO_LABEL_WEIGHT, LANGUAGE_LOSS_WEIGHT, "(b) + unlabelled through both losses"),
+    "pseudo": (PSEUDO_LABEL_WEIGHT, 0.0, "(b) with the pseudo-label loss alone"),
+    "language": (0.0, LANGUAGE_LOSS_WEIGHT, "(b) with the language-guided loss alone"),
+}
+
+
+def scarce(fraction: float, variant: str) -> dict[str, Any]:
+    """TrainConfig settings of a scarce-mask run: ``fraction`` of the training masks kept (a seeded,
+    stratified split per seed), the unlabelled images' losses as :data:`SCARCE_VARIANTS` says."""
+    pseudo, language, _ = SCARCE_VARIANTS[variant]
+    return {"labelled_fraction": fraction, "pseudo_label_weight": pseudo, "language_loss_weight": language}
+
+
+#: the scarce-mask runs, in report order: run -> (labelled fraction, variant of SCARCE_VARIANTS); each is
+#: compared with the others at its fraction and with SCARCE_BASELINE (every mask: row (c)) at the same budget
+SCARCE_RUNS: dict[str, tuple[float, str]] = {
+    "semi25_alone": (0.25, "alone"), "semi25": (0.25, "both"), "semi25_pseudo": (0.25, "pseudo"),
+    "semi25_language": (0.25, "language"), "semi50_alone": (0.5, "alone"), "semi50": (0.5, "both")}
+SCARCE_BASELINE = "tgcnet"
+#: the target: at this labelled fraction, (b) closes at least this share of the validation gap from (a) to (c)
+SCARCE_TARGET_FRACTION, SCARCE_TARGET_SHARE = 0.25, 0.5
+
 #: each group's standard budget in minutes (``--minutes``, ``--ablation-minutes``, ``--text-tower-minutes``)
 DEFAULT_MINUTES: dict[str, float] = {"main": TARGET_MINUTES, "ablation": 10.0, "text_tower": 10.0}
 
@@ -65,6 +94,10 @@ RUNS: dict[str, Run] = {
     "unet": Run("main", knowledge="none", real_captions=False),
     # CLIPSeg at tgcnet-cpu's tower sizes (clipseg_model.py): reads the real captions, no knowledge
     "clipseg": Run("main", knowledge="none"),
+    # training with scarce masks (SCARCE_RUNS): `tgcnet` with a fraction of the training masks hidden; the
+    # unlabelled images train through the mean teacher's pseudo-labels and/or their captions, or not at all
+    **{name: Run("main", train_overrides=scarce(fraction, variant))
+       for name, (fraction, variant) in SCARCE_RUNS.items()},
     "base": Run("ablation", model_overrides=LORA_KNOWLEDGE),
     "noknow": Run("ablation", knowledge="none"),
     "frozenknow": Run("ablation", model_overrides={"date__knowledge_encoder": "frozen"}),

@@ -141,3 +141,16 @@ def test_train_subset_is_the_same_fixed_images_for_every_run(tmp_path):
 def test_unknown_runs_are_refused_before_training(tmp_path, capsys):
     assert qata_mini.main(_args(tmp_path, "--runs", "tgcnet,nothing")) == 2
     assert "unknown run(s) ['nothing']" in capsys.readouterr().err and not (tmp_path / "work").exists()
+
+
+def test_a_scarce_mask_run_trains_semi_supervised_and_records_its_split(tmp_path):
+    assert qata_mini.main(_args(tmp_path, "--runs", "semi50")) == 0
+    res = _report(tmp_path)["results"]["semi50@m0.05"]
+    assert res["setup"]["train_overrides"] == {"labelled_fraction": 0.5, "pseudo_label_weight": 1.0,
+                                               "language_loss_weight": 0.2}
+    split = res["setup"]["labelled_split"]
+    assert (split["fraction"], split["seed"], split["n_labelled"] + split["n_unlabelled"]) == (0.5, 0, 32)
+    assert split["n_labelled"] == 16 and res["train_images"] == 32   # every image trains; half keep their mask
+    cfg = json.loads((_run_dir(tmp_path, "semi50@m0.05") / "train_config.json").read_text())["train"]
+    assert (cfg["semi_supervised"], cfg["labelled_fraction"]) == (True, 0.5)
+    assert "## Training with scarce masks (0.05 min training each)" in (tmp_path / "out" / "qata_mini.md").read_text()

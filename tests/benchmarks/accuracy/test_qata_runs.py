@@ -6,7 +6,7 @@ import json
 import pytest
 
 from benchmarks import RESULTS
-from benchmarks.accuracy.qata_runs import DEFAULT_MINUTES, RunSpec
+from benchmarks.accuracy.qata_runs import DEFAULT_MINUTES, RUNS, SCARCE_RUNS, SCARCE_VARIANTS, RunSpec
 
 
 def test_a_key_marks_subset_budget_and_seed_and_parses_back():
@@ -41,3 +41,26 @@ def test_every_committed_key_is_what_its_spec_writes():
         spec = RunSpec.from_key(key)
         assert spec.key == key and spec.budget == res["budget_minutes"], key
         assert spec.seed == res.get("seed", spec.seed), key
+
+
+def test_the_scarce_mask_runs_build_valid_train_configs():
+    """Each scarce-mask run's settings are a TrainConfig's (semi-supervised through labelled_fraction), (b)'s
+    weights are TrainConfig's defaults under semi-supervision, and (a) switches both losses off."""
+    from tgcnet.engine.train_config import SEMI_DEFAULT_WEIGHTS, TrainConfig
+
+    assert list(SCARCE_RUNS) == ["semi25_alone", "semi25", "semi25_pseudo", "semi25_language", "semi50_alone",
+                                 "semi50"]
+    for name, (fraction, variant) in SCARCE_RUNS.items():
+        run = RUNS[name]
+        cfg = TrainConfig(data="d", **run.train_overrides)
+        assert (run.group, cfg.semi_supervised, cfg.labelled_fraction) == ("main", True, fraction), name
+        weights = (cfg.pseudo_label_weight, cfg.language_loss_weight)
+        assert weights == SCARCE_VARIANTS[variant][:2], name
+    both = TrainConfig(data="d", **RUNS["semi25"].train_overrides)
+    assert {k: getattr(both, k) for k in SEMI_DEFAULT_WEIGHTS} == SEMI_DEFAULT_WEIGHTS
+    assert TrainConfig(data="d", labelled_fraction=0.25).to_dict() == both.to_dict()   # (b) is the shipped default
+    alone = TrainConfig(data="d", **RUNS["semi25_alone"].train_overrides)
+    assert (alone.pseudo_label_weight, alone.language_loss_weight) == (0.0, 0.0)
+    # trained with --minutes 10 beside tgcnet's 10-minute seeds: keys as the levers'
+    assert RunSpec("semi25", seed=2, minutes=10).key == "semi25@m10@s2"
+    assert RunSpec.from_key("semi50_alone@m10@s1") == RunSpec("semi50_alone", 1, 10.0)
