@@ -65,7 +65,8 @@ def test_batch_loss_adds_the_weighted_unlabelled_losses():
     loss = semi.batch_loss(out, masks, labelled, CAPTIONS, teacher, progress=0.25)
     pl = pseudo_label_loss(out.logits[[1, 3]], teacher, 0.2)
     lang = language_guided_loss(out.logits[[1, 3]], [CAPTIONS[1], CAPTIONS[3]])
-    expected = supervised_loss(out, masks, labelled) + 2.0 * rampup_weight(0.25, 0.5) * pl + 0.3 * lang
+    ramp = rampup_weight(0.25, 0.5)   # both unlabelled losses are ramped in
+    expected = supervised_loss(out, masks, labelled) + ramp * (2.0 * pl + 0.3 * lang)
     torch.testing.assert_close(loss.total, expected)
     assert loss.pseudo_label == float(pl) and loss.language == float(lang)
     assert rampup_weight(0.25, 0.5) == math.exp(-1.25)

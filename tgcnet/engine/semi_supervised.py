@@ -13,7 +13,11 @@ unlabelled images share each batch in whatever proportion the seeded order draws
   (tgcnet.engine.mean_teacher), ramped in by :func:`~tgcnet.engine.mean_teacher.rampup_weight`.
 * **language** (``language_loss_weight``), over the unlabelled images:
   :func:`tgcnet.losses.language_guided_loss`, what their captions say about sides and the
-  number of areas; not ramped, since the captions are right from the first step.
+  number of areas, ramped in like the pseudo-labels. The captions are right from the first
+  step, but an untrained model's map is thousands of soft regions, and the cheapest way to
+  bring its count under the caption's is an empty map: unramped (weight 0.2), it drove
+  every prediction empty within the first epoch on qata-mini, while the masks of the
+  labelled quarter had not yet taught the model what a lesion looks like.
 
 The per-batch values of the two unlabelled losses (unweighted) go to log.jsonl as epoch means.
 """
@@ -115,8 +119,8 @@ class SemiSupervision:
             result.total, result.pseudo_label = result.total + weight * loss, float(loss.detach())
         if self.cfg.language_loss_weight > 0:
             loss = language_guided_loss(logits, [captions[i] for i in rows.tolist()], self.laterality)
-            result.total, result.language = (result.total + self.cfg.language_loss_weight * loss,
-                                             float(loss.detach()))
+            weight = self.cfg.language_loss_weight * rampup_weight(progress, self.cfg.rampup_fraction)
+            result.total, result.language = result.total + weight * loss, float(loss.detach())
         return result
 
     def after_step(self, model: nn.Module, step: int) -> None:
