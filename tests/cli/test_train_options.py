@@ -89,6 +89,6 @@ def test_semi_supervised_options_reach_the_config():
     assert (cfg.pseudo_label_threshold, cfg.ema_decay, cfg.rampup_fraction, cfg.language_loss_weight) == \
         (0.4, 0.999, 0.1, 0.0)
     plain = train_config_from_args(build_parser().parse_args(["train", "--data", "d", "--semi-supervised"]))
-    assert plain.semi_supervised and plain.labelled_fraction is None and plain.language_loss_weight == 0.2
+    assert plain.semi_supervised and plain.labelled_fraction is None and plain.language_loss_weight == 0.0
     with pytest.raises(ValueError, match="--semi-supervised"):
         train_config_from_args(build_parser().parse_args(["train", "--data", "d", "--pseudo-label-weight", "1"]))

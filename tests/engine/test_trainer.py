@@ -247,7 +247,7 @@ def test_labelled_fraction_trains_and_records_the_split(tmp_path, capsys):
     assert (split["fraction"], split["seed"], len(split["labelled"]), len(split["unlabelled"])) == (0.5, 0, 16, 16)
     assert {t.name for t in trainer.train_set.triples if t.mask_path is None} == set(split["unlabelled"])
     saved = json.loads((run / "train_config.json").read_text())["train"]
-    assert saved["semi_supervised"] and saved["pseudo_label_weight"] == 1.0 and saved["language_loss_weight"] == 0.2
+    assert saved["semi_supervised"] and saved["pseudo_label_weight"] == 1.0 and saved["language_loss_weight"] == 0.0
     entry = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
     assert entry["train_pseudo_label_loss"] >= 0 and entry["train_language_loss"] > 0
     assert (run / "last" / "teacher.safetensors").is_file()
@@ -303,5 +303,5 @@ def test_semi_supervised_settings_default_on_with_it_and_off_without():
     plain = TrainConfig(data="d")
     assert not plain.semi_supervised and plain.pseudo_label_weight == plain.language_loss_weight == 0.0
     semi = TrainConfig(data="d", labelled_fraction=0.25)
-    assert semi.semi_supervised and (semi.pseudo_label_weight, semi.language_loss_weight) == (1.0, 0.2)
+    assert semi.semi_supervised and (semi.pseudo_label_weight, semi.language_loss_weight) == (1.0, 0.0)
     assert TrainConfig.from_dict(semi.to_dict()) == semi
