@@ -122,3 +122,31 @@ def dicom_xray(pixels, bits_stored: int | None = None):
     pixels = np.asarray(pixels)
     ds.set_pixel_data(pixels, "MONOCHROME2", bits_stored or 8 * pixels.dtype.itemsize)  # new SOP Instance UID
     return ds
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_gloo_ranks(tmp_path: Path, launched: str, train_args: list[str]):
+    """Run ``launched`` (a script that records into ``argv[1]`` and then calls ``tgcnet.cli.main(argv[2:])``)
+    under torchrun as two CPU ranks with ``tgcnet train`` options ``train_args``; returns (record dir, result)."""
+    import os
+    import subprocess
+    import sys
+
+    record = tmp_path / "record"
+    record.mkdir()
+    script = tmp_path / "launched.py"
+    script.write_text(launched)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(record),
+                             *train_args], env=env, capture_output=True, text=True, timeout=300)
+    return record, result

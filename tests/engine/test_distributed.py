@@ -7,15 +7,10 @@ DDP averages like one big batch, that the ranks stay identical and that only ran
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-import pytest
 import torch
+from helpers import run_two_gloo_ranks
 
 from tgcnet.io import load_safetensors
 from tgcnet.data import sample_root
@@ -69,24 +64,12 @@ LAUNCHED = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_gloo_ranks_match_one_big_batch(tmp_path):
-    record, run = tmp_path / "record", tmp_path / "run"
-    record.mkdir()
-    script = tmp_path / "launched.py"
-    script.write_text(LAUNCHED)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    run = tmp_path / "run"
     args = ["train", "--data", str(sample_root()), "--out", str(run), "--image-size", "64", "--batch-size", "4",
             "--max-steps", "2", "--warmup-steps", "1", "--device", "cpu", "--no-progress", "--clip-grad", "0"]
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(record),
-                          *args], env=env, capture_output=True, text=True, timeout=300)
+    record, res = run_two_gloo_ranks(tmp_path, LAUNCHED, args)
     assert res.returncode == 0, res.stderr[-3000:]
 
     # both ranks hold identical weights after training

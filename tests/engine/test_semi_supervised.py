@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from helpers import run_two_gloo_ranks
 
 from tgcnet.config import LossConfig
 from tgcnet.data import sample_root
@@ -98,26 +94,14 @@ LAUNCHED = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_gloo_ranks_keep_one_student_and_one_teacher(tmp_path):
     """Each rank draws other images (labelled or not) but the weights and the teacher stay identical."""
-    record, run = tmp_path / "record", tmp_path / "run"
-    record.mkdir()
-    script = tmp_path / "launched.py"
-    script.write_text(LAUNCHED)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2]) + os.pathsep + env.get("PYTHONPATH", "")
+    run = tmp_path / "run"
     args = ["train", "--data", str(sample_root()), "--out", str(run), "--image-size", "64", "--batch-size", "4",
             "--max-steps", "3", "--warmup-steps", "1", "--device", "cpu", "--no-progress", "--knowledge", "none",
-            "--val-split", "none", "--labelled-fraction", "0.25", "--rampup-fraction", "0"]
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(record),
-                          *args], env=env, capture_output=True, text=True, timeout=300)
+            "--val-split", "none", "--labelled-fraction", "0.25", "--rampup-fraction", "0", "--language-loss-weight", "0.2"]
+    record, res = run_two_gloo_ranks(tmp_path, LAUNCHED, args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count("semi-supervised: 8 of 32 training images labelled, 24 unlabelled") == 1  # rank 0 only
     for name in ("weights", "teacher"):
