@@ -1,6 +1,9 @@
 """tgcnet.accel: the machine's linear kernel applied to a built model (same numbers, same training),
-and the oneDNN layer itself (F.linear's numbers, F.linear's gradients, the right path per call)."""
+the oneDNN layer itself (F.linear's numbers, F.linear's gradients, the right path per call), and the
+GPU levers (frozen towers held in the autocast dtype, channels_last, a compiled head), checked on the
+CPU where the CPU can run them and on CUDA by the tests named for it."""
 import copy
+import os
 
 import pytest
 import torch
@@ -123,7 +126,7 @@ def test_a_switched_model_gives_the_bits_of_one_that_never_ran_the_other_kernel(
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_off_the_cpu_nothing_changes():
+def test_on_cuda_nothing_changes():
     """On a GPU every call takes F.linear, so an optimized model gives the very same bits."""
     plain = create_model("tgcnet-tiny", knowledge=StaticKnowledge(), device="cuda").eval()
     fast = create_model("tgcnet-tiny", knowledge=StaticKnowledge(), device="cuda").eval()
@@ -279,3 +282,218 @@ def test_torch_compile_traces_f_linear(onednn_calls):
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), F.linear(x, layer.weight, layer.bias))
     assert not onednn_calls
+
+
+# --------------------------------------------------------------------------- the CUDA path (checked on the CPU)
+
+def _pair(build, seed: int = 0):
+    """Two models with the same weights (LoRA's B awake, so the adapters change the numbers)."""
+    from helpers import wake_lora
+
+    torch.manual_seed(seed)
+    ref = build()
+    wake_lora(ref)
+    held = build()
+    held.load_state_dict(ref.state_dict())
+    return ref, held
+
+
+TOWER_KINDS = [pytest.param(lambda tmp: (lambda: create_model("tgcnet-tiny", knowledge=StaticKnowledge())),
+                            id="open_clip"),
+               pytest.param(lambda tmp: (lambda: _tiny_biomedclip(tmp)), id="timm-vit+bert")]
+
+
+@pytest.mark.parametrize("builder", TOWER_KINDS)
+def test_frozen_towers_held_in_bf16_keep_the_numbers_and_the_gradients(tmp_path, builder):
+    """Frozen weights bf16, trainable ones float32; logits within bf16 rounding of float32's;
+    every trainable parameter (LoRA on a bf16 base layer among them) gets a float32 gradient."""
+    from helpers import images
+
+    ref, held = _pair(builder(tmp_path))
+    assert accel.optimize_for_cuda(held, amp="bf16") is held
+    frozen = held.frozen_state_names()
+    for name, p in held.named_parameters():
+        assert p.dtype == (torch.bfloat16 if name in frozen else torch.float32), name
+        assert p.requires_grad == (name not in frozen), name
+    assert any("lora_" in n for n, p in held.named_parameters() if p.requires_grad)
+    assert accel.frozen_dtype(held) == torch.bfloat16 and accel.frozen_dtype(ref) == torch.float32
+    x = images(2, 64)
+    ref.eval(), held.eval()
+    with torch.no_grad():
+        want = ref(x, CAPTIONS[:2])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = held(x, CAPTIONS[:2]).float()
+    torch.testing.assert_close(got, want, atol=0.1, rtol=0.05)   # bf16 keeps 8 bits of mantissa
+    held.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = held(x, CAPTIONS[:2], return_aux=True)
+    out.loss((x[:, :1] > 0.5).float()).backward()
+    for name, p in held.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+
+
+def test_held_towers_refuse_to_run_without_autocast():
+    model = accel.optimize_for_cuda(create_model("tgcnet-tiny", knowledge=None), amp="bf16").eval()
+    with pytest.raises(RuntimeError, match=r"Tower holds its frozen weights.*torch.autocast\('cpu'"):
+        with torch.no_grad():
+            model(torch.rand(1, 3, 64, 64), CAPTIONS[:1])
+
+
+def test_holding_is_idempotent_and_never_rounds_twice():
+    model = create_model("tgcnet-tiny", knowledge=None)
+    accel.optimize_for_cuda(model, amp="bf16")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    accel.optimize_for_cuda(model, amp="bf16")
+    accel.optimize_for_cuda(model, amp="none")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(ValueError, match="already hold torch.bfloat16 weights"):
+        accel.optimize_for_cuda(model, amp="fp16")
+    with pytest.raises(ValueError, match="amp must be one of none, bf16, fp16; got 'fp8'"):
+        accel.optimize_for_cuda(model, amp="fp8")
+
+
+def test_a_held_model_gives_the_bits_of_one_held_from_the_start():
+    """Encodings and resized positional embeddings kept before the cast are not served after it:
+    64 px resizes the 224 px positional grid, and the captions and descriptions were encoded."""
+    torch.manual_seed(0)
+    used = create_model("tgcnet-tiny", knowledge=StaticKnowledge()).eval()
+    fresh = create_model("tgcnet-tiny", knowledge=StaticKnowledge()).eval()
+    fresh.load_state_dict(used.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        used(x, CAPTIONS[:1])
+        assert len(used.date._caption_cache) and len(used.date._description_cache)
+        for model in (used, fresh):
+            accel.optimize_for_cuda(model, amp="bf16")
+        assert torch.equal(used(x, CAPTIONS[:1]), fresh(x, CAPTIONS[:1]))
+
+
+def test_channels_last_keeps_the_numbers():
+    torch.manual_seed(0)
+    ref = create_model("tgcnet-tiny", knowledge=StaticKnowledge()).eval()
+    fast = create_model("tgcnet-tiny", knowledge=StaticKnowledge()).eval()
+    fast.load_state_dict(ref.state_dict())
+    accel.optimize_for_cuda(fast, channels_last=True)
+    convs = [m for part in (fast.sse.cnn, fast.sse.fusion, fast.decoder) for m in part.modules()
+             if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, CAPTIONS[:2]), ref(x, CAPTIONS[:2]), atol=1e-5, rtol=1e-5)
+
+
+def _compiled_pair(backend: str):
+    from helpers import images
+
+    ref, fast = _pair(lambda: create_model("tgcnet-tiny", knowledge=StaticKnowledge()))
+    torch._dynamo.reset()
+    accel.compile_trainable_head(fast, backend=backend)
+    assert accel.compile_trainable_head(fast) is fast            # compiled once
+    return ref, fast, images(2, 64)
+
+
+def _assert_compiled_matches(ref, fast, x, atol: float) -> None:
+    ref.eval(), fast.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x, CAPTIONS[:2]), ref(x, CAPTIONS[:2]), atol=atol, rtol=atol)
+    ref.train(), fast.train()
+    target = (x[:, :1] > 0.5).float()
+    for model in (ref, fast):
+        model(x, CAPTIONS[:2], return_aux=True).loss(target).backward()
+    grads = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[name].grad, atol=atol, rtol=1e-3, msg=name)
+
+
+def test_compiled_head_traces_and_keeps_the_numbers():
+    """Dynamo captures fusion, VLCM and the decoder (eager backend: the graphs, without code generation)."""
+    ref, fast, x = _compiled_pair("eager")
+    _assert_compiled_matches(ref, fast, x, atol=1e-5)
+    assert all(getattr(fast.get_submodule(n), "_compiled_call_impl", None) is not None for n in ("vlcm", "decoder"))
+    assert all(m._compiled_call_impl is not None for m in fast.sse.fusion)
+
+
+@pytest.mark.skipif(os.environ.get("TGCNET_TEST_INDUCTOR") != "1",
+                    reason="inductor compiles the head's forward and backward with gcc: about 3 minutes on a "
+                           "2-core CPU; set TGCNET_TEST_INDUCTOR=1 to run it (benchmarks.speed.gpu_check does)")
+def test_inductor_compiled_head_keeps_the_numbers():
+    ref, fast, x = _compiled_pair("inductor")
+    _assert_compiled_matches(ref, fast, x, atol=1e-4)
+
+
+def test_prepare_for_device_leaves_a_cpu_model_in_float32():
+    from tgcnet.engine.loading import prepare_for_device
+
+    model = prepare_for_device(create_model("tgcnet-tiny", knowledge=None), torch.device("cpu"), amp="bf16")
+    assert accel.frozen_dtype(model) == torch.float32
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_prepare_for_device_holds_the_frozen_towers_in_the_amp_dtype(amp):
+    """On a GPU the engine's preparation holds the towers in the autocast dtype before the move:
+    half the frozen bytes on the GPU, and a training step under that autocast reaches every
+    trainable parameter in float32."""
+    from helpers import images, wake_lora
+    from tgcnet.engine.loading import prepare_for_device
+
+    dtype = accel.AMP_DTYPES[amp]
+    torch.manual_seed(0)
+    plain = create_model("tgcnet-tiny", knowledge=StaticKnowledge())
+    wake_lora(plain)
+    held = create_model("tgcnet-tiny", knowledge=StaticKnowledge())
+    held.load_state_dict(plain.state_dict())
+    frozen_bytes = lambda m: sum(t.numel() * t.element_size() for n, t in m.state_dict().items()
+                                 if n in m.frozen_state_names())
+    held = prepare_for_device(held, torch.device("cuda"), amp=amp)
+    plain = prepare_for_device(plain, torch.device("cuda"))
+    assert accel.frozen_dtype(held) == dtype and accel.frozen_dtype(plain) == torch.float32
+    assert frozen_bytes(held) < 0.55 * frozen_bytes(plain)
+    x = images(2, 64).cuda()
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        torch.testing.assert_close(held.eval()(x, CAPTIONS[:2]).float(), plain.eval()(x, CAPTIONS[:2]).float(),
+                                   atol=0.1, rtol=0.05)
+    with torch.autocast("cuda", dtype=dtype):
+        held.train()(x, CAPTIONS[:2], return_aux=True).loss((x[:, :1] > 0.5).float()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in held.parameters() if p.requires_grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_channels_last_keeps_the_numbers():
+    torch.manual_seed(0)
+    ref = create_model("tgcnet-tiny", knowledge=StaticKnowledge(), device="cuda").eval()
+    fast = create_model("tgcnet-tiny", knowledge=StaticKnowledge(), device="cuda").eval()
+    fast.load_state_dict(ref.state_dict())
+    accel.optimize_for_cuda(fast, channels_last=True)
+    x = torch.rand(2, 3, 64, 64, device="cuda")
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # float32 convs both ways
+        torch.testing.assert_close(fast(x, CAPTIONS[:2]), ref(x, CAPTIONS[:2]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(os.environ.get("TGCNET_TEST_INDUCTOR") != "1",
+                    reason="inductor compiles the head with Triton: set TGCNET_TEST_INDUCTOR=1 to run it")
+def test_cuda_inductor_compiled_head_keeps_the_numbers():
+    ref, fast, x = _compiled_pair("inductor")
+    ref.cuda(), fast.cuda()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):   # float32 convs both ways
+        _assert_compiled_matches(ref, fast, x.cuda(), atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("build", TOWER_KINDS)
+def test_cuda_attention_runs_on_the_fused_kernels(tmp_path, build):
+    """Both towers reach scaled_dot_product_attention in a form the fused kernels take: under bf16
+    autocast the image tower (no mask) runs on flash attention alone, the text towers (causal or
+    padding mask) on flash or memory-efficient attention; the math fallback would raise here."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = accel.optimize_for_cuda(build(tmp_path)(), amp="bf16").cuda().eval()
+    x = torch.rand(2, 3, 64, 64, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            model.sse.clip_visual(model.clip_input(x))
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+            model.date.encode(CAPTIONS[:2])

@@ -23,6 +23,9 @@ gradient, so the backward is one more oneDNN GEMM (``grad @ W``), and LoRA still
 through a frozen base layer. Trainable layers, CUDA, other dtypes and autocast all keep
 ``F.linear``. The towers only say which of their layers are frozen (``frozen_linears()``);
 the swap is made here.
+
+On a GPU the levers are others (:func:`optimize_for_cuda`): the frozen towers held in the
+autocast dtype, channels_last convolutions and a compiled head, each behind its own switch.
 """
 from __future__ import annotations
 
@@ -40,8 +43,9 @@ from tgcnet.adapters import project_attention
 if TYPE_CHECKING:
     from tgcnet.model import TGCNet
 
-__all__ = ["CPU_LINEAR_CHOICES", "OneDNNLinear", "cpu_vendor", "has_onednn_linears", "onednn_linear_available",
-           "optimize_for_cpu", "resolve_cpu_linear", "use_onednn_linears", "use_torch_linears"]
+__all__ = ["AMP_DTYPES", "CPU_LINEAR_CHOICES", "OneDNNLinear", "compile_trainable_head", "cpu_vendor", "frozen_dtype",
+           "has_onednn_linears", "hold_frozen_in", "onednn_linear_available", "optimize_for_cpu", "optimize_for_cuda",
+           "resolve_cpu_linear", "use_channels_last", "use_onednn_linears", "use_torch_linears"]
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +225,131 @@ def use_torch_linears(module: nn.Module) -> int:
 def has_onednn_linears(module: nn.Module) -> bool:
     """Whether any linear layer inside ``module`` is a :class:`OneDNNLinear`."""
     return any(isinstance(m, OneDNNLinear) for m in module.modules())
+
+
+# --------------------------------------------------------------------------- CUDA
+
+#: autocast dtypes by the engine's ``--amp`` spelling
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def optimize_for_cuda(model: "TGCNet", amp: Optional[str] = None, channels_last: bool = False,
+                      compile_head: bool = False) -> "TGCNet":
+    """Ready a built model for a GPU, in place; each lever is its own switch. Returns ``model``.
+
+    ``amp`` (``"bf16"``, ``"fp16"``; None or ``"none"`` leaves the weights alone): the frozen
+    CLIP towers are held in that dtype (:func:`hold_frozen_in`), so a run under that autocast
+    keeps no float32 copy of ~150M frozen weights and casts none of them per call.
+    ``channels_last``: the CNN branch, fusion and decoder convolutions in channels_last
+    (:func:`use_channels_last`). ``compile_head``: torch.compile of fusion, VLCM and decoder
+    (:func:`compile_trainable_head`). Nothing here moves the model; call it before or after ``.to("cuda")``
+    (before: the GPU never sees the float32 frozen weights). The engine applies it with the
+    run's ``amp`` (:func:`tgcnet.engine.loading.prepare_for_device`); the other two stay off
+    until measured on a GPU.
+    """
+    if amp is not None and amp != "none":
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"optimize_for_cuda: amp must be one of none, {', '.join(AMP_DTYPES)}; got {amp!r}")
+        hold_frozen_in(model, AMP_DTYPES[amp])
+    if channels_last:
+        use_channels_last(model)
+    if compile_head:
+        compile_trainable_head(model)
+    return model
+
+
+def frozen_dtype(model: "TGCNet") -> torch.dtype:
+    """The dtype the frozen towers' floating-point weights are held in (float32 as built)."""
+    frozen = model.frozen_state_names()
+    state = model.state_dict(keep_vars=True)
+    dtypes = {state[n].dtype for n in frozen if n in state and state[n].is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def hold_frozen_in(model: "TGCNet", dtype: torch.dtype) -> "TGCNet":
+    """The frozen CLIP towers' floating-point parameters and buffers cast to ``dtype``, in place.
+
+    Why: autocast casts a float32 weight down on every matmul and convolution (it caches only
+    weights that require grad), so a frozen tower costs its float32 copy plus a cast per call.
+    Held in ``dtype``, matmuls and convolutions compute exactly what autocast computed (it
+    rounds the same weights the same way); norms, embeddings and layer scales, which autocast
+    runs in float32, now read ``dtype``-rounded values: differences within ``dtype``'s rounding.
+    Only what the towers call frozen (:meth:`TGCNet.frozen_state_names`) changes: LoRA
+    adapters and every trainable module stay float32, so optimizer state and updates do too.
+    The same Parameter objects are kept (their ``.data`` changes), as ``Module.to`` does.
+
+    A tower holding ``dtype`` weights must run under autocast: called without it, it raises and
+    says so, instead of failing deep inside with a dtype mismatch. Held weights cannot go back
+    to float32 exactly, so asking for another dtype afterwards is refused.
+    """
+    current = frozen_dtype(model)
+    if current == dtype:
+        return model
+    if current != torch.float32:
+        raise ValueError(f"the frozen towers already hold {current} weights; {dtype} from those is not the model's "
+                         f"float32 weights rounded once: build or load the model again")
+    state = model.state_dict(keep_vars=True)
+    for name in model.frozen_state_names():
+        tensor = state.get(name)
+        if tensor is not None and tensor.is_floating_point():
+            tensor.data = tensor.data.to(dtype)
+    for tower in (model.sse.clip_visual, model.date.text_tower):
+        _guard_autocast(tower)
+    _drop_derived_caches(model)
+    return model
+
+
+def _needs_autocast(module: nn.Module, args: tuple) -> None:
+    device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+    if not torch.is_autocast_enabled(device):
+        raise RuntimeError(f"{type(module).__name__} holds its frozen weights in a low-precision dtype "
+                           f"(optimize_for_cuda(amp=...) / hold_frozen_in): run the model under "
+                           f"torch.autocast('{device}', dtype=...), i.e. with the amp it was prepared for")
+
+
+def _guard_autocast(tower: nn.Module) -> None:
+    if not getattr(tower, "_tgcnet_autocast_guard", False):
+        tower.register_forward_pre_hook(_needs_autocast)
+        tower._tgcnet_autocast_guard = True
+
+
+def _drop_derived_caches(model: "TGCNet") -> None:
+    """Tensors derived from the frozen weights before the cast would give other numbers than
+    the cast weights now do; a result must not depend on what ran before."""
+    from tgcnet.image_towers import FrozenViT
+
+    model.date.clear_caches()
+    for module in model.modules():
+        if isinstance(module, FrozenViT):
+            module._pos_cache.clear()   # resized positional embeddings, keyed on the input dtype only
+
+
+def use_channels_last(model: "TGCNet") -> "TGCNet":
+    """CNN branch, fusion and decoder weights in channels_last, in place.
+
+    Why: cuDNN's tensor-core convolutions run NHWC; with NCHW weights every conv transposes
+    its operands. A conv whose weight is channels_last returns channels_last, so the layout
+    then flows through the branch. The same numbers to convolution-algorithm rounding.
+    """
+    for module in (model.sse.cnn, model.sse.fusion, model.decoder):
+        module.to(memory_format=torch.channels_last)
+    return model
+
+
+#: the trainable head that :func:`compile_trainable_head` compiles, as submodule names
+HEAD_MODULES = ("sse.fusion", "vlcm", "decoder")
+
+
+def compile_trainable_head(model: "TGCNet", **options) -> "TGCNet":
+    """``torch.compile`` (``Module.compile``, in place; ``options`` go to it) of each fusion
+    module, VLCM and the decoder: the many small elementwise, norm and resize ops between
+    their GEMMs fuse into few kernels. The frozen towers are left alone (their time is GEMMs
+    and fused attention already) and so is DATE, whose text batch changes shape with the
+    captions. Parameters, state-dict names and outputs (to float rounding) are unchanged;
+    the first calls compile. Calling it again changes nothing."""
+    for name in HEAD_MODULES:
+        module = model.get_submodule(name)
+        for part in (module if isinstance(module, nn.ModuleList) else [module]):
+            if getattr(part, "_compiled_call_impl", None) is None:
+                part.compile(**options)
+    return model

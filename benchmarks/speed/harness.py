@@ -52,6 +52,7 @@ class Comparison:
     batch: int
     size: int = 224
     preset: Optional[str] = None     # None: Settings.preset
+    amp: Optional[str] = None        # None: Settings.amp; "none": float32; "bf16": bfloat16 autocast
     memory: bool = False             # also each member's peak memory, each in its own process
     profile: bool = False            # also one step of each TGCNet member timed per part (forward hooks)
 
@@ -71,6 +72,7 @@ class Settings:
     memory_steps: int = 2            # steps after the warm-up in a memory process
     isolate: bool = True             # memory in fresh processes (False: in this one, for quick checks)
     tiny_peers: bool = False         # CLIPSeg and U-Net at test scale (checks of the script)
+    reuse_models: bool = False       # a member's model built once per process, reused by later comparisons
 
 
 @dataclass
@@ -82,6 +84,32 @@ class Step:
     extra: dict[str, Any] = field(default_factory=dict)
     model: Optional[torch.nn.Module] = None    # a TGCNet, for the per-part profile
     warmup: int = 1
+    owned: tuple = ()                # modules, optimizers and tensors the step keeps between calls
+
+
+def resident_bytes(owned: tuple, device: torch.device) -> int:
+    """Bytes of ``device`` memory held by ``owned`` (parameters, their gradients, buffers,
+    optimizer state, tensors), each storage counted once."""
+    seen: set[int] = set()
+
+    def size(t: Any) -> int:
+        if not isinstance(t, torch.Tensor) or t.device != device:
+            return 0
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            return 0
+        seen.add(storage.data_ptr())
+        return storage.nbytes()
+
+    total = 0
+    for obj in owned:
+        if isinstance(obj, torch.nn.Module):
+            total += sum(size(p) + size(p.grad) for p in obj.parameters()) + sum(size(b) for b in obj.buffers())
+        elif isinstance(obj, torch.optim.Optimizer):
+            total += sum(size(v) for state in obj.state.values() for v in state.values())
+        else:
+            total += size(obj)
+    return total
 
 
 Builder = Callable[[Member, Comparison, Settings, torch.device], Step]
@@ -247,11 +275,23 @@ def profile_parts(model: torch.nn.Module, call: Callable[[], None], device: torc
 
 
 def step_peak_memory(step: Step, settings: Settings, device: torch.device, warm: bool = True) -> dict[str, Any]:
-    """Peak memory over ``memory_steps`` calls of a built member (and its warm-up unless ``warm``)."""
+    """Peak memory over ``memory_steps`` calls of a built member (and its warm-up unless ``warm``).
+
+    On CUDA in a process that holds other members too (``warm``: the in-process path), the
+    peak is the member's own: what it keeps between calls (:func:`resident_bytes` of
+    ``step.owned``) plus how far its calls pushed ``max_memory_allocated`` above what was
+    allocated before them. Other members' tensors sit in both, so they cancel.
+    """
     meter = PeakMemory(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     for _ in range((0 if warm else max(settings.warmup, step.warmup)) + settings.memory_steps):
         step.call()
     _sync(device)
+    if device.type == "cuda" and warm and step.owned:
+        own = resident_bytes(step.owned, device)
+        return {"peak_mb": (meter.peak_mb() * 2**20 - before + own) / 2**20,
+                "memory_kind": "CUDA max_memory_allocated, in process: the member's own tensors plus its steps' "
+                               "peak above what was allocated before them"}
     return {"peak_mb": meter.peak_mb(), "memory_kind": meter.kind}
 
 

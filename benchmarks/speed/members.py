@@ -14,12 +14,16 @@ Models, all random init (nothing is downloaded):
 - ``text_floor``: the frozen text tower as TGCNet runs it, LoRA bypassed, on the batch's
   distinct captions (``model.date.encode``).
 - ``tgcnet``: ``create_model(preset)`` with the shipped knowledge bank and QaTa-style captions
-  (:data:`CAPTIONS`), after ``optimize_for_cpu(model)`` on a CPU as the engine does.
+  (:data:`CAPTIONS`), after ``optimize_for_cpu(model)`` on a CPU and ``optimize_for_cuda(model, amp)``
+  on a GPU, as the engine's ``prepare_for_device`` does (under autocast on a GPU the frozen
+  towers are then held in the autocast dtype).
   Inference in eval mode; training = forward + BCE (+ auxiliary losses) + backward + AdamW.
 - ``method_core``: a TGCNet training step on only what any head of the method must run:
   frozen ViT forward, DATE (LoRA text tower, knowledge fusion) and the CNN branch, with a
   loss on their outputs (:func:`method_core_loss`); the lower bound of the training target.
-- ``clipseg``: transformers' ``CLIPSegForImageSegmentation`` at ViT-B/16 size, CLIP frozen.
+- ``clipseg``: transformers' ``CLIPSegForImageSegmentation`` at ViT-B/16 size, CLIP frozen; on a
+  GPU under autocast its frozen CLIP is held in the autocast dtype too, so both sides get the
+  same treatment.
 - ``unet``: segmentation_models_pytorch ``Unet("resnet34")``, everything trained.
 """
 from __future__ import annotations
@@ -71,6 +75,10 @@ VARIANTS = {
     "bf16": "bfloat16 autocast",
     "compile": "torch.compile of frozen ViT, CNN, VLCM, decoder",
     "onednn": "CLIP linears through oneDNN (tgcnet.accel.use_onednn_linears)",
+    "channels_last_head": "CNN branch, fusion and decoder channels_last (tgcnet.accel.use_channels_last)",
+    "compile_head": "torch.compile of fusion, VLCM and decoder (tgcnet.accel.compile_trainable_head)",
+    "fp32_frozen": "frozen towers kept in float32 under autocast (no tgcnet.accel.hold_frozen_in)",
+    "fused_adamw": "AdamW(fused=True)",
 }
 
 CONFIG_VARIANTS: dict[str, dict[str, Any]] = {"lora_knowledge": {"date__knowledge_encoder": "lora"},
@@ -118,37 +126,74 @@ def batch(comparison: Comparison, device: torch.device) -> tuple[torch.Tensor, t
     return images, masks, [CAPTIONS[i % len(CAPTIONS)] for i in range(b)]
 
 
-def _autocast(member: Member, settings: Settings, device: torch.device):
-    amp = "bf16" if "bf16" in member.variant.split("+") else settings.amp
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+def amp_of(member: Member, comparison: Comparison, settings: Settings) -> Optional[str]:
+    """The member's autocast: its ``bf16`` variant, else the comparison's, else the run's (None: float32)."""
+    if "bf16" in member.variant.split("+"):
+        return "bf16"
+    amp = comparison.amp or settings.amp
+    return None if amp in (None, "none") else amp
+
+
+def _autocast(amp: Optional[str], device: torch.device):
+    from tgcnet.accel import AMP_DTYPES
+
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
+
+
+#: models built by :func:`reused` while ``Settings.reuse_models`` is on, by what makes them differ
+_BUILT: dict[tuple, Any] = {}
+
+
+def reused(settings: Settings, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, or with ``settings.reuse_models`` the model an earlier comparison built under
+    ``key``. Why: a sweep over batches and precisions times the same models again and again, and
+    building ViT-B/16-sized models (seconds each) would take most of a short GPU lease."""
+    if not settings.reuse_models:
+        return make()
+    if key not in _BUILT:
+        _BUILT[key] = make()
+    return _BUILT[key]
+
+
+def forget_models() -> None:
+    """Drop the reused models (end of a run: a later run in the same process builds its own)."""
+    _BUILT.clear()
 
 
 def _trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def infer_step(member: Member, settings: Settings, module: torch.nn.Module, call: Callable[[], object],
+def infer_step(amp: Optional[str], module: torch.nn.Module, call: Callable[[], object],
                device: torch.device) -> Callable[[], None]:
     module.eval()
 
     def step() -> None:
-        with torch.inference_mode(), _autocast(member, settings, device):
+        with torch.inference_mode(), _autocast(amp, device):
             call()
     return step
 
 
-def train_step(member: Member, settings: Settings, module: torch.nn.Module, loss_fn: Callable[[], torch.Tensor],
-               device: torch.device) -> Callable[[], None]:
-    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+def train_step(amp: Optional[str], module: torch.nn.Module, loss_fn: Callable[[], torch.Tensor],
+               device: torch.device, fused: Optional[bool] = None) -> Callable[[], None]:
+    """One optimizer step; the optimizer is kept as ``step.optimizer`` (its state counts as the member's memory)."""
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4, fused=fused)
     module.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(member, settings, device):
+        with _autocast(amp, device):
             loss = loss_fn()
         loss.backward()
         optimizer.step()
+    step.optimizer = optimizer
     return step
+
+
+def owned(module: torch.nn.Module, call: Callable[[], None], *tensors: torch.Tensor) -> tuple:
+    """What a step keeps between calls: its module, its optimizer (if any) and its input tensors."""
+    optimizer = getattr(call, "optimizer", None)
+    return (module, *((optimizer,) if optimizer is not None else ()), *tensors)
 
 
 def _linear_choice(parts: set[str]) -> str:
@@ -162,8 +207,19 @@ def preset_of(comparison: Comparison, settings: Settings) -> str:
 def create_tgcnet(member: Member, comparison: Comparison, settings: Settings, device: torch.device,
                   knowledge: Any = "default"):
     """``create_model`` for ``member``'s variant, with the stand-in tokenizer where the preset
-    needs one, then ``optimize_for_cpu`` on a CPU; returns the model and the batch's text stats."""
-    from tgcnet import create_model, prompts
+    needs one, readied for the device as the engine readies it (``optimize_for_cpu``, or
+    ``optimize_for_cuda`` with the member's autocast); returns the model and the batch's text stats.
+    With ``settings.reuse_models`` an identical earlier build is returned instead."""
+    amp = amp_of(member, comparison, settings)
+    key = ("tgcnet", preset_of(comparison, settings), member.mode, member.variant, str(device), amp,
+           knowledge if knowledge is None or isinstance(knowledge, str) else id(knowledge))
+    model = reused(settings, key, lambda: _create_tgcnet(member, comparison, settings, device, knowledge, amp))
+    return model, text_stats(model, batch(comparison, device)[2])
+
+
+def _create_tgcnet(member: Member, comparison: Comparison, settings: Settings, device: torch.device,
+                   knowledge: Any, amp: Optional[str]):
+    from tgcnet import accel, create_model, prompts
     from tgcnet.config import get_preset
 
     parts = variants_of(member)
@@ -184,13 +240,35 @@ def create_tgcnet(member: Member, comparison: Comparison, settings: Settings, de
     with tokenizer_folder(preset, CAPTIONS) as folder:
         if folder is not None:
             overrides["clip__tokenizer"] = folder
-        model = create_model(preset, knowledge=knowledge, **overrides).to(device)
-        stats = text_stats(model, batch(comparison, device)[2])    # loads the tokenizer while its folder exists
+        model = create_model(preset, knowledge=knowledge, **overrides)
+        text_stats(model, CAPTIONS)    # loads the tokenizer while its folder exists
+    if device.type == "cuda":   # held before the move: the GPU never sees float32 frozen weights
+        accel.optimize_for_cuda(model, amp=None if "fp32_frozen" in parts else amp)
+    model = model.to(device)
     if device.type == "cpu":
-        from tgcnet.accel import optimize_for_cpu
+        accel.optimize_for_cpu(model, linear=_linear_choice(parts))
+    if member.model in ("tgcnet", "method_core"):
+        _apply_model_variants(model, parts)
+    return model
 
-        optimize_for_cpu(model, linear=_linear_choice(parts))
-    return model, stats
+
+def _apply_model_variants(model, parts: set[str]) -> None:
+    """The variants that change a built TGCNet in place (once per build: a reused model has them)."""
+    from tgcnet import accel
+
+    if "channels_last" in parts:
+        model.sse.cnn.to(memory_format=torch.channels_last)
+    if "channels_last_head" in parts:
+        accel.use_channels_last(model)
+    if "lora_merged" in parts:
+        from tgcnet.adapters import merge_lora
+
+        merge_lora(model.date.text_tower)
+    if "compile" in parts:
+        for module in (model.sse.clip_visual, model.sse.cnn, model.vlcm, model.decoder):
+            module.compile()
+    if "compile_head" in parts:
+        accel.compile_trainable_head(model)
 
 
 def text_stats(model, captions: list[str]) -> dict[str, int]:
@@ -212,31 +290,27 @@ def build_tgcnet(member: Member, comparison: Comparison, settings: Settings, dev
     images, masks, captions = batch(comparison, device)
     if "no_dedup" in parts:
         captions = undeduplicated(captions)
-    if "channels_last" in parts:
-        model.sse.cnn.to(memory_format=torch.channels_last)
-    if "lora_merged" in parts:
-        from tgcnet.adapters import merge_lora
-
-        merge_lora(model.date.text_tower)
-    if "compile" in parts:
-        for module in (model.sse.clip_visual, model.sse.cnn, model.vlcm, model.decoder):
-            module.compile()
     features: Callable[[], dict] = dict
     if "feature_cache" in parts:
         from tgcnet.engine.feature_cache import FeatureCache
 
         cache = FeatureCache()
         features = lambda: {"vit_features": cache.get(images, model.frozen_vit_features, device=device)}
+    amp = amp_of(member, comparison, settings)
     if member.mode == "infer":
-        call = infer_step(member, settings, model, lambda: model(images, captions, **features()), device)
+        call = infer_step(amp, model, lambda: model(images, captions, **features()), device)
     else:
         def loss() -> torch.Tensor:
             out = model(images, captions, return_aux=True, **features())
             return F.binary_cross_entropy_with_logits(out.logits.float(), masks) + sum(out.aux_losses.values())
-        call = train_step(member, settings, model, loss, device)
+        call = train_step(amp, model, loss, device, fused=_fused(parts))
     # compiled graphs settle on the second call (the positional-embedding cache fills on the first)
     return Step(call=call, trainable=_trainable(model), extra={"text": stats}, model=model,
-                warmup=3 if "compile" in parts else 1)
+                warmup=3 if parts & {"compile", "compile_head"} else 1, owned=owned(model, call, images, masks))
+
+
+def _fused(parts: set[str]) -> Optional[bool]:
+    return True if "fused_adamw" in parts else None
 
 
 def method_core_loss(model, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
@@ -258,8 +332,9 @@ def build_method_core(member: Member, comparison: Comparison, settings: Settings
         raise ValueError("'method_core' is a training lower bound: use mode 'train'")
     model, stats = create_tgcnet(member, comparison, settings, device)
     images, _, captions = batch(comparison, device)
-    call = train_step(member, settings, model, lambda: method_core_loss(model, images, captions), device)
-    return Step(call=call, trainable=_trainable(model), extra={"text": stats})
+    call = train_step(amp_of(member, comparison, settings), model, lambda: method_core_loss(model, images, captions),
+                      device, fused=_fused(variants_of(member)))
+    return Step(call=call, trainable=_trainable(model), extra={"text": stats}, owned=owned(model, call, images))
 
 
 def build_floor(member: Member, comparison: Comparison, settings: Settings, device: torch.device) -> Step:
@@ -287,8 +362,8 @@ def build_floor(member: Member, comparison: Comparison, settings: Settings, devi
     if "compile" in parts:
         module.compile()
     images = batch(comparison, device)[0]
-    return Step(call=infer_step(member, settings, module, lambda: module(images), device), trainable=0,
-                warmup=3 if "compile" in parts else 1)
+    call = infer_step(amp_of(member, comparison, settings), module, lambda: module(images), device)
+    return Step(call=call, trainable=0, warmup=3 if "compile" in parts else 1, owned=owned(module, call, images))
 
 
 def build_text_floor(member: Member, comparison: Comparison, settings: Settings, device: torch.device) -> Step:
@@ -301,7 +376,8 @@ def build_text_floor(member: Member, comparison: Comparison, settings: Settings,
     def encode() -> None:
         with lora_disabled(tower):
             model.date.encode(unique)
-    return Step(call=infer_step(member, settings, model, encode, device), trainable=0,
+    call = infer_step(amp_of(member, comparison, settings), model, encode, device)
+    return Step(call=call, trainable=0, owned=owned(tower, call),
                 extra={"text": {k: stats[k] for k in ("captions", "unique_captions", "caption_tokens")}})
 
 
@@ -322,13 +398,9 @@ def build_clipseg(member: Member, comparison: Comparison, settings: Settings, de
     from open_clip.tokenizer import SimpleTokenizer
 
     parts = variants_of(member)
-    model = _clipseg(settings, comparison.size)
-    model.clip.requires_grad_(False)
-    if "onednn" in parts:
-        from tgcnet.accel import use_onednn_linears
-
-        use_onednn_linears(model.clip)
-    model = model.to(device)
+    amp = amp_of(member, comparison, settings)
+    key = ("clipseg", member.mode, member.variant, comparison.size, str(device), amp, settings.tiny_peers)
+    model = reused(settings, key, lambda: _ready_clipseg(parts, settings, comparison.size, device, amp))
     images, masks, captions = batch(comparison, device)
     tok = SimpleTokenizer()   # CLIP's BPE vocabulary; transformers' tokenizer needs files
     rows = [[tok.sot_token_id, *tok.encode(c), tok.eot_token_id] for c in captions]
@@ -340,11 +412,25 @@ def build_clipseg(member: Member, comparison: Comparison, settings: Settings, de
     def forward() -> torch.Tensor:
         return model(input_ids=ids, pixel_values=images, attention_mask=attention).logits
     if member.mode == "infer":
-        call = infer_step(member, settings, model, forward, device)
+        call = infer_step(amp, model, forward, device)
     else:
-        call = train_step(member, settings, model, lambda: F.binary_cross_entropy_with_logits(
-            forward().float().reshape(masks.shape), masks), device)
-    return Step(call=call, trainable=_trainable(model))
+        call = train_step(amp, model, lambda: F.binary_cross_entropy_with_logits(
+            forward().float().reshape(masks.shape), masks), device, fused=_fused(parts))
+    return Step(call=call, trainable=_trainable(model), owned=owned(model, call, images, masks, ids, attention))
+
+
+def _ready_clipseg(parts: set[str], settings: Settings, size: int, device: torch.device, amp: Optional[str]):
+    """CLIPSeg with its CLIP frozen, readied for ``device`` as TGCNet is: oneDNN linears on request, and
+    on a GPU under autocast the frozen CLIP held in the autocast dtype."""
+    from tgcnet.accel import AMP_DTYPES, use_onednn_linears
+
+    model = _clipseg(settings, size)
+    model.clip.requires_grad_(False)
+    if "onednn" in parts:
+        use_onednn_linears(model.clip)
+    if device.type == "cuda" and amp and "fp32_frozen" not in parts:
+        model.clip.to(AMP_DTYPES[amp])
+    return model.to(device)
 
 
 def build_unet(member: Member, comparison: Comparison, settings: Settings, device: torch.device) -> Step:
@@ -354,12 +440,13 @@ def build_unet(member: Member, comparison: Comparison, settings: Settings, devic
     encoder = "resnet18" if settings.tiny_peers else "resnet34"
     model = smp.Unet(encoder, encoder_weights=None, in_channels=3, classes=1).to(device)
     images, masks, _ = batch(comparison, device)
+    amp = amp_of(member, comparison, settings)
     if member.mode == "infer":
-        call = infer_step(member, settings, model, lambda: model(images), device)
+        call = infer_step(amp, model, lambda: model(images), device)
     else:
-        call = train_step(member, settings, model,
-                          lambda: F.binary_cross_entropy_with_logits(model(images).float(), masks), device)
-    return Step(call=call, trainable=_trainable(model))
+        call = train_step(amp, model, lambda: F.binary_cross_entropy_with_logits(model(images).float(), masks),
+                          device, fused=_fused(variants_of(member)))
+    return Step(call=call, trainable=_trainable(model), owned=owned(model, call, images, masks))
 
 
 BUILDERS = {"floor_open_clip": build_floor, "floor": build_floor, "text_floor": build_text_floor,

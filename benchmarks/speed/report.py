@@ -27,6 +27,15 @@ INFORMATION = [("training throughput / CLIPSeg's (uncached)", "train_throughput_
                ("lower bound's training throughput / CLIPSeg's", "method_core_throughput_over_clipseg")]
 
 
+#: GPU targets at bfloat16 autocast, 224 px, batch 64: (what, key, op, bound)
+CUDA_TARGETS = [("inference throughput, images/s", "infer_images_per_s", ">=", 2000.0),
+                ("training step / inference step", "train_over_infer", "<=", 1.5),
+                ("inference peak memory / CLIPSeg's", "infer_mem_over_clipseg", "<=", 1.3),
+                ("training peak memory / CLIPSeg's", "train_mem_over_clipseg", "<=", 1.3)]
+#: where the GPU targets are read: (amp, batch, size)
+CUDA_TARGET_AT = ("bf16", 64, 224)
+
+
 def _div(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -54,9 +63,28 @@ def ratios(comparison: Optional[dict]) -> dict[str, Optional[float]]:
             "method_core_throughput_over_clipseg": _div(clipseg_train, get("method_core/train"))}
 
 
-def targets(ratio: dict[str, Optional[float]]) -> list[dict[str, Any]]:
+def cuda_target_comparison(comparisons: dict[str, dict], preset: str) -> Optional[dict]:
+    """The comparison the GPU targets are read from: ``preset`` at :data:`CUDA_TARGET_AT` with TGCNet and CLIPSeg."""
+    amp, batch, size = CUDA_TARGET_AT
+    return next((c for c in comparisons.values() if "members" in c and c.get("amp") == amp
+                 and c.get("batch") == batch and c.get("size") == size and c.get("preset") == preset
+                 and member_row(c, "tgcnet/infer") and member_row(c, "clipseg/infer")), None)
+
+
+def cuda_targets(comparisons: dict[str, dict], preset: str) -> list[dict[str, Any]]:
+    """The GPU targets (:data:`CUDA_TARGETS`), each with its value or None where not measured."""
+    c = cuda_target_comparison(comparisons, preset) or {}
+    get = lambda key, what="median_s": (member_row(c, key) or {}).get(what)
+    values = {"infer_images_per_s": get("tgcnet/infer", "images_per_s"),
+              "train_over_infer": _div(get("tgcnet/train"), get("tgcnet/infer")),
+              "infer_mem_over_clipseg": _div(get("tgcnet/infer", "peak_mb"), get("clipseg/infer", "peak_mb")),
+              "train_mem_over_clipseg": _div(get("tgcnet/train", "peak_mb"), get("clipseg/train", "peak_mb"))}
+    return targets(values, CUDA_TARGETS)
+
+
+def targets(ratio: dict[str, Optional[float]], table: Optional[list] = None) -> list[dict[str, Any]]:
     out = []
-    for what, key, op, bound in TARGETS:
+    for what, key, op, bound in (TARGETS if table is None else table):
         value = ratio.get(key)
         met = None if value is None else (value <= bound if op == "<=" else value >= bound)
         out.append({"target": what, "key": key, "bound": f"{op} {bound}", "value": value, "met": met})
@@ -85,8 +113,12 @@ MEMBER_NOTES = [("lora_merged", "The LoRA-merged row runs with knowledge off (a 
 def comparison_table(comparison: dict) -> list[str]:
     if "error" in comparison:
         return [f"Failed: {comparison['error']}"]
+    if "skipped" in comparison:
+        return [f"Not measured: {comparison['skipped']}."]
     flag = " †" if disturbed(comparison.get("other_cores")) else ""
-    lines = [f"Batch {comparison['batch']}, {comparison['size']} px, preset `{comparison['preset']}`, "
+    amp = comparison.get("amp")
+    precision = "" if amp is None else ", float32" if amp == "none" else f", {amp} autocast"
+    lines = [f"Batch {comparison['batch']}, {comparison['size']} px, preset `{comparison['preset']}`{precision}, "
              f"torch threads: {comparison['threads']}{flag}.", "",
              "| member | mode | s/step (median) | IQR s | / first | images/s | peak MB | trainable params |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -119,15 +151,32 @@ def parts_table(comparison: Optional[dict]) -> list[str]:
     return lines
 
 
+def target_lines(rows: list[dict]) -> list[str]:
+    lines = ["| target | bound | measured | status |", "|---|---|---:|---|"]
+    for c in rows:
+        status = "n/a" if c["met"] is None else ("**met**" if c["met"] else "**missed**")
+        lines.append(f"| {c['target']} | {c['bound']} | {_fmt(c['value'])} | {status} |")
+    return lines
+
+
+def cuda_targets_section(result: dict) -> list[str]:
+    amp, batch, size = CUDA_TARGET_AT
+    if "cuda_targets" not in result:
+        return []
+    return [f"## GPU targets ({amp} autocast, batch {batch}, {size} px, preset `{result['meta']['preset']}`, "
+            "one process)", "", *target_lines(result["cuda_targets"]), "",
+            "Peak memory on the GPU is measured in the timing process: each member's own tensors plus how far its "
+            "steps pushed CUDA's `max_memory_allocated` above what was allocated before them.", ""]
+
+
 def _targets_section(result: dict) -> list[str]:
+    if result["meta"].get("plan") == "cuda":
+        return cuda_targets_section(result)
     comparison = result["comparisons"].get("targets")
     if comparison is None:
         return ["## Targets", "", "Not measured in this run (`--only` left out the `targets` comparison).", ""]
     lines = [f"## Targets (batch {comparison.get('batch')}, {comparison.get('size')} px, one process)", "",
-             "| target | bound | measured | status |", "|---|---|---:|---|"]
-    for c in result["targets"]:
-        status = "n/a" if c["met"] is None else ("**met**" if c["met"] else "**missed**")
-        lines.append(f"| {c['target']} | {c['bound']} | {_fmt(c['value'])} | {status} |")
+             *target_lines(result["targets"])]
     ratio = result["ratios"]
     lines += ["", *(f"- {what}: {_fmt(ratio.get(key))} (no target)." for what, key in INFORMATION), ""]
     return lines
@@ -143,16 +192,29 @@ def _notes(result: dict) -> list[str]:
         notes.append("- tgcnet.engine.feature_cache is not installed: the cached-features members were not run.")
     if meta.get("tiny_peers"):
         notes.append("- CLIPSeg and the U-Net ran at test scale (`--tiny-peers`): their rows check the script only.")
+    if meta.get("plan") == "cuda":
+        notes.append(f"- {meta.get('device_name')}; cuDNN {meta.get('cudnn')}; TF32 for float32 matmuls "
+                     f"{'on' if meta.get('tf32_matmul') else 'off'}, for cuDNN convolutions "
+                     f"{'on' if meta.get('tf32_cudnn') else 'off'} (torch's defaults).")
+        notes.append("- Under autocast the frozen towers of TGCNet and CLIPSeg alike are held in the autocast dtype "
+                     "(`tgcnet.accel.optimize_for_cuda`, as the engine prepares a model); the `fp32_frozen` rows "
+                     "keep them in float32. Models are built once per process and reused across batches.")
     return ["## Notes", "", *notes, ""] if notes else []
 
 
 def to_markdown(result: dict) -> str:
     meta = result["meta"]
-    where = ("each member in its own fresh process," if meta.get("isolated_memory", True) else
-             "each member in the timing process (`--in-process-memory`: a check of the script, the peaks include "
-             "the other members),")
+    if meta.get("isolated_memory", True):
+        where = "each member in its own fresh process,"
+    elif str(meta.get("memory_kind", "")).startswith("CUDA"):
+        where = "each member in the timing process (its own tensors plus its steps' peak above what was allocated),"
+    else:
+        where = ("each member in the timing process (a check of the script: the peaks include the other "
+                 "members),")
+    flags = (" --quick" if meta.get("quick") else "") + (" --plan cuda" if meta.get("plan") == "cuda" else "")
+    commit = f" at commit {meta['commit']}" if meta.get("commit") else ""
     lines = [f"# Speed and memory ({meta['preset']})", "",
-             f"Written by `python -m benchmarks.speed.run{' --quick' if meta.get('quick') else ''}` on {meta['date']}: "
+             f"Written by `python -m benchmarks.speed.run{flags}`{commit} on {meta['date']}: "
              f"{meta['device_name']}, torch {meta['torch']}, torch threads: {meta['threads']}, {meta['dtype']}. "
              f"Random-init weights. Each comparison's members are built in one process and timed interleaved: "
              f"{meta['warmup']} untimed warm-up call each, then {meta['rounds']} rounds of "

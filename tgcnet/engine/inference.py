@@ -116,8 +116,16 @@ def summarize(acc: MetricAccumulator, rows: list[dict[str, Any]], threshold: flo
 
 
 def make_loader(triples, image_size: int, batch_size: int, workers: int = 0, rank: int = 0,
-                world_size: int = 1) -> DataLoader:
-    """Eval loader (resize only, file order, sharded like training when distributed)."""
+                world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Eval loader (resize only, file order, sharded like training when distributed).
+
+    ``pin_memory`` (for a CUDA run): batches in page-locked memory, so the loops'
+    ``.to(device, non_blocking=True)`` overlaps the copy with the GPU's work. With workers,
+    they stay alive between passes (``persistent_workers``): validation runs every epoch over
+    the same fixed items, and re-forking the workers each time would leave the GPU waiting.
+    The items depend on nothing but their index, so any worker count gives the same batches.
+    """
     ds = SegmentationDataset(triples, build_transforms(False, image_size))
     sampler = ShardedEpochSampler(len(ds), shuffle=False, rank=rank, world_size=world_size)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                      pin_memory=pin_memory, persistent_workers=workers > 0)

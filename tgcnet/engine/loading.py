@@ -30,12 +30,20 @@ def knowledge_arg(knowledge: Optional[str]) -> Optional[str]:
     return str(knowledge)
 
 
-def prepare_for_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` on ``device``; on the CPU, a TGCNet also gets this processor's linear kernels
-    (:func:`tgcnet.accel.optimize_for_cpu`: a fact about the machine, not part of the config)."""
-    from tgcnet.accel import optimize_for_cpu
+def prepare_for_device(model: torch.nn.Module, device: torch.device, amp: Optional[str] = None) -> torch.nn.Module:
+    """``model`` on ``device``, with what the machine (not the config) decides about a TGCNet.
+
+    On the CPU, this processor's linear kernels (:func:`tgcnet.accel.optimize_for_cpu`). On a
+    GPU with ``amp`` (``"bf16"``/``"fp16"``, the run's autocast), the frozen towers held in that
+    dtype before the move (:func:`tgcnet.accel.optimize_for_cuda`): the GPU then never holds
+    their float32 copy. Such a model must run under that autocast, as the engine's loops do;
+    ``amp`` None or ``"none"`` keeps float32 weights, for callers that run without autocast.
+    """
+    from tgcnet.accel import optimize_for_cpu, optimize_for_cuda
     from tgcnet.model import TGCNet
 
+    if device.type == "cuda" and isinstance(model, TGCNet):
+        model = optimize_for_cuda(model, amp=amp)
     model = model.to(device)
     if device.type == "cpu" and isinstance(model, TGCNet):
         model = optimize_for_cpu(model)
@@ -84,8 +92,12 @@ def _load_factory_model(model_dir: Path, model_factory: ModelFactory, dev: torch
 
 def load_inference_model(checkpoint: str | Path, device: str | torch.device | None = "auto",
                          knowledge: Optional[str] = None, pretrained: Optional[str] = None,
-                         model_factory: Optional[ModelFactory] = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                         model_factory: Optional[ModelFactory] = None,
+                         amp: Optional[str] = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a trained model in eval mode; knowledge defaults to what it was trained with.
+
+    ``amp``: the autocast every later call will run under, on a GPU (see :func:`prepare_for_device`);
+    None keeps float32 weights, which run with or without autocast.
 
     A model trained through ``train(..., model_factory=make)`` is rebuilt by the same
     ``make`` (see tgcnet.engine.factory_model); a TGCNet needs none.
@@ -107,7 +119,7 @@ def load_inference_model(checkpoint: str | Path, device: str | torch.device | No
     else:
         model = TGCNet.from_pretrained(model_dir, pretrained=pretrained or info.get("pretrained"),
                                        knowledge=knowledge_arg(knowledge), map_location=dev)
-    model = prepare_for_device(model, dev)
+    model = prepare_for_device(model, dev, amp=amp)
     model.eval()
     info["model_dir"] = str(model_dir)
     return model, info

@@ -113,3 +113,59 @@ def test_method_core_loss_gradients():
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("sse.cnn."))
     assert all(g is None for n, g in grads.items() if n.startswith(("decoder.", "vlcm.", "sse.fusion.")))
     assert all(p.grad is None for p in model.sse.clip_visual.parameters())
+
+
+@pytest.mark.parametrize("variant", ["channels_last_head", "fused_adamw", "fp32_frozen",
+                                     "channels_last_head+fused_adamw"])
+def test_gpu_lever_variants_build_and_step_on_the_cpu(variant):
+    """The GPU plan's levers are variants like the others: they build and step here too."""
+    bench = _build("tgcnet", "train", variant)
+    bench.call()
+    bench.call()
+    if "fused_adamw" in variant:
+        assert bench.call.optimizer.defaults["fused"] is True
+
+
+def test_gpu_autocast_comes_from_the_comparison():
+    """A comparison's amp overrides the run's; the bf16 variant overrides both; "none" is float32."""
+    from benchmarks.speed.members import amp_of
+
+    c = Comparison("c", "c", (), 2)
+    assert amp_of(Member("tgcnet"), c, Settings()) is None
+    assert amp_of(Member("tgcnet"), c, Settings(amp="bf16")) == "bf16"
+    assert amp_of(Member("tgcnet"), Comparison("c", "c", (), 2, amp="none"), Settings(amp="bf16")) is None
+    assert amp_of(Member("tgcnet", variant="bf16"), Comparison("c", "c", (), 2, amp="none"), Settings()) == "bf16"
+
+
+def test_reused_models_are_built_once_per_kind():
+    """With reuse on, later comparisons (another batch) time the very model built first; infer and train
+    members keep their own (their modes differ), and the text stats follow each comparison's batch."""
+    from benchmarks.speed.members import forget_models
+
+    settings = Settings(preset="tgcnet-tiny", rounds=1, min_run_time=0.0, isolate=False, reuse_models=True)
+    try:
+        steps = {b: build(Member("tgcnet"), Comparison("c", "c", (), b, 64), settings, torch.device("cpu"))
+                 for b in (1, 3)}
+        train = build(Member("tgcnet", "train"), Comparison("c", "c", (), 1, 64), settings, torch.device("cpu"))
+    finally:
+        forget_models()
+    assert steps[1].model is steps[3].model and train.model is not steps[1].model
+    assert steps[1].extra["text"]["captions"] == 1 and steps[3].extra["text"]["captions"] == 3
+    fresh = build(Member("tgcnet"), Comparison("c", "c", (), 1, 64), settings, torch.device("cpu"))
+    assert fresh.model is not steps[1].model
+
+
+def test_a_step_owns_its_model_optimizer_and_inputs():
+    from benchmarks.speed.harness import resident_bytes
+
+    bench = _build("tgcnet", "train")
+    bench.call()
+    model = bench.model
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.grad is not None)
+    state = sum(t.numel() * t.element_size() for s in bench.call.optimizer.state.values() for t in s.values())
+    inputs = sum(t.numel() * t.element_size() for t in bench.owned if isinstance(t, torch.Tensor))
+    assert state > 0 and inputs == 2 * 64 * 64 * 4 * 4
+    assert resident_bytes(bench.owned, torch.device("cpu")) == params + buffers + grads + state + inputs
+    assert resident_bytes(bench.owned, torch.device("meta")) == 0

@@ -3,6 +3,7 @@ process, and a run merges into an earlier one."""
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 
@@ -64,7 +65,8 @@ def test_targets_come_from_one_process(selections, tmp_path):
     md = (selections["targets"] / "speed.md").read_text()
     assert "## Targets" in md and "| TGCNet | train |" in md and "## Where TGCNet's time goes" in md
     assert "| training step / the method's lower bound (method_core) | <= 1.15 |" in md
-    assert md.startswith("# Speed and memory (tgcnet-tiny)\n\nWritten by `python -m benchmarks.speed.run` on ")
+    assert md.startswith("# Speed and memory (tgcnet-tiny)\n\nWritten by `python -m benchmarks.speed.run` at commit ")
+    assert json.loads((selections["targets"] / "speed.json").read_text())["meta"]["commit"] in md
     assert speed.main(["--report", str(selections["targets"] / "speed.json"), "--out", str(tmp_path / "again"),
                        "--note", "re-rendered"]) == 0
     assert "Note: re-rendered" in (tmp_path / "again" / "speed.md").read_text()
@@ -75,7 +77,7 @@ def test_plan_quick_and_full():
     full = speed.plan(quick=False, compile_=True, feature_cache=False)
     assert {c.batch for c in quick} == {2} and {c.batch for c in full} == {1, 8}
     assert {c.size for c in full} == {224, 320, 448} and {c.batch for c in full if c.size > 224} == {8}
-    assert [c.name for c in quick] == ["targets", "floor_paths", "biomedclip"]
+    assert [c.name for c in quick] == ["targets", "biomedclip"]
     assert any(m.variant == "feature_cache" for c in quick for m in c.members)
     assert not any("feature_cache" in m.variant for c in full for m in c.members)
     assert any(c.name == "compile" for c in full) and not any(c.name == "compile" for c in quick)
@@ -143,3 +145,79 @@ def test_merge_into_an_earlier_run(selections, tmp_path):
     section = md[len(old_md):]
     assert "(`floor_paths`)" in section and "merged into this file" in section and "Note: a merged run" in section
     assert "| floor: open_clip `visual(x)` | infer |" in section
+
+
+def test_quick_and_partial_runs_never_write_the_committed_report(monkeypatch, tmp_path, capsys):
+    """Only the full default plan (and --report, --merge-into) defaults to benchmarks/results; a quick run,
+    an --only run and the GPU plan go to a new temporary folder, named on the way out."""
+    from benchmarks import RESULTS
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    full = speed.parse_args([])
+    assert speed.out_folder(full) == RESULTS
+    assert speed.out_folder(speed.parse_args(["--only", "targets", "--merge-into", "x.json"])) == RESULTS
+    assert speed.out_folder(speed.parse_args(["--report", "x.json"])) == RESULTS
+    assert speed.out_folder(speed.parse_args(["--quick", "--out", str(tmp_path / "mine")])) == tmp_path / "mine"
+    for argv in (["--quick"], ["--only", "targets"], ["--plan", "cuda"]):
+        folder = speed.out_folder(speed.parse_args(argv))
+        assert folder.parent == tmp_path and folder.name.startswith("tgcnet-speed-"), argv
+    before = {p.name: p.stat().st_mtime_ns for p in RESULTS.glob("speed.*")}
+    assert speed.main([*TINY, "--only", "biomedclip"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in RESULTS.glob("speed.*")} == before
+    written = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert written and str(tmp_path) in written[-1]
+
+
+def test_quick_is_short():
+    """Quick: two comparisons at batch 2, one thread, memory in the timing process, short rounds."""
+    args = speed.parse_args(["--quick"])
+    settings = speed.make_settings(args)
+    assert settings.threads == 1 and speed.make_settings(speed.parse_args(["--quick", "--threads", "2"])).threads == 2
+    assert not settings.isolate and settings.rounds == 2 and settings.min_run_time == 0.0 and settings.memory_steps == 1
+    assert [c.name for c in speed.comparisons_of(args)] == ["targets", "biomedclip"]
+
+
+def test_cuda_plan_sweeps_batches_and_precisions_targets_first():
+    plan = speed.cuda_plan((1, 8, 64), ("none", "bf16"), "tgcnet-biomedclip")
+    assert plan[0].name == "cuda@bf16@b64" and plan[0].amp == "bf16" and plan[0].batch == 64
+    assert [c.name for c in plan[:3]] == ["cuda@bf16@b64", "cuda_biomedclip@bf16@b64", "cuda_levers"]
+    grid = {(c.amp, c.batch, c.preset is None) for c in plan if c.name != "cuda_levers"}
+    assert grid == {(a, b, p) for a in ("none", "bf16") for b in (1, 8, 64) for p in (True, False)}
+    assert all(c.memory for c in plan)
+    for c in plan:
+        keys = {m.key for m in c.members}
+        assert len(keys) == len(c.members)
+        if c.name != "cuda_levers":
+            assert keys == {"floor/infer", "tgcnet/infer", "tgcnet/train", "clipseg/infer", "clipseg/train"}
+    levers = {m.key for m in plan[2].members}
+    assert {"tgcnet:fp32_frozen/train", "tgcnet:channels_last_head/infer", "tgcnet:fused_adamw/train"} <= levers
+    assert any("compile_head" in m.variant for m in speed.cuda_plan(compile_=True)[2].members)
+    settings = speed.make_settings(speed.parse_args(["--plan", "cuda", "--device", "cpu"]))
+    assert settings.reuse_models and not settings.isolate and settings.amp is None
+
+
+def test_sweep_options_are_checked():
+    for argv, message in ((["--amp", "none,bf16"], "add --plan cuda"), (["--batches", "1,8"], "add --plan cuda"),
+                          (["--plan", "cuda", "--amp", "fp8"], "'fp8' is not one of none, bf16, fp16"),
+                          (["--plan", "cuda", "--batches", "1,x"], "'x' is not a int"),
+                          (["--plan", "cuda", "--quick"], "neither --quick")):
+        with pytest.raises(SystemExit):
+            speed.parse_args(argv)
+    assert speed.parse_list("1, 8,64", int) == [1, 8, 64]
+    with pytest.raises(ValueError, match="'fp8' is not one of"):
+        speed.parse_list("bf16,fp8", str, speed.AMPS)
+
+
+def test_a_time_budget_records_what_was_not_measured(tmp_path):
+    """Once the budget is spent no comparison starts; those left say why (a GPU lease is short)."""
+    out = tmp_path / "cut"
+    argv = ["--plan", "cuda", "--device", "cpu", "--preset", "tgcnet-tiny", "--biomedclip-preset",
+            "tgcnet-tiny-biomedclip", "--batches", "2", "--amp", "bf16", "--size", "32", "--tiny-peers",
+            "--rounds", "1", "--min-run-time", "0", "--memory-steps", "1", "--time-budget", "0", "--out", str(out)]
+    assert speed.main(argv) == 0
+    result = json.loads((out / "speed.json").read_text())
+    first, *rest = result["comparisons"].values()
+    assert "members" in first and first["amp"] == "bf16"
+    assert rest and all("time budget of 0 s was spent" in c["skipped"] for c in rest)
+    assert "Not measured: not started: the time budget" in (out / "speed.md").read_text()
+    assert [t["value"] for t in result["cuda_targets"]] == [None] * 4    # 32 px: not the targets' 224
