@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tgcnet.engine.train_config import DEFAULT_IMAGE_SIZE
+
 from .common import format_metrics
 
 __all__ = ["add_parser", "run", "run_demo"]
@@ -18,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--minutes", type=float, default=3.0, help="training budget (default 3)")
     p.add_argument("--preset", default="tgcnet-cpu")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     p.add_argument("--epochs", type=int, default=300, help="upper bound; the time budget usually ends first")
     p.add_argument("--set", dest="model_overrides", action="append", metavar="KEY=VALUE",
                    help="model config override, e.g. sse.channels=16")
@@ -30,9 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, preset: str = "tgcnet-cpu", image_size: int = 224,
-             epochs: int = 300, device: str = "auto", pretrained: str | None = None, force: bool = False,
-             progress: bool = True, model_overrides: dict[str, Any] | None = None,
+def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, preset: str = "tgcnet-cpu",
+             image_size: int = DEFAULT_IMAGE_SIZE, epochs: int = 300, device: str = "auto",
+             pretrained: str | None = None, force: bool = False, progress: bool = True, model_overrides: dict[str, Any] | None = None,
              threads: int | None = 1) -> dict[str, Any]:
     """Train on the embedded sample (train split, select on valid), evaluate on its test split,
     and write overlays of the test images. Returns the test metrics and paths.

@@ -22,11 +22,6 @@ from tgcnet.tta import check_tta, tta_logits
 from .distributed import ShardedEpochSampler
 from .metrics import MetricAccumulator
 
-# the trainer and some tests import these from here; their home is .loading and .split_captions
-from .loading import (DEFAULT_IMAGE_SIZE, knowledge_arg, load_inference_model, prepare_for_device,  # noqa: F401
-                      resolve_checkpoint)
-from .split_captions import check_caption_lengths, override_captions  # noqa: F401
-
 __all__ = ["BatchLogits", "batch_logits", "run_inference", "summarize", "make_loader", "autocast_context"]
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

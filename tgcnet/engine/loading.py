@@ -15,12 +15,11 @@ import torch
 from .distributed import resolve_device
 from .factory_model import ModelFactory, build_factory_model, is_factory_model_dir
 from .files import BEST_DIR, INFERENCE_NAME, LAST_DIR, MODEL_CONFIG_NAME, TRAIN_CONFIG_NAME, WEIGHTS_NAME
+from .train_config import DEFAULT_IMAGE_SIZE
 
 __all__ = ["DEFAULT_IMAGE_SIZE", "knowledge_arg", "prepare_for_device", "resolve_checkpoint",
            "load_inference_model"]
 
-#: the input size of a model whose run names none
-DEFAULT_IMAGE_SIZE = 224
 
 
 def knowledge_arg(knowledge: Optional[str]) -> Optional[str]:

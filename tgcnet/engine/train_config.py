@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from tgcnet.recipes import recipe_path, recipe_values
 
-__all__ = ["TrainConfig", "GROUPS", "AUGMENT_CHOICES", "AMP_CHOICES", "CACHE_DTYPE_CHOICES", "RESUME_FIXED",
+__all__ = ["TrainConfig", "DEFAULT_IMAGE_SIZE", "GROUPS", "AUGMENT_CHOICES", "AMP_CHOICES", "CACHE_DTYPE_CHOICES", "RESUME_FIXED",
            "SEMI_DEFAULT_WEIGHTS", "parse_overrides", "read_saved_config"]
 
 #: ``tgcnet train --help`` sections: name -> description (None: none)
@@ -50,6 +50,8 @@ RESUME_FIXED = ("data", "layout", "train_split", "preset", "image_size", "batch_
                 "warmup_steps", "min_lr_ratio", "skip_bad", "amp", "augment", "semi_supervised", "labelled_fraction",
                 "pseudo_label_weight", "pseudo_label_threshold", "ema_decay", "rampup_fraction",
                 "language_loss_weight")
+#: the square size images are trained and segmented at unless a run says otherwise (CLIP's own 224)
+DEFAULT_IMAGE_SIZE = 224
 #: the unlabelled losses' weights when semi-supervised training is on and none is given (off otherwise).
 #: The language-guided loss is off: at 0.2 it drove every prediction empty on qata-mini (the cheapest
 #: way to bring a soft map's regions under the caption's count), ramped in or not.
@@ -123,7 +125,7 @@ class TrainConfig:
     weight_decay: float = _opt(1e-2, OPTIM, "AdamW weight decay (default {default})")
     warmup_steps: int = _opt(50, OPTIM, "linear warmup steps (default {default})")
     min_lr_ratio: float = _opt(0.01, OPTIM, "final LR / peak LR (default {default})")
-    image_size: int = _opt(224, OPTIM, "square training size, a multiple of the patch size (default {default})")
+    image_size: int = _opt(DEFAULT_IMAGE_SIZE, OPTIM, "square training size, a multiple of the patch size (default {default})")
     grad_accum: int = _opt(1, OPTIM, "batches per optimizer step (default {default})")
     clip_grad: Optional[float] = _opt(1.0, OPTIM, "max gradient norm (default {default}; 0 disables)")
     amp: str = _opt("none", OPTIM, "mixed precision (fp16 needs CUDA)", choices=AMP_CHOICES)

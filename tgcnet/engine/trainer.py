@@ -113,7 +113,8 @@ class Trainer:
         self.val_loader = None
         if "val" in triples:
             self.val_loader = make_loader(triples["val"], cfg.image_size, cfg.eval_batch_size or cfg.batch_size,
-                                          cfg.workers, self.dist.rank, self.dist.world_size)
+                                          cfg.workers, self.dist.rank, self.dist.world_size,
+                                          pin_memory=self.device.type == "cuda")
         self.batches_per_epoch = batches_per_rank(len(self.train_set), cfg.batch_size, self.dist.rank,
                                                   self.dist.world_size)
         self.steps_per_epoch = -(-self.batches_per_epoch // cfg.grad_accum)
@@ -129,7 +130,7 @@ class Trainer:
             self.model = build_factory_model(self.model_factory, cfg)
         else:
             self.model = build_preset_model(cfg)
-        self.model = prepare_for_device(self.model, self.device)
+        self.model = prepare_for_device(self.model, self.device, amp=cfg.amp)  # every forward runs under amp_ctx
         self.params = [p for p in self.model.trainable_parameters()]
         if not self.params:
             raise ValueError(f"preset {cfg.preset!r} has no trainable parameters")
@@ -259,8 +260,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> None:
         from tqdm.auto import tqdm
 
-        cfg, s = self.cfg, self.state
-        n = self.batches_per_epoch
+        cfg, s, n = self.cfg, self.state, self.batches_per_epoch
         self.net.train()
         show = cfg.progress and self.is_main and sys.stderr.isatty()
         bar = tqdm(total=n, initial=s["batches_done"], desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
