@@ -34,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run_demo(out: str | Path = "runs/demo", minutes: float = 3.0, preset: str = "tgcnet-cpu",
              image_size: int = DEFAULT_IMAGE_SIZE, epochs: int = 300, device: str = "auto",
-             pretrained: str | None = None, force: bool = False, progress: bool = True, model_overrides: dict[str, Any] | None = None,
-             threads: int | None = 1) -> dict[str, Any]:
+             pretrained: str | None = None, force: bool = False, progress: bool = True,
+             model_overrides: dict[str, Any] | None = None, threads: int | None = 1) -> dict[str, Any]:
     """Train on the embedded sample (train split, select on valid), evaluate on its test split,
     and write overlays of the test images. Returns the test metrics and paths.
 
