@@ -14,7 +14,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .dicom import is_dicom, read_dicom
-from .readers import DICOM_MASK_ADVICE, DataError, Triple, describe_error
+from .probe import DICOM_MASK_ADVICE, describe_error
+from .readers import DataError, Triple
 
 __all__ = ["SegmentationDataset", "collate", "load_image", "load_mask", "binarize_mask", "full_scale",
            "HIGH_BIT_DEPTHS"]

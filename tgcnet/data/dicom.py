@@ -123,7 +123,7 @@ def _error(path: Path, reason: str) -> DataError:
 
 
 def _describe(exc: Exception, path: Path) -> str:
-    from .readers import describe_error  # not at the top: readers imports this module
+    from .probe import describe_error  # not at the top: probe imports this module
 
     return describe_error(exc, path)
 
