@@ -13,7 +13,6 @@ from torch import nn
 
 from tgcnet.captions import normalize_caption
 from tgcnet.date import TextFeatures
-from tgcnet.guidance import guidance_masks
 
 if TYPE_CHECKING:
     from tgcnet.model import TGCNet
@@ -96,10 +95,8 @@ class CaptionSetSegmenter(nn.Module):
         a guidance prior changes the logits (a guidance loss acts in training alone)."""
         if model.vlcm.guidance_strength is None:
             return None
-        ssa = model.config.ssa
         grid = image_size // model.patch_size
-        return guidance_masks(self.captions, grid, grid, laterality=model.config.laterality,
-                              soft=ssa.guidance_soft, use_zones=ssa.guidance_use_zones)
+        return model.guidance(self.captions, (grid, grid))
 
     def forward(self, images: torch.Tensor, caption_index: torch.Tensor) -> torch.Tensor:
         m = self.model

@@ -199,6 +199,14 @@ class TGCNet(nn.Module, TGCNetHubMixin):
                              f"map of batch {b} and grid {grid[0]}x{grid[1]}, got maps "
                              f"{[tuple(m.shape) for m in maps]} and dense {tuple(dense.shape)}")
 
+    def guidance(self, captions: Sequence[str], grid: Sequence[int], device: Optional[torch.device] = None
+                 ) -> torch.Tensor:
+        """(B, 1, h, w) SSA guidance masks of canonical ``captions`` at the feature ``grid`` (h, w), as
+        this model's settings (laterality, softness, zones) draw them."""
+        ssa = self.config.ssa
+        return guidance_masks(captions, grid[0], grid[1], laterality=self.config.laterality, soft=ssa.guidance_soft,
+                              use_zones=ssa.guidance_use_zones, device=device)
+
     def forward(self, images: torch.Tensor, captions: Sequence[str], return_aux: bool = False,
                 vit_features: Optional[ViTFeatures] = None) -> Union[torch.Tensor, TGCNetOutput]:
         """``vit_features``: ``frozen_vit_features(images)`` computed earlier (e.g. cached); the
@@ -210,11 +218,7 @@ class TGCNet(nn.Module, TGCNetHubMixin):
         text = self.date(captions)
         visual = self.sse(x, vit_features=vit_features)
         ssa = self.config.ssa
-        guidance = None
-        if ssa.guidance != "off":
-            h, w = visual.dense.shape[-2:]
-            guidance = guidance_masks(captions, h, w, laterality=self.config.laterality, soft=ssa.guidance_soft,
-                                      use_zones=ssa.guidance_use_zones, device=images.device)
+        guidance = self.guidance(captions, visual.dense.shape[-2:], images.device) if ssa.guidance != "off" else None
         calibrated = self.vlcm(visual.dense, text, guidance)
         if not return_aux:
             return self.decoder(visual.pyramid, calibrated, size=images.shape[-2:])
