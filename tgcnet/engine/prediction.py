@@ -125,9 +125,12 @@ class Predictor:
                              "the text context holds; shorten it")
         return caption
 
-    @torch.no_grad()
     def __call__(self, image: np.ndarray, caption: str) -> np.ndarray:
-        caption = self._check_caption(caption, "the text prompt")
+        return self._probability(image, self._check_caption(caption, "the text prompt"))
+
+    @torch.no_grad()
+    def _probability(self, image: np.ndarray, caption: str) -> np.ndarray:
+        """The foreground probability of a checked, tidied caption (see the class docstring)."""
         h, w = image.shape[:2]
         resized, _, _ = self.transform(image, np.zeros((h, w), np.uint8), caption)
         x = torch.from_numpy(np.ascontiguousarray(resized)).float()
@@ -152,7 +155,7 @@ class Predictor:
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         caption = self._check_caption(caption, what)
-        probability = self(image, caption)
+        probability = self._probability(image, caption)
         mask = probability > threshold
         display = image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
         return Segmentation(mask=mask, probability=probability, overlay=draw_contours(display, mask),
