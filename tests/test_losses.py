@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tgcnet.losses import (deep_supervision_loss, dice_bce_loss, dice_loss, guidance_outside_loss,
-                           language_guided_loss, ot_alignment_loss, pseudo_label_loss, region_count_loss,
+                           known_background_loss, language_guided_loss, presence_loss, ot_alignment_loss, pseudo_label_loss, region_count_loss,
                            soft_euler_characteristic)
 from tgcnet.ot import symmetric_ot_alignment
 
@@ -196,6 +196,17 @@ def test_region_count_loss_ignores_faint_background_and_pushes_an_extra_region_d
     assert logits.grad.abs().sum() == logits.grad[0, 0, 3, 5].abs()  # confident pixels lie outside the ramp
 
 
+def test_region_count_loss_on_cells_sees_a_speckle_as_no_region():
+    logits = torch.full((1, 1, 16, 16), -20.0)
+    logits[..., 0:8, 0:8] = 20.0                     # one lesion filling a cell
+    for y, x in ((3, 12), (12, 3), (12, 12)):
+        logits[..., y, x] = 20.0                     # three single-pixel speckles
+    assert region_count_loss(logits, [1]).item() == pytest.approx(math.log(4), abs=1e-5)
+    assert region_count_loss(logits, [1], pool=8).item() == 0.0   # a speckle averages to 1/64 of its cell
+    with pytest.raises(ValueError, match="pool"):
+        region_count_loss(logits, [1], pool=0)
+
+
 def test_pseudo_label_loss_uses_confident_pixels_only():
     teacher = torch.tensor([[[[0.95, 0.05, 0.6, 0.1]]]])  # tau 0.3: the first, second and fourth count
     logits = torch.tensor([[[[2.0, -1.0, 5.0, 3.0]]]])
@@ -206,15 +217,49 @@ def test_pseudo_label_loss_uses_confident_pixels_only():
         pseudo_label_loss(logits, teacher, 0.5)
 
 
+def test_known_background_loss_pushes_only_the_ruled_out_pixels_down():
+    logits = torch.zeros(2, 1, 4, 4, requires_grad=True)
+    background = torch.zeros(2, 1, 4, 4)
+    background[0, ..., 2:] = 1                      # image 0: the right half ruled out; image 1: nothing
+    loss = known_background_loss(logits, background)
+    torch.testing.assert_close(loss, F.softplus(torch.tensor(0.0)))   # mean over the one image ruling out
+    loss.backward()
+    assert (logits.grad[0, ..., 2:] > 0).all() and (logits.grad[0, ..., :2] == 0).all()
+    assert (logits.grad[1] == 0).all()
+    assert known_background_loss(logits, torch.zeros_like(background)).item() == 0.0
+
+
+def test_presence_loss_asks_the_top_pixels_of_the_region_to_be_lesion():
+    logits = torch.full((2, 1, 20, 20), -5.0)
+    logits[0, 0, 3, 15] = 5.0                        # one confident pixel in the right half
+    right = torch.zeros(2, 1, 20, 20)
+    right[..., 10:] = 1
+    # k = 0.5% of 400 pixels = 2: the confident pixel and one at -5
+    expected = (F.softplus(torch.tensor(-5.0)) + F.softplus(torch.tensor(5.0))) / 2
+    torch.testing.assert_close(presence_loss(logits, right, [True, False]), expected)
+    left = right.flip(-1)                            # the confident pixel is outside: both top pixels at -5
+    torch.testing.assert_close(presence_loss(logits, left, [True, False]), F.softplus(torch.tensor(5.0)))
+    assert presence_loss(logits, right, [False, False]).item() == 0.0
+    with pytest.raises(ValueError, match="present has 1"):
+        presence_loss(logits, right, [True])
+
+
 def test_language_guided_loss_reads_the_sides_and_the_count():
-    right_half = torch.zeros(1, 1, 16, 16)
-    right_half[..., 10:] = 1
+    right_half = torch.zeros(1, 1, 20, 20)
+    right_half[..., 12:] = 1
     logits = (right_half * 2 - 1) * 20  # one confident region, in the right half of the image
-    outside_left = language_guided_loss(logits, ["one infected area, left lung."])
-    # every predicted pixel (16 x 6) lies outside the named side; guidance_outside_loss's eps is 1 pixel
-    assert outside_left.item() == pytest.approx(96 / 97, abs=1e-5)
-    assert language_guided_loss(logits, ["one infected area, right lung."]).item() < 1e-3
-    # no side named; one region where the caption states none: log(1 + 1)
-    assert language_guided_loss(logits, ["no infected areas."]).item() == pytest.approx(math.log(2), abs=1e-4)
+    # named right: nothing ruled out is lesion, the region is there, one region as stated
+    assert language_guided_loss(logits, ["one infected area, right lung."]).item() < 1e-6
+    # named left: the region lies where the caption rules lesion out, and the left half has none
+    wrong = language_guided_loss(logits, ["one infected area, left lung."])
+    assert wrong.item() > 20
+    # a stated count of none rules out the whole image: 160 of 400 pixels at logit 20 (the count is apart)
+    none = language_guided_loss(logits, ["no infected areas."])
+    assert none.item() == pytest.approx(160 * 20 / 400, rel=1e-4)
+    # no side and no count: nothing to say
+    assert language_guided_loss(logits, ["pneumonia."]).item() == 0.0
+    # an empty map is no longer the cheapest answer to a caption that names a side
+    empty = torch.full_like(logits, -20.0)
+    assert language_guided_loss(empty, ["one infected area, right lung."]).item() > 19
     with pytest.raises(ValueError, match="one per image"):
         language_guided_loss(logits, "left lung.")

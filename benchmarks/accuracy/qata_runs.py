@@ -29,7 +29,7 @@ WIDE = {"sse__channels": 48, "date__knowledge_dim": 48, "vlcm__attn_dim": 48, "d
 
 #: the unlabelled images' loss weights of a semi-supervised run: TrainConfig's defaults under semi-supervision
 #: (``SEMI_DEFAULT_WEIGHTS``, written out so a result records what it trained with)
-PSEUDO_LABEL_WEIGHT, LANGUAGE_LOSS_WEIGHT = 1.0, 0.2
+PSEUDO_LABEL_WEIGHT, LANGUAGE_LOSS_WEIGHT = 1.0, 1.0
 #: which of the unlabelled images' losses a scarce-mask run keeps: variant -> (pseudo-label weight,
 #: language-loss weight, what the report calls it)
 SCARCE_VARIANTS: dict[str, tuple[float, float, str]] = {

@@ -12,12 +12,12 @@ unlabelled images share each batch in whatever proportion the seeded order draws
   :func:`tgcnet.losses.pseudo_label_loss` of the student against the mean teacher
   (tgcnet.engine.mean_teacher), ramped in by :func:`~tgcnet.engine.mean_teacher.rampup_weight`.
 * **language** (``language_loss_weight``), over the unlabelled images:
-  :func:`tgcnet.losses.language_guided_loss`, what their captions say about sides and the
-  number of areas, ramped in like the pseudo-labels. The captions are right from the first
-  step, but an untrained model's map is thousands of soft regions, and the cheapest way to
-  bring its count under the caption's is an empty map: unramped (weight 0.2), it drove
-  every prediction empty within the first epoch on qata-mini, while the masks of the
-  labelled quarter had not yet taught the model what a lesion looks like.
+  :func:`tgcnet.losses.language_guided_loss`, what their captions say: no lesion on the
+  sides they do not name, some lesion on the sides they do, no more regions than the areas
+  they count. Ramped in like the pseudo-labels. Its "some lesion" term matters: without it
+  the cheapest answer to the other two is an empty map, and a version made of those two
+  alone (a ratio of foreground outside the sides, and the count) drove every prediction
+  empty within the first epoch on qata-mini.
 
 The per-batch values of the two unlabelled losses (unweighted) go to log.jsonl as epoch means.
 """
