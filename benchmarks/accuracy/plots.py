@@ -162,6 +162,7 @@ def plot_val_curves(rows: list[dict], path: Path) -> Path:
 #: fraction do not hide each other) and whether it is a line through the fractions, ending at (c)
 SCARCE_STYLE = {"alone": ("tab:gray", "o", -0.012, True), "both": ("tab:red", "o", 0.012, True),
                 "pseudo": ("tab:purple", "^", 0.032, False), "language": ("tab:green", "s", 0.050, False),
+                "count": ("tab:olive", "v", 0.068, False),
                 "full": ("black", "D", 0.0, False)}
 
 

@@ -169,7 +169,7 @@ def _text_tower_section(results: dict[str, dict]) -> list[str]:
 CLIPSEG_TEXT = (" `clipseg` = transformers' CLIPSeg (rd64-refined decoder) on CLIP towers of tgcnet-cpu's sizes "
                 "(random init, frozen), captions through the same open_clip tokenizer, only its decoder trained "
                 "(benchmarks/accuracy/clipseg_model.py).")
-SCARCE_TEXT = (" `semi25`, `semi50` and their `_alone`, `_pseudo` and `_language` variants = `tgcnet` with 25% or "
+SCARCE_TEXT = (" `semi25`, `semi50` and their `_alone`, `_pseudo`, `_language` and `_count` variants = `tgcnet` with 25% or "
                "50% of the training masks (see Training with scarce masks).")
 MARKS_TEXT = (" `@n<N>`: trained on a fixed subset of N training images (the same images for every run at "
               "that N; its names are in the run's setup); `@m<M>`: trained for M minutes instead of its group's "
@@ -358,7 +358,7 @@ def scarce_target(block: dict[str, Any]) -> dict[str, Any] | None:
 
 
 #: how the scarce-mask section names a row: variant (or "full", row (c)) -> its label
-SCARCE_LABELS = {**{v: label for v, (_, _, label) in SCARCE_VARIANTS.items()}, "full": "(c) all labelled"}
+SCARCE_LABELS = {**{v: variant.label for v, variant in SCARCE_VARIANTS.items()}, "full": "(c) all labelled"}
 
 
 def _cell(stats: dict[str, Any] | None) -> str:
@@ -383,7 +383,7 @@ def _scarce_section(results: dict[str, dict]) -> list[str]:
              "masks: `labelled_fraction` keeps the masks of a seeded, stratified fraction of the training images "
              "(a split per seed, shared by every row at that seed) and the rest train as images without a mask.", "",
              "- (a) `semiNN_alone`: the unlabelled images' losses switched off (`pseudo_label_weight=0`, "
-             "`language_loss_weight=0`). The unlabelled images still pass through the model in the same batches, "
+             "`language_loss_weight=0`, `count_loss_weight=0`). The unlabelled images still pass through the model in the same batches, "
              "but their loss is zero and the model has no batch statistics (GroupNorm and LayerNorm only), so they "
              "change no gradient of the labelled images (checked: the same gradients, to float rounding, as the "
              "labelled rows of the batch alone). (a) is therefore the labelled images alone, trained in (b)'s data "
@@ -392,8 +392,11 @@ def _scarce_section(results: dict[str, dict]) -> list[str]:
              "momentum and weight decay move the weights a little). It is not a run on a smaller training set: an "
              "epoch has as many steps as with every mask.",
              f"- (b) `semiNN`: the unlabelled images through both losses, the mean teacher's pseudo-labels (weight "
-             f"{SCARCE_VARIANTS['both'][0]}, ramped in) and the caption-guided loss (weight "
-             f"{SCARCE_VARIANTS['both'][1]}); `semiNN_pseudo` and `semiNN_language` keep one of the two.",
+             f"{SCARCE_VARIANTS['both'].pseudo_label_weight}, ramped in) and the caption-guided loss (weight "
+             f"{SCARCE_VARIANTS['both'].language_loss_weight}: no lesion on the sides a caption does not name, "
+             "some on those it names); `semiNN_pseudo` and `semiNN_language` keep one of the two. `semiNN_count` "
+             f"adds the bound on the number of regions by the areas a caption counts (weight "
+             f"{SCARCE_VARIANTS['count'].count_loss_weight}) to the language-guided loss alone.",
              f"- (c) `{SCARCE_BASELINE}` at the same budget: every mask (the lever baseline's seeds).",
              "- Every row trains for the same wall-clock budget; the teacher and the unlabelled losses cost time, so "
              "the rows with them make fewer steps (the steps column below).", ""]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 NEUTRAL_CAPTION = "chest x-ray."
 TARGET_MINUTES = 30.0
@@ -28,30 +28,45 @@ LORA_KNOWLEDGE = {"date__knowledge_encoder": "lora"}
 WIDE = {"sse__channels": 48, "date__knowledge_dim": 48, "vlcm__attn_dim": 48, "decoder__channels": 48}
 
 #: the unlabelled images' loss weights of a semi-supervised run: TrainConfig's defaults under semi-supervision
-#: (``SEMI_DEFAULT_WEIGHTS``, written out so a result records what it trained with)
-PSEUDO_LABEL_WEIGHT, LANGUAGE_LOSS_WEIGHT = 1.0, 1.0
-#: which of the unlabelled images' losses a scarce-mask run keeps: variant -> (pseudo-label weight,
-#: language-loss weight, what the report calls it)
-SCARCE_VARIANTS: dict[str, tuple[float, float, str]] = {
-    "alone": (0.0, 0.0, "(a) labelled part alone"),
-    "both": (PSEUDO_LABEL_WEIGHT, LANGUAGE_LOSS_WEIGHT, "(b) + unlabelled through both losses"),
-    "pseudo": (PSEUDO_LABEL_WEIGHT, 0.0, "(b) with the pseudo-label loss alone"),
-    "language": (0.0, LANGUAGE_LOSS_WEIGHT, "(b) with the language-guided loss alone"),
+#: (``SEMI_DEFAULT_WEIGHTS``, written out so a result records what it trained with), and the count bound's
+#: weight where a row switches it on
+PSEUDO_LABEL_WEIGHT, LANGUAGE_LOSS_WEIGHT, COUNT_LOSS_WEIGHT = 1.0, 1.0, 1.0
+
+
+class ScarceVariant(NamedTuple):
+    """Which of the unlabelled images' losses a scarce-mask run keeps, and what the report calls it."""
+
+    pseudo_label_weight: float
+    language_loss_weight: float
+    count_loss_weight: float
+    label: str
+
+    def weights(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in ("pseudo_label_weight", "language_loss_weight", "count_loss_weight")}
+
+
+SCARCE_VARIANTS: dict[str, ScarceVariant] = {
+    "alone": ScarceVariant(0.0, 0.0, 0.0, "(a) labelled part alone"),
+    "both": ScarceVariant(PSEUDO_LABEL_WEIGHT, LANGUAGE_LOSS_WEIGHT, 0.0, "(b) + unlabelled through both losses"),
+    "pseudo": ScarceVariant(PSEUDO_LABEL_WEIGHT, 0.0, 0.0, "(b) with the pseudo-label loss alone"),
+    "language": ScarceVariant(0.0, LANGUAGE_LOSS_WEIGHT, 0.0, "(b) with the language-guided loss alone"),
+    "count": ScarceVariant(0.0, LANGUAGE_LOSS_WEIGHT, COUNT_LOSS_WEIGHT,
+                           "(b) with the language-guided loss and the count bound"),
 }
 
 
 def scarce(fraction: float, variant: str) -> dict[str, Any]:
     """TrainConfig settings of a scarce-mask run: ``fraction`` of the training masks kept (a seeded,
     stratified split per seed), the unlabelled images' losses as :data:`SCARCE_VARIANTS` says."""
-    pseudo, language, _ = SCARCE_VARIANTS[variant]
-    return {"labelled_fraction": fraction, "pseudo_label_weight": pseudo, "language_loss_weight": language}
+    return {"labelled_fraction": fraction, **SCARCE_VARIANTS[variant].weights()}
 
 
 #: the scarce-mask runs, in report order: run -> (labelled fraction, variant of SCARCE_VARIANTS); each is
 #: compared with the others at its fraction and with SCARCE_BASELINE (every mask: row (c)) at the same budget
 SCARCE_RUNS: dict[str, tuple[float, str]] = {
     "semi25_alone": (0.25, "alone"), "semi25": (0.25, "both"), "semi25_pseudo": (0.25, "pseudo"),
-    "semi25_language": (0.25, "language"), "semi50_alone": (0.5, "alone"), "semi50": (0.5, "both")}
+    "semi25_language": (0.25, "language"), "semi25_count": (0.25, "count"), "semi50_alone": (0.5, "alone"),
+    "semi50": (0.5, "both")}
 SCARCE_BASELINE = "tgcnet"
 #: the target: at this labelled fraction, (b) closes at least this share of the validation gap from (a) to (c)
 SCARCE_TARGET_FRACTION, SCARCE_TARGET_SHARE = 0.25, 0.5

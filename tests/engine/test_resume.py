@@ -23,7 +23,7 @@ TRAIN_ARGS = [*RUN_ARGS, "--knowledge", "none", "--deterministic"]
 # What a user gets without asking: the knowledge bank on and no --deterministic.
 DEFAULT_ARGS = RUN_ARGS
 # Half the masks hidden: the split, the mean teacher and the unlabelled losses must resume too.
-SEMI_ARGS = [*TRAIN_ARGS, "--labelled-fraction", "0.5", "--rampup-fraction", "0.25"]
+SEMI_ARGS = [*TRAIN_ARGS, "--labelled-fraction", "0.5", "--rampup-fraction", "0.25", "--count-loss-weight", "0.5"]
 
 
 def _env() -> dict[str, str]:
@@ -78,7 +78,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, args):
         assert (full / "labelled.json").read_text() == (killed / "labelled.json").read_text()
         ta, tb = (load_safetensors(run / "last" / "teacher.safetensors") for run in (full, killed))
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
-        semi = ("train_loss", "train_pseudo_label_loss", "train_language_loss")
+        semi = ("train_loss", "train_pseudo_label_loss", "train_language_loss", "train_count_loss")
         assert [[e[k] for k in semi] for e in _log(full)] == [[e[k] for k in semi] for e in _log(killed)]
         assert all(e["train_pseudo_label_loss"] is not None for e in _log(full))
 

@@ -15,7 +15,8 @@ from tgcnet.engine import TrainConfig
 from tgcnet.engine.mean_teacher import rampup_weight
 from tgcnet.engine.semi_supervised import SemiSupervision, supervised_loss
 from tgcnet.io import load_safetensors
-from tgcnet.losses import language_guided_loss, pseudo_label_loss
+from tgcnet.caption_counts import stated_area_count
+from tgcnet.losses import COUNT_POOL, language_guided_loss, pseudo_label_loss, region_count_loss
 from tgcnet.model import TGCNetOutput
 
 CAPTIONS = ["one infected area, lower left lung.", "two infected areas, right lung.", "left lung.", "no findings."]
@@ -51,7 +52,7 @@ def test_a_batch_without_labelled_images_is_finite_and_reaches_every_output():
 
 def test_batch_loss_adds_the_weighted_unlabelled_losses():
     cfg = TrainConfig(data="d", labelled_fraction=0.5, pseudo_label_weight=2.0, language_loss_weight=0.3,
-                      rampup_fraction=0.5, pseudo_label_threshold=0.2)
+                      count_loss_weight=0.7, rampup_fraction=0.5, pseudo_label_threshold=0.2)
     model = torch.nn.Conv2d(3, 1, 1)
     model.config = SimpleNamespace(laterality="image")
     semi = SemiSupervision(cfg, model)
@@ -61,13 +62,15 @@ def test_batch_loss_adds_the_weighted_unlabelled_losses():
     loss = semi.batch_loss(out, masks, labelled, CAPTIONS, teacher, progress=0.25)
     pl = pseudo_label_loss(out.logits[[1, 3]], teacher, 0.2)
     lang = language_guided_loss(out.logits[[1, 3]], [CAPTIONS[1], CAPTIONS[3]])
-    ramp = rampup_weight(0.25, 0.5)   # both unlabelled losses are ramped in
-    expected = supervised_loss(out, masks, labelled) + ramp * (2.0 * pl + 0.3 * lang)
+    count = region_count_loss(out.logits[[1, 3]], [stated_area_count(CAPTIONS[1]), stated_area_count(CAPTIONS[3])],
+                              pool=COUNT_POOL)
+    ramp = rampup_weight(0.25, 0.5)   # every unlabelled loss is ramped in
+    expected = supervised_loss(out, masks, labelled) + ramp * (2.0 * pl + 0.3 * lang + 0.7 * count)
     torch.testing.assert_close(loss.total, expected)
-    assert loss.pseudo_label == float(pl) and loss.language == float(lang)
+    assert (loss.pseudo_label, loss.language, loss.count) == (float(pl), float(lang), float(count))
     assert rampup_weight(0.25, 0.5) == math.exp(-1.25)
     every = semi.batch_loss(out, masks, torch.ones(4, dtype=torch.bool), CAPTIONS, None, progress=0.25)
-    assert torch.equal(every.total, out.loss(masks)) and every.pseudo_label is None and every.language is None
+    assert torch.equal(every.total, out.loss(masks)) and (every.pseudo_label, every.language, every.count) == (None,) * 3
     off = SemiSupervision(TrainConfig(data="d", semi_supervised=True, pseudo_label_weight=0), model)
     assert off.teacher is None
 
@@ -100,7 +103,7 @@ def test_two_gloo_ranks_keep_one_student_and_one_teacher(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--data", str(sample_root()), "--out", str(run), "--image-size", "64", "--batch-size", "4",
             "--max-steps", "3", "--warmup-steps", "1", "--device", "cpu", "--no-progress", "--knowledge", "none",
-            "--val-split", "none", "--labelled-fraction", "0.25", "--rampup-fraction", "0", "--language-loss-weight", "0.2"]
+            "--val-split", "none", "--labelled-fraction", "0.25", "--rampup-fraction", "0", "--count-loss-weight", "0.2"]
     record, res = run_two_gloo_ranks(tmp_path, LAUNCHED, args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count("semi-supervised: 8 of 32 training images labelled, 24 unlabelled") == 1  # rank 0 only
@@ -111,4 +114,5 @@ def test_two_gloo_ranks_keep_one_student_and_one_teacher(tmp_path):
     assert any(not torch.equal(teacher[k], weights[k]) for k in teacher)  # an average, not a copy
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(log) == 1 and log[0]["train_pseudo_label_loss"] is not None and log[0]["train_language_loss"] > 0
+    assert log[0]["train_count_loss"] >= 0
     assert (run / "last" / "teacher.safetensors").is_file()

@@ -247,9 +247,11 @@ def test_labelled_fraction_trains_and_records_the_split(tmp_path, capsys):
     assert (split["fraction"], split["seed"], len(split["labelled"]), len(split["unlabelled"])) == (0.5, 0, 16, 16)
     assert {t.name for t in trainer.train_set.triples if t.mask_path is None} == set(split["unlabelled"])
     saved = json.loads((run / "train_config.json").read_text())["train"]
-    assert saved["semi_supervised"] and saved["pseudo_label_weight"] == 1.0 and saved["language_loss_weight"] == 0.0
+    assert saved["semi_supervised"] and (saved["pseudo_label_weight"], saved["language_loss_weight"],
+                                       saved["count_loss_weight"]) == (1.0, 1.0, 0.0)
     entry = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
-    assert entry["train_pseudo_label_loss"] >= 0 and entry["train_language_loss"] is None   # off by default
+    assert entry["train_pseudo_label_loss"] >= 0 and entry["train_language_loss"] >= 0
+    assert entry["train_count_loss"] is None   # off by default
     assert (run / "last" / "teacher.safetensors").is_file()
     assert capsys.readouterr().err.count("semi-supervised: 16 of 32 training images labelled, 16 unlabelled") == 1
 
@@ -287,6 +289,8 @@ def test_validation_without_masks_is_refused_even_when_semi_supervised(tmp_path)
 @pytest.mark.parametrize("settings, words", [
     ({"pseudo_label_weight": 1.0}, "only semi-supervised training has"),
     ({"language_loss_weight": 0.5}, "--semi-supervised"),
+    ({"count_loss_weight": 0.5}, "--semi-supervised"),
+    ({"semi_supervised": True, "count_loss_weight": -1.0}, "count_loss_weight=-1.0"),
     ({"labelled_fraction": 0.0}, "labelled_fraction=0.0"),
     ({"labelled_fraction": 1.5}, "labelled_fraction=1.5"),
     ({"semi_supervised": True, "pseudo_label_weight": -1.0}, "pseudo_label_weight=-1.0"),
@@ -301,7 +305,9 @@ def test_bad_semi_supervised_settings_are_named(tmp_path, settings, words):
 
 def test_semi_supervised_settings_default_on_with_it_and_off_without():
     plain = TrainConfig(data="d")
-    assert not plain.semi_supervised and plain.pseudo_label_weight == plain.language_loss_weight == 0.0
+    assert not plain.semi_supervised
+    assert plain.pseudo_label_weight == plain.language_loss_weight == plain.count_loss_weight == 0.0
     semi = TrainConfig(data="d", labelled_fraction=0.25)
-    assert semi.semi_supervised and (semi.pseudo_label_weight, semi.language_loss_weight) == (1.0, 0.0)
+    assert semi.semi_supervised
+    assert (semi.pseudo_label_weight, semi.language_loss_weight, semi.count_loss_weight) == (1.0, 1.0, 0.0)
     assert TrainConfig.from_dict(semi.to_dict()) == semi

@@ -12,14 +12,17 @@ unlabelled images share each batch in whatever proportion the seeded order draws
   :func:`tgcnet.losses.pseudo_label_loss` of the student against the mean teacher
   (tgcnet.engine.mean_teacher), ramped in by :func:`~tgcnet.engine.mean_teacher.rampup_weight`.
 * **language** (``language_loss_weight``), over the unlabelled images:
-  :func:`tgcnet.losses.language_guided_loss`, what their captions say: no lesion on the
-  sides they do not name, some lesion on the sides they do, no more regions than the areas
-  they count. Ramped in like the pseudo-labels. Its "some lesion" term matters: without it
-  the cheapest answer to the other two is an empty map, and a version made of those two
-  alone (a ratio of foreground outside the sides, and the count) drove every prediction
-  empty within the first epoch on qata-mini.
+  :func:`tgcnet.losses.language_guided_loss`, what their captions' location words say: no
+  lesion on the sides they do not name, some lesion on the sides they do. Ramped in like
+  the pseudo-labels. The "some lesion" term matters: without it the cheapest answer to a
+  bound is an empty map, and an earlier version without it (the share of foreground
+  outside the named sides, plus the count below) drove every prediction empty within the
+  first epoch on qata-mini.
+* **count** (``count_loss_weight``), over the unlabelled images whose caption counts its
+  infected areas: :func:`tgcnet.losses.region_count_loss` on 8 x 8-pixel cells
+  (:data:`tgcnet.losses.COUNT_POOL`), no more regions than the areas counted. Ramped in too.
 
-The per-batch values of the two unlabelled losses (unweighted) go to log.jsonl as epoch means.
+The per-batch values of the three unlabelled losses (unweighted) go to log.jsonl as epoch means.
 """
 from __future__ import annotations
 
@@ -30,13 +33,17 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from tgcnet.losses import language_guided_loss, pseudo_label_loss
+from tgcnet.caption_counts import stated_area_count
+from tgcnet.losses import COUNT_POOL, language_guided_loss, pseudo_label_loss, region_count_loss
 from tgcnet.model import TGCNetOutput
 
 from .mean_teacher import MeanTeacher, rampup_weight
 from .train_config import TrainConfig
 
-__all__ = ["BatchLoss", "SemiSupervision", "supervised_loss"]
+__all__ = ["UNLABELLED_LOSSES", "BatchLoss", "SemiSupervision", "supervised_loss"]
+
+#: the unlabelled images' losses, as BatchLoss fields and log.jsonl's ``train_<name>_loss``
+UNLABELLED_LOSSES = ("pseudo_label", "language", "count")
 
 
 @dataclass
@@ -47,6 +54,7 @@ class BatchLoss:
     total: torch.Tensor
     pseudo_label: Optional[float] = None
     language: Optional[float] = None
+    count: Optional[float] = None
 
 
 def _untouched_zero(out: TGCNetOutput) -> torch.Tensor:
@@ -113,14 +121,19 @@ class SemiSupervision:
         rows = _rows(~labelled, out.logits.device)
         logits = out.logits[rows]
         result = BatchLoss(total)
-        if teacher_probs is not None:
-            loss = pseudo_label_loss(logits, teacher_probs, self.cfg.pseudo_label_threshold)
-            weight = self.cfg.pseudo_label_weight * rampup_weight(progress, self.cfg.rampup_fraction)
-            result.total, result.pseudo_label = result.total + weight * loss, float(loss.detach())
-        if self.cfg.language_loss_weight > 0:
-            loss = language_guided_loss(logits, [captions[i] for i in rows.tolist()], self.laterality)
-            weight = self.cfg.language_loss_weight * rampup_weight(progress, self.cfg.rampup_fraction)
-            result.total, result.language = result.total + weight * loss, float(loss.detach())
+        captions = [captions[i] for i in rows.tolist()]
+        ramp = rampup_weight(progress, self.cfg.rampup_fraction)
+        terms = {"pseudo_label": (self.cfg.pseudo_label_weight, lambda: pseudo_label_loss(
+                     logits, teacher_probs, self.cfg.pseudo_label_threshold)),
+                 "language": (self.cfg.language_loss_weight, lambda: language_guided_loss(
+                     logits, captions, self.laterality)),
+                 "count": (self.cfg.count_loss_weight, lambda: region_count_loss(
+                     logits, [stated_area_count(c) for c in captions], pool=COUNT_POOL))}
+        for name, (weight, loss_of) in terms.items():
+            if weight > 0 and (name != "pseudo_label" or teacher_probs is not None):
+                loss = loss_of()
+                result.total = result.total + weight * ramp * loss
+                setattr(result, name, float(loss.detach()))
         return result
 
     def after_step(self, model: nn.Module, step: int) -> None:

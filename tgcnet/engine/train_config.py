@@ -49,13 +49,12 @@ RESUME_FIXED = ("data", "layout", "train_split", "preset", "image_size", "batch_
                 "knowledge", "model_overrides", "pretrained", "caption_override", "init_from", "lr", "weight_decay",
                 "warmup_steps", "min_lr_ratio", "skip_bad", "amp", "augment", "semi_supervised", "labelled_fraction",
                 "pseudo_label_weight", "pseudo_label_threshold", "ema_decay", "rampup_fraction",
-                "language_loss_weight")
+                "language_loss_weight", "count_loss_weight")
 #: the square size images are trained and segmented at unless a run says otherwise (CLIP's own 224)
 DEFAULT_IMAGE_SIZE = 224
 #: the unlabelled losses' weights when semi-supervised training is on and none is given (off otherwise).
-#: The language-guided loss is off: at 0.2 it drove every prediction empty on qata-mini (the cheapest
-#: way to bring a soft map's regions under the caption's count), ramped in or not.
-SEMI_DEFAULT_WEIGHTS = {"pseudo_label_weight": 1.0, "language_loss_weight": 0.0}
+#: See docs/cli.md, "Training with scarce masks", for what each was measured to be worth on qata-mini.
+SEMI_DEFAULT_WEIGHTS = {"pseudo_label_weight": 1.0, "language_loss_weight": 1.0, "count_loss_weight": 0.0}
 
 
 def _opt(default: Any, group: str, help: str, **extra: Any) -> Any:
@@ -102,8 +101,8 @@ class TrainConfig:
     Scarce masks (tgcnet.engine.semi_supervised): ``semi_supervised`` trains the training
     images whose mask file is missing as unlabelled; ``labelled_fraction`` also hides the
     masks of a seeded, stratified ``1 - fraction`` of the others (tgcnet.engine.labelled_split)
-    and implies ``semi_supervised``. ``pseudo_label_weight`` and ``language_loss_weight`` weigh
-    the unlabelled images' two losses; None means :data:`SEMI_DEFAULT_WEIGHTS` with
+    and implies ``semi_supervised``. ``pseudo_label_weight``, ``language_loss_weight`` and
+    ``count_loss_weight`` weigh the unlabelled images' three losses; None means :data:`SEMI_DEFAULT_WEIGHTS` with
     semi-supervised training and 0 without, and a weight above 0 without it is refused.
     ``pseudo_label_threshold`` (tau) keeps the teacher's pixels with ``|p - 0.5| > tau``,
     ``ema_decay`` is the mean teacher's, and ``rampup_fraction`` the share of training over
@@ -173,8 +172,10 @@ class TrainConfig:
     rampup_fraction: float = _opt(0.2, SEMI, "the unlabelled losses' weights ramp up (sigmoid-shaped) over this fraction "
                                   "of training (default {default})")
     language_loss_weight: Optional[float] = _opt(None, SEMI, "weight of the caption-guided loss on unlabelled "
-                                                 "images: foreground outside the sides named, regions beyond the "
-                                                 "areas counted (default 0: at 0.2 it emptied every prediction on qata-mini)")
+                                                 "images: no lesion on the sides the caption does not name, some on "
+                                                 "those it does (default 1.0 when semi-supervised, 0 disables)")
+    count_loss_weight: Optional[float] = _opt(None, SEMI, "weight of the bound on unlabelled images' regions by the "
+                                              "areas their caption counts (default 0)")
     recipe: Optional[str] = _opt(None, RUN, "start from a shipped recipe's settings (a published protocol; 'list' "
                                  "describes them); options given win over it", metavar="NAME")
 
@@ -188,6 +189,7 @@ class TrainConfig:
                   "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "threshold": 0 < self.threshold < 1,
                   "pseudo_label_weight": self.pseudo_label_weight >= 0,
                   "language_loss_weight": self.language_loss_weight >= 0,
+                  "count_loss_weight": self.count_loss_weight >= 0,
                   "pseudo_label_threshold": 0 <= self.pseudo_label_threshold < 0.5,
                   "ema_decay": 0 <= self.ema_decay < 1, "rampup_fraction": 0 <= self.rampup_fraction <= 1}
         for name, ok in (("max_steps", lambda v: v >= 1), ("max_minutes", lambda v: v > 0),

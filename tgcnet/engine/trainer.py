@@ -43,7 +43,7 @@ from .inference import autocast_context, make_loader, run_inference, summarize
 from .loading import prepare_for_device
 from .run_dir import RunDir
 from .schedule import TrainingClock, lr_factor
-from .semi_supervised import BatchLoss, SemiSupervision
+from .semi_supervised import UNLABELLED_LOSSES, BatchLoss, SemiSupervision
 from .train_config import TrainConfig
 from .train_state import capture_rng, restore_optimizers, restore_rng, seed_rng
 from .training_data import (batches_per_rank, check_image_size, check_lengths, read_training_splits,
@@ -52,8 +52,8 @@ from .training_data import (batches_per_rank, check_image_size, check_lengths, r
 __all__ = ["Trainer", "train"]
 
 #: the trainer state's per-epoch sums of the unlabelled images' losses, at an epoch's start (see _record)
-_UNLABELLED_SUMS = {"pseudo_label_loss_sum": 0.0, "pseudo_label_loss_count": 0, "language_loss_sum": 0.0,
-                    "language_loss_count": 0}
+_UNLABELLED_SUMS = {f"{name}_loss_{part}": zero for name in UNLABELLED_LOSSES for part, zero in (("sum", 0.0),
+                                                                                                ("count", 0))}
 
 
 def _resolve_config(config: TrainConfig) -> TrainConfig:
@@ -252,8 +252,8 @@ class Trainer:
         s = self.state
         s["loss_sum"] += float(loss.total.detach())
         s["loss_count"] += 1
-        for name, value in (("pseudo_label", loss.pseudo_label), ("language", loss.language)):
-            if value is not None:
+        for name in UNLABELLED_LOSSES:
+            if (value := getattr(loss, name)) is not None:
                 s[f"{name}_loss_sum"] += value
                 s[f"{name}_loss_count"] += 1
 
@@ -325,8 +325,7 @@ class Trainer:
                  "lr": self.scheduler.get_last_lr()[0], "time": round(self.clock.elapsed(), 3),
                  "epoch_time": round(time.monotonic() - epoch_start, 3)}
         if self.semi is not None:  # unweighted means over the batches that had unlabelled images
-            entry.update(train_pseudo_label_loss=self._epoch_mean("pseudo_label_loss"),
-                         train_language_loss=self._epoch_mean("language_loss"))
+            entry.update({f"train_{name}_loss": self._epoch_mean(f"{name}_loss") for name in UNLABELLED_LOSSES})
         entry.update({f"val_{k}": v for k, v in metrics.items()})
         entry.update({} if self.feature_cache is None else self.feature_cache.epoch_stats())
         entry.update({"best_dice": s["best_dice"], "best_epoch": s["best_epoch"]})

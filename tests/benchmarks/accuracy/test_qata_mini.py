@@ -147,7 +147,7 @@ def test_a_scarce_mask_run_trains_semi_supervised_and_records_its_split(tmp_path
     assert qata_mini.main(_args(tmp_path, "--runs", "semi50")) == 0
     res = _report(tmp_path)["results"]["semi50@m0.05"]
     assert res["setup"]["train_overrides"] == {"labelled_fraction": 0.5, "pseudo_label_weight": 1.0,
-                                               "language_loss_weight": 0.2}
+                                               "language_loss_weight": 1.0, "count_loss_weight": 0.0}
     split = res["setup"]["labelled_split"]
     assert (split["fraction"], split["seed"], split["n_labelled"] + split["n_unlabelled"]) == (0.5, 0, 32)
     assert split["n_labelled"] == 16 and res["train_images"] == 32   # every image trains; half keep their mask

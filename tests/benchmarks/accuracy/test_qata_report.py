@@ -172,7 +172,7 @@ def test_the_scarce_mask_section_shows_what_exists(result, report):
 
 
 def test_the_committed_report_renders_unchanged():
-    """The committed qata_mini.md is today's rendering of its JSON (no scarce-mask run in it yet: no new section)."""
+    """The committed qata_mini.md is today's rendering of its JSON."""
     from benchmarks import RESULTS
     from benchmarks.accuracy.qata_report import plots_in
 

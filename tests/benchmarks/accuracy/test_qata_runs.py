@@ -45,22 +45,21 @@ def test_every_committed_key_is_what_its_spec_writes():
 
 def test_the_scarce_mask_runs_build_valid_train_configs():
     """Each scarce-mask run's settings are a TrainConfig's (semi-supervised through labelled_fraction), (b)'s
-    pseudo-labels-alone row is TrainConfig's default under semi-supervision, and (a) switches both losses off."""
+    both-losses row is TrainConfig's default under semi-supervision, and (a) switches every loss off."""
     from tgcnet.engine.train_config import SEMI_DEFAULT_WEIGHTS, TrainConfig
 
-    assert list(SCARCE_RUNS) == ["semi25_alone", "semi25", "semi25_pseudo", "semi25_language", "semi50_alone",
-                                 "semi50"]
+    assert list(SCARCE_RUNS) == ["semi25_alone", "semi25", "semi25_pseudo", "semi25_language", "semi25_count",
+                                 "semi50_alone", "semi50"]
     for name, (fraction, variant) in SCARCE_RUNS.items():
         run = RUNS[name]
         cfg = TrainConfig(data="d", **run.train_overrides)
         assert (run.group, cfg.semi_supervised, cfg.labelled_fraction) == ("main", True, fraction), name
-        weights = (cfg.pseudo_label_weight, cfg.language_loss_weight)
-        assert weights == SCARCE_VARIANTS[variant][:2], name
-    pseudo = TrainConfig(data="d", **RUNS["semi25_pseudo"].train_overrides)
-    assert {k: getattr(pseudo, k) for k in SEMI_DEFAULT_WEIGHTS} == SEMI_DEFAULT_WEIGHTS
-    assert TrainConfig(data="d", labelled_fraction=0.25).to_dict() == pseudo.to_dict()   # the shipped default
+        assert {k: getattr(cfg, k) for k in SEMI_DEFAULT_WEIGHTS} == SCARCE_VARIANTS[variant].weights(), name
+    both = TrainConfig(data="d", **RUNS["semi25"].train_overrides)
+    assert {k: getattr(both, k) for k in SEMI_DEFAULT_WEIGHTS} == SEMI_DEFAULT_WEIGHTS
+    assert TrainConfig(data="d", labelled_fraction=0.25).to_dict() == both.to_dict()   # the shipped default
     alone = TrainConfig(data="d", **RUNS["semi25_alone"].train_overrides)
-    assert (alone.pseudo_label_weight, alone.language_loss_weight) == (0.0, 0.0)
+    assert (alone.pseudo_label_weight, alone.language_loss_weight, alone.count_loss_weight) == (0.0, 0.0, 0.0)
     # trained with --minutes 10 beside tgcnet's 10-minute seeds: keys as the levers'
     assert RunSpec("semi25", seed=2, minutes=10).key == "semi25@m10@s2"
     assert RunSpec.from_key("semi50_alone@m10@s1") == RunSpec("semi50_alone", 1, 10.0)
