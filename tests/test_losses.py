@@ -242,6 +242,8 @@ def test_presence_loss_asks_the_top_pixels_of_the_region_to_be_lesion():
     assert presence_loss(logits, right, [False, False]).item() == 0.0
     with pytest.raises(ValueError, match="present has 1"):
         presence_loss(logits, right, [True])
+    with pytest.raises(ValueError, match="fraction"):
+        presence_loss(logits, right, [True, False], fraction=0.0)
 
 
 def test_language_guided_loss_reads_the_sides_and_the_count():

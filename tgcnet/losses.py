@@ -231,13 +231,15 @@ def known_background_loss(logits: torch.Tensor, background: torch.Tensor) -> tor
 def presence_loss(logits: torch.Tensor, region: torch.Tensor, present: Sequence[bool],
                   fraction: float = PRESENCE_FRACTION) -> torch.Tensor:
     """BCE towards 1 of the ``fraction`` of pixels with the highest logits inside ``region``
-    (B, 1, H, W, > 0.5 counts), for each image whose caption says a lesion is there; averaged
-    over those images (0 when none is).
+    (B, 1, H, W; pixels above 0.5 are inside), for each image whose caption says a lesion is
+    there; averaged over those images (0 when none is).
 
     The multiple-instance reading of "an infected area in the left lung": some pixels of the
-    left lung are lesion, which pixels is left to the model. It is what keeps the map of an
-    image without a mask from going empty, the cheapest answer to the other two terms.
+    left lung are lesion, which pixels is left to the model. It keeps the map of an image
+    without a mask from going empty, the cheapest answer to any loss that only rules lesion out.
     """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if len(present) != logits.shape[0]:
         raise ValueError(f"present has {len(present)} entries but logits has batch size {logits.shape[0]}")
     with torch.autocast(device_type=logits.device.type, enabled=False):

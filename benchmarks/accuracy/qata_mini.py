@@ -459,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    commit = source_commit(REPO)   # the code that trains: later commits during a long run do not count
     args.work = args.work / time.strftime("%Y%m%d-%H%M%S")
     from tgcnet.data import read_split
 
@@ -489,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             t = results[key]["test"]
             print(f"  test Dice {t['dice']:.4f} pooled {t['pooled_dice']:.4f}", flush=True)
     scored = targets(results)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": source_commit(REPO), "data": str(args.data),
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit, "data": str(args.data),
               "n_train": len(read_split(args.data, "train")), "n_valid": len(read_split(args.data, "valid")),
               "n_test": len(read_split(args.data, "test")), "image_size": args.image_size,
               "device": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"

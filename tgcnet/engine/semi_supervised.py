@@ -121,20 +121,26 @@ class SemiSupervision:
         rows = _rows(~labelled, out.logits.device)
         logits = out.logits[rows]
         result = BatchLoss(total)
-        captions = [captions[i] for i in rows.tolist()]
         ramp = rampup_weight(progress, self.cfg.rampup_fraction)
-        terms = {"pseudo_label": (self.cfg.pseudo_label_weight, lambda: pseudo_label_loss(
-                     logits, teacher_probs, self.cfg.pseudo_label_threshold)),
-                 "language": (self.cfg.language_loss_weight, lambda: language_guided_loss(
-                     logits, captions, self.laterality)),
-                 "count": (self.cfg.count_loss_weight, lambda: region_count_loss(
-                     logits, [stated_area_count(c) for c in captions], pool=COUNT_POOL))}
-        for name, (weight, loss_of) in terms.items():
-            if weight > 0 and (name != "pseudo_label" or teacher_probs is not None):
-                loss = loss_of()
-                result.total = result.total + weight * ramp * loss
-                setattr(result, name, float(loss.detach()))
+        for name, (weight, loss) in self._unlabelled_losses(logits, [captions[i] for i in rows.tolist()],
+                                                            teacher_probs).items():
+            result.total = result.total + weight * ramp * loss
+            setattr(result, name, float(loss.detach()))
         return result
+
+    def _unlabelled_losses(self, logits: torch.Tensor, captions: list[str], teacher_probs: Optional[torch.Tensor]
+                           ) -> dict[str, tuple[float, torch.Tensor]]:
+        """Each switched-on loss of the unlabelled images (``logits``), with its weight, by name."""
+        cfg, losses = self.cfg, {}
+        if cfg.pseudo_label_weight > 0 and teacher_probs is not None:
+            losses["pseudo_label"] = (cfg.pseudo_label_weight,
+                                      pseudo_label_loss(logits, teacher_probs, cfg.pseudo_label_threshold))
+        if cfg.language_loss_weight > 0:
+            losses["language"] = cfg.language_loss_weight, language_guided_loss(logits, captions, self.laterality)
+        if cfg.count_loss_weight > 0:
+            counts = [stated_area_count(c) for c in captions]
+            losses["count"] = cfg.count_loss_weight, region_count_loss(logits, counts, pool=COUNT_POOL)
+        return losses
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """Move the teacher towards the weights of optimizer step ``step``."""
