@@ -27,9 +27,8 @@ LORA_KNOWLEDGE = {"date__knowledge_encoder": "lora"}
 #: the frozen towers as they are
 WIDE = {"sse__channels": 48, "date__knowledge_dim": 48, "vlcm__attn_dim": 48, "decoder__channels": 48}
 
-#: the unlabelled images' loss weights of a semi-supervised run: TrainConfig's defaults under semi-supervision
-#: (``SEMI_DEFAULT_WEIGHTS``, written out so a result records what it trained with), and the count bound's
-#: weight where a row switches it on
+#: the unlabelled images' loss weights where a scarce-mask row switches the loss on (written out so a result
+#: records what it trained with; the language row is TrainConfig's default under semi-supervision)
 PSEUDO_LABEL_WEIGHT, LANGUAGE_LOSS_WEIGHT, COUNT_LOSS_WEIGHT = 1.0, 1.0, 1.0
 
 

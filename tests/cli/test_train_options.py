@@ -85,7 +85,7 @@ def test_semi_supervised_options_reach_the_config():
         "train", "--data", "d", "--labelled-fraction", "0.25", "--pseudo-label-threshold", "0.4", "--ema-decay",
         "0.999", "--rampup-fraction", "0.1", "--language-loss-weight", "0", "--count-loss-weight", "0.5"])
     cfg = train_config_from_args(args)
-    assert cfg.semi_supervised and cfg.labelled_fraction == 0.25 and cfg.pseudo_label_weight == 1.0
+    assert cfg.semi_supervised and cfg.labelled_fraction == 0.25 and cfg.pseudo_label_weight == 0.0
     assert (cfg.pseudo_label_threshold, cfg.ema_decay, cfg.rampup_fraction, cfg.language_loss_weight,
             cfg.count_loss_weight) == (0.4, 0.999, 0.1, 0.0, 0.5)
     plain = train_config_from_args(build_parser().parse_args(["train", "--data", "d", "--semi-supervised"]))

@@ -23,7 +23,8 @@ TRAIN_ARGS = [*RUN_ARGS, "--knowledge", "none", "--deterministic"]
 # What a user gets without asking: the knowledge bank on and no --deterministic.
 DEFAULT_ARGS = RUN_ARGS
 # Half the masks hidden: the split, the mean teacher and the unlabelled losses must resume too.
-SEMI_ARGS = [*TRAIN_ARGS, "--labelled-fraction", "0.5", "--rampup-fraction", "0.25", "--count-loss-weight", "0.5"]
+SEMI_ARGS = [*TRAIN_ARGS, "--labelled-fraction", "0.5", "--rampup-fraction", "0.25", "--pseudo-label-weight", "1",
+             "--count-loss-weight", "0.5"]
 
 
 def _env() -> dict[str, str]:

@@ -71,8 +71,7 @@ def test_batch_loss_adds_the_weighted_unlabelled_losses():
     assert rampup_weight(0.25, 0.5) == math.exp(-1.25)
     every = semi.batch_loss(out, masks, torch.ones(4, dtype=torch.bool), CAPTIONS, None, progress=0.25)
     assert torch.equal(every.total, out.loss(masks)) and (every.pseudo_label, every.language, every.count) == (None,) * 3
-    off = SemiSupervision(TrainConfig(data="d", semi_supervised=True, pseudo_label_weight=0), model)
-    assert off.teacher is None
+    assert SemiSupervision(TrainConfig(data="d", semi_supervised=True), model).teacher is None   # off by default
 
 
 LAUNCHED = textwrap.dedent('''
@@ -103,7 +102,8 @@ def test_two_gloo_ranks_keep_one_student_and_one_teacher(tmp_path):
     run = tmp_path / "run"
     args = ["train", "--data", str(sample_root()), "--out", str(run), "--image-size", "64", "--batch-size", "4",
             "--max-steps", "3", "--warmup-steps", "1", "--device", "cpu", "--no-progress", "--knowledge", "none",
-            "--val-split", "none", "--labelled-fraction", "0.25", "--rampup-fraction", "0", "--count-loss-weight", "0.2"]
+            "--val-split", "none", "--labelled-fraction", "0.25", "--rampup-fraction", "0", "--pseudo-label-weight", "1",
+            "--count-loss-weight", "0.2"]
     record, res = run_two_gloo_ranks(tmp_path, LAUNCHED, args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stderr.count("semi-supervised: 8 of 32 training images labelled, 24 unlabelled") == 1  # rank 0 only

@@ -54,7 +54,7 @@ RESUME_FIXED = ("data", "layout", "train_split", "preset", "image_size", "batch_
 DEFAULT_IMAGE_SIZE = 224
 #: the unlabelled losses' weights when semi-supervised training is on and none is given (off otherwise).
 #: See docs/cli.md, "Training with scarce masks", for what each was measured to be worth on qata-mini.
-SEMI_DEFAULT_WEIGHTS = {"pseudo_label_weight": 1.0, "language_loss_weight": 1.0, "count_loss_weight": 0.0}
+SEMI_DEFAULT_WEIGHTS = {"pseudo_label_weight": 0.0, "language_loss_weight": 1.0, "count_loss_weight": 0.0}
 
 
 def _opt(default: Any, group: str, help: str, **extra: Any) -> Any:
@@ -165,7 +165,7 @@ class TrainConfig:
                                               "--semi-supervised; the split goes to RUN_DIR/labelled.json)",
                                               metavar="F")
     pseudo_label_weight: Optional[float] = _opt(None, SEMI, "weight of the mean teacher's pseudo-label loss on "
-                                                "unlabelled images (default 1.0 when semi-supervised, 0 disables)")
+                                                "unlabelled images (default 0: off; 1.0 is what was measured)")
     pseudo_label_threshold: float = _opt(0.3, SEMI, "pixels count for the pseudo-label loss where the teacher's "
                                          "|p - 0.5| > this (default {default})", metavar="TAU")
     ema_decay: float = _opt(0.99, SEMI, "the mean teacher's EMA decay per optimizer step (default {default})")

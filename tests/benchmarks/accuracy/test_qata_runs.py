@@ -45,7 +45,7 @@ def test_every_committed_key_is_what_its_spec_writes():
 
 def test_the_scarce_mask_runs_build_valid_train_configs():
     """Each scarce-mask run's settings are a TrainConfig's (semi-supervised through labelled_fraction), (b)'s
-    both-losses row is TrainConfig's default under semi-supervision, and (a) switches every loss off."""
+    language-loss row is TrainConfig's default under semi-supervision, and (a) switches every loss off."""
     from tgcnet.engine.train_config import SEMI_DEFAULT_WEIGHTS, TrainConfig
 
     assert list(SCARCE_RUNS) == ["semi25_alone", "semi25", "semi25_pseudo", "semi25_language", "semi25_count",
@@ -55,9 +55,9 @@ def test_the_scarce_mask_runs_build_valid_train_configs():
         cfg = TrainConfig(data="d", **run.train_overrides)
         assert (run.group, cfg.semi_supervised, cfg.labelled_fraction) == ("main", True, fraction), name
         assert {k: getattr(cfg, k) for k in SEMI_DEFAULT_WEIGHTS} == SCARCE_VARIANTS[variant].weights(), name
-    both = TrainConfig(data="d", **RUNS["semi25"].train_overrides)
-    assert {k: getattr(both, k) for k in SEMI_DEFAULT_WEIGHTS} == SEMI_DEFAULT_WEIGHTS
-    assert TrainConfig(data="d", labelled_fraction=0.25).to_dict() == both.to_dict()   # the shipped default
+    language = TrainConfig(data="d", **RUNS["semi25_language"].train_overrides)
+    assert {k: getattr(language, k) for k in SEMI_DEFAULT_WEIGHTS} == SEMI_DEFAULT_WEIGHTS
+    assert TrainConfig(data="d", labelled_fraction=0.25).to_dict() == language.to_dict()   # the shipped default
     alone = TrainConfig(data="d", **RUNS["semi25_alone"].train_overrides)
     assert (alone.pseudo_label_weight, alone.language_loss_weight, alone.count_loss_weight) == (0.0, 0.0, 0.0)
     # trained with --minutes 10 beside tgcnet's 10-minute seeds: keys as the levers'
