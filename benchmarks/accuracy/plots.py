@@ -224,9 +224,11 @@ def plot_scarce_masks(rows: list[dict], path: Path) -> Path | None:
         ax.set_xlabel("fraction of the training masks kept (the rest train without a mask)")
         ax.set_ylabel(f"test {label}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    # one legend under both panels: inside either it covers the points at 25%
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"qata-mini, scarce masks ({points['budget_minutes']:g} min training); error bars: sd over seeds")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
