@@ -38,8 +38,8 @@ GROUPS: dict[str, Optional[str]] = {
     "checkpoints and validation": None,
     "scarce masks": (
         "Train also on images that have a caption but no mask (semi-supervised). The labelled images train as "
-        "usual; the unlabelled ones through a mean teacher's pseudo-labels and a loss of what their captions say "
-        "(sides named, number of areas). Validation and test still need every mask."),
+        "usual; the unlabelled ones through what their captions say about sides, and optionally a mean teacher's "
+        "pseudo-labels and a bound on the areas counted. Validation and test still need every mask."),
 }
 AUGMENT_CHOICES = ("full", "flip", "none")  # tgcnet.data.transforms.AUGMENT_MODES
 CACHE_DTYPE_CHOICES = ("float32", "float16", "bfloat16")  # tgcnet.engine.feature_cache.CACHE_DTYPES
@@ -165,7 +165,7 @@ class TrainConfig:
                                               "--semi-supervised; the split goes to RUN_DIR/labelled.json)",
                                               metavar="F")
     pseudo_label_weight: Optional[float] = _opt(None, SEMI, "weight of the mean teacher's pseudo-label loss on "
-                                                "unlabelled images (default 0: off; 1.0 is what was measured)")
+                                                "unlabelled images (default 0: off; measured at 1.0)")
     pseudo_label_threshold: float = _opt(0.3, SEMI, "pixels count for the pseudo-label loss where the teacher's "
                                          "|p - 0.5| > this (default {default})", metavar="TAU")
     ema_decay: float = _opt(0.99, SEMI, "the mean teacher's EMA decay per optimizer step (default {default})")
