@@ -220,7 +220,7 @@ def one_step_semi_run(tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("one_step_semi") / "run"
     assert main(["train", "--data", str(sample_root()), "--out", str(run), *QUICK_ARGS, "--val-split", "none",
-                 "--labelled-fraction", "0.5"]) == 0
+                 "--labelled-fraction", "0.5", "--pseudo-label-weight", "1"]) == 0   # with a teacher
     return run
 
 
