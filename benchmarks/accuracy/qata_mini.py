@@ -26,17 +26,18 @@ Main runs, ``--minutes`` each:
    ``tgcnet_noknow`` are ``tgcnet`` with one change each (deep supervision, a Dice-heavy loss,
    wider heads, SSA's guidance masks, SSA's OT alignment, no knowledge: ``qata_runs.LEVERS``); run
    at several seeds beside ``tgcnet`` at the same budget, the report judges each on validation.
-   ``semi25_alone``, ``semi25``, ``semi25_pseudo``, ``semi25_language``, ``semi50_alone`` and ``semi50``
-   (``qata_runs.SCARCE_RUNS``) are ``tgcnet`` with only 25% or 50% of the training masks kept
-   (``labelled_fraction``: a seeded, stratified split per seed) and the other images trained without
-   a mask: ``_alone`` with their losses off (the labelled part alone), the plain name through both the
-   mean teacher's pseudo-labels and the caption-guided loss, ``_pseudo`` / ``_language`` through one.
+   ``semi25_alone``, ``semi25``, ``semi25_pseudo``, ``semi25_language``, ``semi25_count``,
+   ``semi50_alone`` and ``semi50`` (``qata_runs.SCARCE_RUNS``) are ``tgcnet`` with only 25% or 50% of
+   the training masks kept (``labelled_fraction``: a seeded, stratified split per seed) and the other
+   images trained without a mask: ``_alone`` with their losses off (the labelled part alone), the
+   plain name through both the mean teacher's pseudo-labels and the caption-guided loss, ``_pseudo``
+   / ``_language`` through one, ``_count`` through the caption-guided loss and the count bound.
    Run at 3 seeds with ``--minutes 10``, beside ``tgcnet``'s 10-minute seeds (every mask), the report's
    "Training with scarce masks" section judges what the unlabelled images' captions are worth (two lanes
    side by side, then ``--collect`` them with the committed report and draw the plots):
 
        python -m benchmarks.accuracy.qata_mini --seeds 0,1,2 --minutes 10 --out runs/scarce/lane1 \\
-           --runs semi25_alone,semi25,semi25_pseudo
+           --runs semi25_alone,semi25,semi25_pseudo,semi25_count
        python -m benchmarks.accuracy.qata_mini --seeds 0,1,2 --minutes 10 --out runs/scarce/lane2 \\
            --runs semi25_language,semi50_alone,semi50
 2. ``notext``: the same model and budget, text path disabled: every caption is replaced by

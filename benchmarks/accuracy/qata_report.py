@@ -365,8 +365,8 @@ def _cell(stats: dict[str, Any] | None) -> str:
     """mean ± sd (n seeds); a single seed has no sd."""
     if stats is None:
         return "-"
-    n = len(stats["values"])
-    return (f"{stats['mean']:.4f}" + ("" if stats["sd"] is None else f" ± {stats['sd']:.4f}") + f" (n={n})")
+    spread = f"{stats['mean']:.4f}" if stats["sd"] is None else _pm(stats)
+    return f"{spread} (n={len(stats['values'])})"
 
 
 def _percent(fraction: float) -> str:

@@ -52,8 +52,8 @@ from .training_data import (batches_per_rank, check_image_size, check_lengths, r
 __all__ = ["Trainer", "train"]
 
 #: the trainer state's per-epoch sums of the unlabelled images' losses, at an epoch's start (see _record)
-_UNLABELLED_SUMS = {f"{name}_loss_{part}": zero for name in UNLABELLED_LOSSES for part, zero in (("sum", 0.0),
-                                                                                                ("count", 0))}
+_UNLABELLED_SUMS = {f"{name}_loss_{part}": zero
+                    for name in UNLABELLED_LOSSES for part, zero in (("sum", 0.0), ("count", 0))}
 
 
 def _resolve_config(config: TrainConfig) -> TrainConfig:
